@@ -1,0 +1,260 @@
+#!/usr/bin/env node
+// crinc's command line: thin commands over the controller.
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { criuVersion } from '../criu/criu.js';
+import { takeCheckpoint } from '../controller/checkpoint.js';
+import { openCodecs } from '../controller/codecs.js';
+import { NotRootError } from '../controller/errors.js';
+import { materializeImages } from '../controller/materialize.js';
+import { isRunning } from '../controller/procfs.js';
+import { resolveCheckpoint, restoreJob, type RestoreTarget } from '../controller/restore.js';
+import { runJob } from '../controller/run.js';
+import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
+import { type CheckpointRecord, Repository } from '../store/repository.js';
+import { formatBytes, formatCheckpoint, printTable } from './format.js';
+
+export const DEFAULT_STORE = '/var/lib/crinc';
+const DEFAULT_INTERVAL = '5m';
+
+function storeDir(opt: string | undefined): string {
+  return resolve(opt ?? process.env.CRINC_STORE ?? DEFAULT_STORE);
+}
+
+function requireRoot(): void {
+  if (process.getuid?.() !== 0) throw new NotRootError();
+}
+
+function openStore(opt: string | undefined, create = false): Repository {
+  requireRoot();
+  return Repository.open(storeDir(opt), { create });
+}
+
+const storeOption = () =>
+  new Option('--store <dir>', `store directory (default: $CRINC_STORE or ${DEFAULT_STORE})`);
+
+function durationArg(v: string): number {
+  try {
+    return parseDuration(v);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+}
+
+function intArg(v: string): number {
+  if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`"${v}" is not a whole number`);
+  return Number(v);
+}
+
+export function buildProgram(): Command {
+  const program = new Command('crinc')
+    .description('Incremental checkpoints of Linux processes: CRIU dumps into a content-addressed store, restore at any stored moment.')
+    .version(JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')).version as string)
+    .showHelpAfterError('(run with --help for usage)');
+
+  program
+    .command('run')
+    .description('start CMD as a job (own PID namespace, detached from the terminal, output in the job\'s log files) and checkpoint it every interval')
+    .addOption(new Option('--job <name>', 'job name (default: the command\'s base name)'))
+    .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
+    .option('--kill-on-exit', 'when crinc stops (Ctrl-C, SIGTERM), kill the job too instead of leaving it running')
+    .addOption(storeOption())
+    .argument('<cmd...>', 'the command and its arguments (put them after --)')
+    .addHelpText('after', `
+Examples:
+  crinc run --job sim --interval 10m -- ./simulate --steps 1000000
+  crinc run --job web --interval 30s --kill-on-exit -- python3 -m http.server
+
+The job's stdout and stderr go to <store>/jobs/<job>/{stdout,stderr}.log.
+Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
+    .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; store?: string }) => {
+      const repo = openStore(o.store, true);
+      criuVersion();
+      const codecs = await openCodecs(repo);
+      const job = o.job ?? cmd[0]!.split('/').pop()!.replace(/[^A-Za-z0-9._-]/g, '_');
+      const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
+      const abort = new AbortController();
+      const stop = () => abort.abort();
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+      const outcome = await runJob(repo, codecs, {
+        job,
+        command: cmd,
+        intervalMs,
+        killOnExit: Boolean(o.killOnExit),
+        cwd: process.cwd(),
+        signal: abort.signal,
+        onCheckpoint: (cp) => console.log(`checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`),
+        onSkip: (why) => console.log(`skipped a checkpoint: ${why}`),
+        onError: (e) => console.error(`crinc: checkpoint failed: ${e.message}`),
+      });
+      if (outcome.reason === 'job-exited') {
+        console.log(`job ${job} (pid ${outcome.pid}) exited` + (outcome.exitSignal ? ` on ${outcome.exitSignal}` : ` with code ${outcome.exitCode}`));
+      } else {
+        console.log(o.killOnExit ? `stopped; job ${job} killed` : `stopped checkpointing; job ${job} goes on as pid ${outcome.pid}`);
+      }
+      repo.close();
+    });
+
+  program
+    .command('checkpoint')
+    .description('take one checkpoint of a job now; the job keeps running')
+    .argument('<job>', 'job name')
+    .option('--json', 'print the checkpoint as JSON')
+    .addOption(storeOption())
+    .addHelpText('after', '\nExample:\n  crinc checkpoint sim')
+    .action(async (job: string, o: { json?: boolean; store?: string }) => {
+      const repo = openStore(o.store);
+      criuVersion();
+      const codecs = await openCodecs(repo);
+      const cp = await takeCheckpoint(repo, codecs, job);
+      console.log(o.json ? JSON.stringify(checkpointJson(cp)) : `checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`);
+      repo.close();
+    });
+
+  program
+    .command('list')
+    .description('list checkpoints (and pre-restore file snapshots), oldest first')
+    .argument('[job]', 'only this job')
+    .option('--json', 'print a JSON array')
+    .addOption(storeOption())
+    .addHelpText('after', '\nExamples:\n  crinc list\n  crinc list sim --json')
+    .action((job: string | undefined, o: { json?: boolean; store?: string }) => {
+      const repo = openStore(o.store);
+      if (job) repo.requireJob(job);
+      const cps = repo.listCheckpoints(job);
+      if (o.json) {
+        console.log(JSON.stringify(cps.map(checkpointJson)));
+      } else if (cps.length === 0) {
+        console.log(job ? `job ${job} has no checkpoints yet` : 'no checkpoints yet');
+      } else {
+        printTable(
+          ['ID', 'JOB', 'TAKEN AT', 'KIND', 'MODE', 'IMAGE', 'NEW', 'DEDUP', 'DURATION', 'FROZEN'],
+          cps.map((c) => [
+            String(c.id), c.job, new Date(c.takenAt).toISOString(), c.kind, c.mode,
+            formatBytes(c.imageBytes), formatBytes(c.storedBytes),
+            c.storedBytes > 0 ? `${(c.imageBytes / c.storedBytes).toFixed(1)}x` : '∞',
+            `${Math.round(c.durationMs)} ms`, `${Math.round(c.freezeMs)} ms`,
+          ]),
+        );
+      }
+      repo.close();
+    });
+
+  program
+    .command('restore')
+    .description('restore a job as it was at a checkpoint; it runs detached, and its files are put back as they were (their newer content is kept in the store)')
+    .argument('<job>', 'job name')
+    .addOption(new Option('--at <time>', 'newest checkpoint taken at or before TIME: ISO 8601, "now", "90s ago", "10m ago"').conflicts('id'))
+    .addOption(new Option('--id <id>', 'this checkpoint id (see crinc list)').argParser(intArg))
+    .option('--json', 'print {"pid":…, "checkpoint":…} as JSON')
+    .addOption(storeOption())
+    .addHelpText('after', `
+Examples:
+  crinc restore sim                      the newest checkpoint
+  crinc restore sim --at "10m ago"
+  crinc restore sim --at 2026-11-28T14:00:00Z
+  crinc restore sim --id 42`)
+    .action(async (job: string, o: { at?: string; id?: number; json?: boolean; store?: string }) => {
+      const repo = openStore(o.store);
+      let target: RestoreTarget;
+      if (o.id !== undefined) target = { id: o.id };
+      else target = { at: parseTimeSpec(o.at ?? 'now') };
+      criuVersion();
+      const codecs = await openCodecs(repo);
+      const r = await restoreJob(repo, codecs, job, target);
+      if (o.json) {
+        console.log(JSON.stringify({ pid: r.pid, checkpoint: r.checkpoint.id, takenAt: new Date(r.checkpoint.takenAt).toISOString(), rolledBack: r.rolledBack, preRestore: r.preRestore?.id ?? null }));
+      } else {
+        console.log(`restored ${job} from checkpoint ${r.checkpoint.id} (taken ${new Date(r.checkpoint.takenAt).toISOString()}): pid ${r.pid}`);
+        for (const f of r.rolledBack) console.log(`  rolled back ${f}`);
+        if (r.preRestore) console.log(`  their newer content is kept as snapshot ${r.preRestore.id} (crinc list ${job})`);
+      }
+      repo.close();
+    });
+
+  program
+    .command('jobs')
+    .description('list known jobs, their process and last checkpoint')
+    .option('--json', 'print a JSON array')
+    .addOption(storeOption())
+    .action((o: { json?: boolean; store?: string }) => {
+      const repo = openStore(o.store);
+      const rows = repo.listJobs().map((j) => {
+        const last = repo.latestCheckpoint(j.name);
+        const running = j.pid !== null && isRunning(j.pid);
+        return {
+          job: j.name,
+          pid: j.pid,
+          state: running ? 'running' : 'stopped',
+          command: j.command,
+          lastCheckpoint: last ? { id: last.id, takenAt: new Date(last.takenAt).toISOString() } : null,
+        };
+      });
+      if (o.json) console.log(JSON.stringify(rows));
+      else if (rows.length === 0) console.log('no jobs yet (start one with crinc run)');
+      else
+        printTable(
+          ['JOB', 'PID', 'STATE', 'LAST CHECKPOINT', 'COMMAND'],
+          rows.map((r) => [r.job, String(r.pid ?? '-'), r.state, r.lastCheckpoint ? `${r.lastCheckpoint.id} at ${r.lastCheckpoint.takenAt}` : '-', r.command.join(' ')]),
+        );
+      repo.close();
+    });
+
+  program
+    .command('export')
+    .description('write a checkpoint\'s CRIU image directory, byte for byte as CRIU wrote it (every chunk verified)')
+    .argument('<job>', 'job name')
+    .addOption(new Option('--at <time>', 'newest checkpoint at or before TIME').conflicts('id'))
+    .addOption(new Option('--id <id>', 'checkpoint id').argParser(intArg))
+    .requiredOption('--to <dir>', 'new directory to write the images into')
+    .addOption(storeOption())
+    .addHelpText('after', '\nExample:\n  crinc export sim --id 42 --to /tmp/sim-42 && criu restore -D /tmp/sim-42 -d')
+    .action(async (job: string, o: { at?: string; id?: number; to: string; store?: string }) => {
+      const repo = openStore(o.store);
+      const cp = resolveCheckpoint(repo, job, o.id !== undefined ? { id: o.id } : { at: parseTimeSpec(o.at ?? 'now') });
+      const codecs = await openCodecs(repo);
+      mkdirSync(o.to, { recursive: true, mode: 0o700 });
+      const images = repo.checkpointFiles(cp.id, codecs.chunks, 'image');
+      materializeImages(repo, images, codecs.chunks, o.to);
+      console.log(`checkpoint ${cp.id}: ${images.length} image files written to ${o.to}`);
+      repo.close();
+    });
+
+  return program;
+}
+
+function checkpointJson(c: CheckpointRecord) {
+  return {
+    id: c.id,
+    job: c.job,
+    kind: c.kind,
+    takenAt: new Date(c.takenAt).toISOString(),
+    imageBytes: c.imageBytes,
+    storedBytes: c.storedBytes,
+    pagesTotal: c.pagesTotal,
+    pagesHashed: c.pagesHashed,
+    pagesClean: c.pagesClean,
+    durationMs: Math.round(c.durationMs * 10) / 10,
+    freezeMs: Math.round(c.freezeMs * 10) / 10,
+    mode: c.mode,
+    note: c.note,
+  };
+}
+
+async function main(): Promise<void> {
+  try {
+    await buildProgram().parseAsync(process.argv);
+  } catch (e) {
+    const err = e as Error;
+    if (err instanceof TimeSpecError || err.name !== 'Error') {
+      console.error(`crinc: ${err.message}`);
+    } else {
+      console.error(`crinc: unexpected error (a bug; please report it): ${err.stack ?? err.message}`);
+    }
+    process.exitCode = 1;
+  }
+}
+
+await main();

@@ -1,0 +1,26 @@
+/**
+ * Errors raised by the page codec (chunk ids, zero pages, LZ4 chunks).
+ * Every error here is a CodecError, so callers can tell codec failures
+ * from I/O or store failures with one instanceof check.
+ */
+export class CodecError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** The WASM codec could not be found, compiled or instantiated. */
+export class CodecLoadError extends CodecError {}
+
+/** A hashing secret was given that is not exactly SECRET_BYTES bytes. */
+export class InvalidSecretError extends CodecError {}
+
+/** A buffer passed to the codec has the wrong size or exceeds a codec limit. */
+export class CodecInputError extends CodecError {}
+
+/**
+ * A compressed chunk cannot be decoded into exactly the expected bytes:
+ * the stored data is damaged, truncated, or belongs to another chunk.
+ */
+export class CorruptChunkError extends CodecError {}

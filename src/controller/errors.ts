@@ -1,0 +1,45 @@
+// Errors of the controller, written for the person at the terminal.
+
+export class ControllerError extends Error {
+  override name = 'ControllerError';
+}
+
+export class NotRootError extends ControllerError {
+  override name = 'NotRootError';
+  constructor() {
+    super('crinc must run as root: CRIU needs it to dump and restore processes, and stores are root-only. Run it with sudo.');
+  }
+}
+
+export class JobNotRunningError extends ControllerError {
+  override name = 'JobNotRunningError';
+  constructor(readonly job: string, readonly pid: number | null) {
+    super(
+      pid === null
+        ? `job "${job}" has no running process; restore it with \`crinc restore ${job}\``
+        : `job "${job}": its process ${pid} is not running (it exited or was killed); restore it with \`crinc restore ${job}\``,
+    );
+  }
+}
+
+export class JobStillRunningError extends ControllerError {
+  override name = 'JobStillRunningError';
+  constructor(readonly job: string, readonly pid: number) {
+    super(`job "${job}" is still running as pid ${pid}: restoring over it would run two copies. Stop it first (kill ${pid}), then restore.`);
+  }
+}
+
+export class JobExistsError extends ControllerError {
+  override name = 'JobExistsError';
+  constructor(readonly job: string, readonly pid: number) {
+    super(`job "${job}" already runs as pid ${pid}; pick another --job name, or stop it first`);
+  }
+}
+
+export class NoCheckpointError extends ControllerError {
+  override name = 'NoCheckpointError';
+}
+
+export class JobStartError extends ControllerError {
+  override name = 'JobStartError';
+}

@@ -1,0 +1,133 @@
+// The job's files: CRIU keeps no file contents and refuses to restore a process whose
+// open file changed size, so crinc keeps, per checkpoint, the content of the regular
+// files the job has open for writing, and puts them back before `criu restore`.
+import { closeSync, constants as fsConstants, copyFileSync, existsSync, fchmodSync, fchownSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, statSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { PageCodec } from '../codec/page-codec.js';
+import { CHUNK_ID_BYTES, FILE_BLOCK_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
+import type { FileManifest } from '../store/repository.js';
+import { filesOpenForWriting, processTree } from './procfs.js';
+import { isAllZero } from './ingest.js';
+
+/** Kernel-maintained facts that change whenever the content can have changed. */
+export function fileIdentity(path: string): string {
+  const st = statSync(path, { bigint: true });
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+export interface CapturedFile {
+  path: string;
+  identity: string;
+  /** A copy taken while the job was frozen; absent when the previous checkpoint's content is reused. */
+  copy?: string;
+  /** The previous checkpoint's manifest, reused because the file's identity did not change. */
+  unchanged?: FileManifest;
+}
+
+/**
+ * Runs while the job is frozen: lists the files open for writing and copies those whose
+ * identity changed since the previous checkpoint into the staging directory.
+ */
+export function captureJobFiles(rootPid: number, stagingDir: string, previous: Map<string, FileManifest>): CapturedFile[] {
+  const out: CapturedFile[] = [];
+  const paths = filesOpenForWriting(processTree(rootPid)).filter((p) => !/^\/(proc|sys)\//.test(p));
+  mkdirSync(stagingDir, { recursive: true, mode: 0o700 });
+  paths.forEach((path, i) => {
+    const identity = fileIdentity(path);
+    const prev = previous.get(path);
+    if (prev && prev.identity === identity) {
+      out.push({ path, identity, unchanged: prev });
+      return;
+    }
+    const copy = join(stagingDir, String(i));
+    copyFileSync(path, copy);
+    out.push({ path, identity, copy });
+  });
+  return out;
+}
+
+export interface FileIngestor {
+  blocks(path: string, blockBytes: number): Uint8Array;
+}
+
+/** Manifests for captured files, after the thaw. */
+export function jobFileManifests(files: CapturedFile[], ingest: FileIngestor): FileManifest[] {
+  return files.map((f) => {
+    if (f.unchanged) return { ...f.unchanged, identity: f.identity };
+    const st = statSync(f.path);
+    const copySize = statSync(f.copy!).size;
+    return {
+      role: 'job-file' as const,
+      path: f.path,
+      size: copySize,
+      mode: st.mode & 0o7777,
+      uid: st.uid,
+      gid: st.gid,
+      blockBytes: FILE_BLOCK_BYTES,
+      ids: ingest.blocks(f.copy!, FILE_BLOCK_BYTES),
+      identity: f.identity,
+    };
+  });
+}
+
+/** Block ids of a file as it is now, without storing anything. */
+export function currentBlockIds(path: string, codec: PageCodec): Uint8Array {
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const count = Math.ceil(size / FILE_BLOCK_BYTES);
+    const ids = new Uint8Array(count * CHUNK_ID_BYTES);
+    const buf = Buffer.allocUnsafe(FILE_BLOCK_BYTES);
+    for (let i = 0; i < count; i++) {
+      const len = Math.min(FILE_BLOCK_BYTES, size - i * FILE_BLOCK_BYTES);
+      const block = buf.subarray(0, len);
+      let done = 0;
+      while (done < len) {
+        const n = readSync(fd, block, done, len - done, i * FILE_BLOCK_BYTES + done);
+        if (n === 0) break;
+        done += n;
+      }
+      ids.set(isAllZero(block) ? ZERO_CHUNK_ID : codec.chunkId(block), i * CHUNK_ID_BYTES);
+    }
+    return ids;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** True when the file on disk already holds exactly the manifest's content. */
+export function fileMatches(manifest: FileManifest, codec: PageCodec): boolean {
+  if (!existsSync(manifest.path)) return false;
+  const st = statSync(manifest.path);
+  if (!st.isFile() || st.size !== manifest.size) return false;
+  return Buffer.compare(currentBlockIds(manifest.path, codec), manifest.ids) === 0;
+}
+
+/**
+ * Puts a file back as the checkpoint had it, from a copy already materialized (and so
+ * verified) in staging: written in place, so the inode stays, then size, mode, owner.
+ */
+export function installFile(staged: string, manifest: FileManifest): void {
+  mkdirSync(dirname(manifest.path), { recursive: true });
+  const src = openSync(staged, 'r');
+  const dst = openSync(manifest.path, fsConstants.O_RDWR | fsConstants.O_CREAT, manifest.mode);
+  try {
+    const buf = Buffer.allocUnsafe(FILE_BLOCK_BYTES * 16);
+    let offset = 0;
+    for (;;) {
+      const n = readSync(src, buf, 0, buf.length, offset);
+      if (n === 0) break;
+      let done = 0;
+      while (done < n) done += writeSync(dst, buf, done, n - done, offset + done);
+      offset += n;
+    }
+    if (offset !== manifest.size) throw new Error(`${staged}: ${offset} bytes materialized, ${manifest.size} expected`);
+    ftruncateSync(dst, manifest.size);
+    fchmodSync(dst, manifest.mode);
+    fchownSync(dst, manifest.uid, manifest.gid);
+    fsyncSync(dst);
+  } finally {
+    closeSync(src);
+    closeSync(dst);
+  }
+}

@@ -1,0 +1,64 @@
+// Errors of the store, each written for the person who reads it.
+
+export class StoreError extends Error {
+  override name = 'StoreError';
+}
+
+export class StoreNotFoundError extends StoreError {
+  override name = 'StoreNotFoundError';
+  constructor(readonly dir: string) {
+    super(`no crinc store at ${dir}: it is created by the first \`crinc run\` or \`crinc checkpoint\`; check --store or CRINC_STORE`);
+  }
+}
+
+export class StorePermissionError extends StoreError {
+  override name = 'StorePermissionError';
+}
+
+export class StoreFormatError extends StoreError {
+  override name = 'StoreFormatError';
+}
+
+/** A chunk whose bytes do not match its id, or that cannot be read back: never restored. */
+export class ChunkCorruptError extends StoreError {
+  override name = 'ChunkCorruptError';
+  constructor(
+    readonly chunkId: string,
+    readonly pack: string,
+    readonly detail: string,
+  ) {
+    super(`chunk ${chunkId} in pack ${pack} is damaged (${detail}); nothing was restored from it. Run \`crinc verify --read-data\` to list every damaged checkpoint.`);
+  }
+}
+
+export class ChunkMissingError extends StoreError {
+  override name = 'ChunkMissingError';
+  constructor(readonly chunkId: string) {
+    super(`chunk ${chunkId} is referenced by a checkpoint but is not in the store index: the store is damaged`);
+  }
+}
+
+export class UnknownJobError extends StoreError {
+  override name = 'UnknownJobError';
+  constructor(readonly job: string, known: string[]) {
+    super(`unknown job "${job}"` + (known.length ? `; known jobs: ${known.join(', ')}` : '; this store has no jobs yet (start one with `crinc run`)'));
+  }
+}
+
+export class CheckpointNotFoundError extends StoreError {
+  override name = 'CheckpointNotFoundError';
+}
+
+export class JobBusyError extends StoreError {
+  override name = 'JobBusyError';
+  constructor(readonly job: string, holder: string) {
+    super(`a checkpoint or restore of job "${job}" is already in progress (${holder}); wait for it to finish and try again`);
+  }
+}
+
+export class InvalidJobNameError extends StoreError {
+  override name = 'InvalidJobNameError';
+  constructor(readonly job: string) {
+    super(`invalid job name "${job}": use 1–64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+  }
+}

@@ -1,0 +1,31 @@
+// On-disk format constants of a crinc store. docs/FORMAT.md describes the layout; any
+// change to it bumps STORE_FORMAT_VERSION.
+
+export const STORE_FORMAT_VERSION = 1;
+
+export const INDEX_FILE = 'index.sqlite';
+export const PACKS_DIR = 'packs';
+export const JOBS_DIR = 'jobs';
+export const LOCKS_DIR = 'locks';
+
+export const PACK_MAGIC = Buffer.from('CRINCPK1', 'ascii');
+export const PACK_TRAILER_MAGIC = Buffer.from('CRINCEND', 'ascii');
+export const PACK_HEADER_BYTES = 16; // magic(8) + format version u32 + reserved u32
+export const BLOB_HEADER_BYTES = 28; // id(16) + raw length u32 + stored length u32 + compression u8 + reserved(3)
+export const PACK_TRAILER_BYTES = 16; // blob count u32 + reserved u32 + trailer magic(8)
+/** A pack is closed once it holds this many bytes: big enough for sequential I/O, small enough to repack. */
+export const PACK_TARGET_BYTES = 64 * 1024 * 1024;
+
+export const CHUNK_ID_BYTES = 16;
+/** The id that stands for an all-zero chunk (a hole): never stored, never read. */
+export const ZERO_CHUNK_ID = new Uint8Array(CHUNK_ID_BYTES);
+export const PAGE_BYTES = 4096;
+/** Non-page files (CRIU's small images, the job's files) are cut into blocks of this size. */
+export const FILE_BLOCK_BYTES = 64 * 1024;
+/** A manifest longer than this many ids is stored as chunks of ids itself. */
+export const MANIFEST_INLINE_IDS = 4096;
+
+export const enum Compression {
+  None = 0,
+  Lz4 = 1,
+}

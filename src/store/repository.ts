@@ -1,0 +1,487 @@
+// A crinc store on a local filesystem: the SQLite index, the pack files, the per-job
+// locks. Everything a checkpoint adds becomes visible in one SQLite transaction, after
+// its packs are on disk (docs/FORMAT.md, "Commit").
+import Database from 'better-sqlite3';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tryLockExclusive } from '../sys/libc.js';
+import {
+  CHUNK_ID_BYTES,
+  Compression,
+  INDEX_FILE,
+  JOBS_DIR,
+  LOCKS_DIR,
+  MANIFEST_INLINE_IDS,
+  PACKS_DIR,
+  STORE_FORMAT_VERSION,
+} from './format.js';
+import {
+  CheckpointNotFoundError,
+  ChunkCorruptError,
+  ChunkMissingError,
+  InvalidJobNameError,
+  JobBusyError,
+  StoreFormatError,
+  StoreNotFoundError,
+  StorePermissionError,
+  UnknownJobError,
+} from './errors.js';
+import { PackReader, PackWriter } from './pack.js';
+import { SCHEMA_V1 } from './schema.js';
+
+export const SECRET_BYTES = 192;
+const JOB_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** What the store needs from the codec: it never hashes or compresses on its own. */
+export interface ChunkCodec {
+  chunkId(data: Uint8Array): Uint8Array;
+  compress(raw: Uint8Array): Uint8Array;
+  /** Throws on corrupt input; never returns bytes of another length. */
+  decompress(stored: Uint8Array, rawLength: number): Uint8Array;
+}
+
+export type JobState = 'running' | 'stopped' | 'restoring';
+
+export interface JobRecord {
+  name: string;
+  createdAt: number;
+  command: string[];
+  cwd: string;
+  pid: number | null;
+  controllerPid: number | null;
+  state: JobState;
+  updatedAt: number;
+}
+
+export type CheckpointKind = 'checkpoint' | 'pre-restore';
+export type CheckpointMode = 'full' | 'incremental' | 'files';
+
+export interface CheckpointRecord {
+  id: number;
+  job: string;
+  kind: CheckpointKind;
+  takenAt: number;
+  mode: CheckpointMode;
+  rootPid: number | null;
+  imageBytes: number;
+  storedBytes: number;
+  pagesTotal: number;
+  pagesHashed: number;
+  pagesClean: number;
+  durationMs: number;
+  freezeMs: number;
+  note: string | null;
+}
+
+export type FileRole = 'image' | 'job-file';
+
+/** A file of a checkpoint: its metadata and the ids of its blocks, in order. */
+export interface FileManifest {
+  role: FileRole;
+  /** Image files: the name inside the image directory; job files: the absolute path. */
+  path: string;
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  blockBytes: number;
+  /** Concatenated 16-byte chunk ids, one per block; ZERO_CHUNK_ID for an all-zero block. */
+  ids: Uint8Array;
+  /** For job files: what identified this content (inode, size, mtime, ctime), to skip unchanged files. */
+  identity: string | null;
+}
+
+export function idHex(id: Uint8Array): string {
+  return Buffer.from(id.buffer, id.byteOffset, id.byteLength).toString('hex');
+}
+
+export function isZeroId(ids: Uint8Array, index: number): boolean {
+  const o = index * CHUNK_ID_BYTES;
+  for (let i = 0; i < CHUNK_ID_BYTES; i++) if (ids[o + i] !== 0) return false;
+  return true;
+}
+
+export function validateJobName(name: string): void {
+  if (!JOB_NAME.test(name)) throw new InvalidJobNameError(name);
+}
+
+/** An exclusive hold on one job's checkpoint/restore; released by release() or by process death. */
+export class JobLock {
+  constructor(private fd: number) {}
+  release(): void {
+    if (this.fd >= 0) closeSync(this.fd);
+    this.fd = -1;
+  }
+}
+
+interface ChunkRow {
+  pack: string;
+  offset: number;
+  stored_length: number;
+  raw_length: number;
+  compression: number;
+}
+
+export interface OpenOptions {
+  create: boolean;
+}
+
+export class Repository {
+  readonly secret: Uint8Array;
+  private readonly db: Database.Database;
+  private readonly packReader: PackReader;
+  private readonly hasChunkStmt: Database.Statement;
+  private readonly chunkStmt: Database.Statement;
+
+  private constructor(readonly dir: string) {
+    this.db = new Database(join(dir, INDEX_FILE));
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 30000');
+    this.packReader = new PackReader(dir);
+    this.ensureSchema();
+    const secret = this.db.prepare(`SELECT value FROM meta WHERE key = 'secret'`).pluck().get() as Buffer | undefined;
+    if (!secret || secret.length !== SECRET_BYTES) throw new StoreFormatError(`${dir}: the store's secret is missing or damaged`);
+    this.secret = new Uint8Array(secret);
+    this.hasChunkStmt = this.db.prepare('SELECT 1 FROM chunks WHERE id = ?').pluck();
+    this.chunkStmt = this.db.prepare(
+      'SELECT p.name AS pack, c.offset, c.stored_length, c.raw_length, c.compression FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?',
+    );
+  }
+
+  static open(dir: string, options: OpenOptions): Repository {
+    if (!existsSync(join(dir, INDEX_FILE))) {
+      if (!options.create) throw new StoreNotFoundError(dir);
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+    }
+    checkStoreDirectory(dir);
+    for (const sub of [PACKS_DIR, JOBS_DIR, LOCKS_DIR]) mkdirSync(join(dir, sub), { recursive: true, mode: 0o700 });
+    const repo = new Repository(dir);
+    chmodSync(join(dir, INDEX_FILE), 0o600);
+    return repo;
+  }
+
+  close(): void {
+    this.packReader.close();
+    this.db.close();
+  }
+
+  private ensureSchema(): void {
+    const hasMeta = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'`).get();
+    if (!hasMeta) {
+      this.db.transaction(() => {
+        this.db.exec(SCHEMA_V1);
+        const ins = this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)');
+        ins.run('format_version', String(STORE_FORMAT_VERSION));
+        ins.run('secret', randomBytes(SECRET_BYTES));
+        ins.run('store_id', randomBytes(16).toString('hex'));
+        ins.run('created_at', new Date().toISOString());
+      })();
+      return;
+    }
+    const version = Number(this.db.prepare(`SELECT value FROM meta WHERE key = 'format_version'`).pluck().get());
+    if (version !== STORE_FORMAT_VERSION) {
+      throw new StoreFormatError(
+        `${this.dir} has store format ${version}; this crinc reads format ${STORE_FORMAT_VERSION}. Use the crinc release that wrote it.`,
+      );
+    }
+  }
+
+  // ---- jobs -------------------------------------------------------------------------
+
+  jobDir(name: string): string {
+    return join(this.dir, JOBS_DIR, name);
+  }
+
+  findJob(name: string): JobRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM jobs WHERE name = ?').get(name) as Record<string, unknown> | undefined;
+    return row ? jobFromRow(row) : undefined;
+  }
+
+  requireJob(name: string): JobRecord {
+    const job = this.findJob(name);
+    if (!job) throw new UnknownJobError(name, this.listJobs().map((j) => j.name));
+    return job;
+  }
+
+  listJobs(): JobRecord[] {
+    return (this.db.prepare('SELECT * FROM jobs ORDER BY name').all() as Record<string, unknown>[]).map(jobFromRow);
+  }
+
+  saveJob(job: JobRecord): void {
+    this.db
+      .prepare(
+        `INSERT INTO jobs (name, created_at, command, cwd, pid, controller_pid, state, updated_at)
+         VALUES (@name, @createdAt, @command, @cwd, @pid, @controllerPid, @state, @updatedAt)
+         ON CONFLICT (name) DO UPDATE SET command = excluded.command, cwd = excluded.cwd, pid = excluded.pid,
+           controller_pid = excluded.controller_pid, state = excluded.state, updated_at = excluded.updated_at`,
+      )
+      .run({ ...job, command: JSON.stringify(job.command) });
+  }
+
+  /** Takes the job's lock, or says who holds it. */
+  lockJob(name: string, purpose: string): JobLock {
+    const path = join(this.dir, LOCKS_DIR, `${name}.lock`);
+    const fd = openSync(path, 'a+', 0o600);
+    if (!tryLockExclusive(fd)) {
+      closeSync(fd);
+      let holder = 'another crinc process';
+      try {
+        const text = readFileSync(path, 'utf8').trim();
+        if (text) holder = text;
+      } catch {
+        // The holder's description is a courtesy; the lock itself is what matters.
+      }
+      throw new JobBusyError(name, holder);
+    }
+    ftruncateSync(fd);
+    writeFileSync(fd, `${purpose} by crinc pid ${process.pid} since ${new Date().toISOString()}`);
+    return new JobLock(fd);
+  }
+
+  // ---- chunks -----------------------------------------------------------------------
+
+  hasChunk(id: Uint8Array): boolean {
+    return this.hasChunkStmt.get(id) !== undefined;
+  }
+
+  /** Reads a chunk, decompresses it and checks it against its id. */
+  readChunk(id: Uint8Array, codec: ChunkCodec): Uint8Array {
+    const row = this.chunkStmt.get(id) as ChunkRow | undefined;
+    if (!row) throw new ChunkMissingError(idHex(id));
+    const stored = this.packReader.read(row.pack, row.offset, row.stored_length);
+    if (stored.length !== row.stored_length) {
+      throw new ChunkCorruptError(idHex(id), row.pack, `pack is ${row.stored_length - stored.length} bytes short`);
+    }
+    let raw: Uint8Array;
+    if (row.compression === Compression.Lz4) {
+      try {
+        raw = codec.decompress(stored, row.raw_length);
+      } catch (e) {
+        throw new ChunkCorruptError(idHex(id), row.pack, `does not decompress: ${(e as Error).message}`);
+      }
+    } else {
+      raw = stored;
+    }
+    const actual = codec.chunkId(raw);
+    if (Buffer.compare(actual, id) !== 0) {
+      throw new ChunkCorruptError(idHex(id), row.pack, `its content hashes to ${idHex(actual)}`);
+    }
+    return raw;
+  }
+
+  newChunkWriter(codec: ChunkCodec): ChunkWriter {
+    return new ChunkWriter(this, codec);
+  }
+
+  // ---- checkpoints ------------------------------------------------------------------
+
+  /**
+   * Makes a checkpoint visible: the writer's packs are finished (fsynced) first, then
+   * its chunks, the checkpoint and its file manifests go in as one transaction.
+   */
+  commitCheckpoint(
+    meta: Omit<CheckpointRecord, 'id' | 'storedBytes'>,
+    files: FileManifest[],
+    writer: ChunkWriter,
+  ): CheckpointRecord {
+    const stored = files.map((f) => ({ f, manifest: writer.storeManifest(f.ids) }));
+    const packs = writer.finish();
+    const insPack = this.db.prepare('INSERT INTO packs (name, bytes, created_at) VALUES (?, ?, ?)');
+    const insChunk = this.db.prepare(
+      'INSERT OR IGNORE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES (?, ?, ?, ?, ?, ?)',
+    );
+    const insCheckpoint = this.db.prepare(
+      `INSERT INTO checkpoints (job, kind, taken_at, mode, root_pid, image_bytes, stored_bytes, pages_total, pages_hashed,
+         pages_clean, duration_ms, freeze_ms, note)
+       VALUES (@job, @kind, @takenAt, @mode, @rootPid, @imageBytes, @storedBytes, @pagesTotal, @pagesHashed,
+         @pagesClean, @durationMs, @freezeMs, @note)`,
+    );
+    const insFile = this.db.prepare(
+      `INSERT INTO files (checkpoint, role, path, size, mode, uid, gid, block_bytes, manifest, manifest_indirect, identity)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    const now = Date.now();
+    const id = this.db.transaction(() => {
+      for (const pack of packs) {
+        const packId = insPack.run(pack.name, pack.bytes, now).lastInsertRowid;
+        for (const c of pack.chunks) insChunk.run(c.id, packId, c.offset, c.storedLength, c.rawLength, c.compression);
+      }
+      const checkpointId = Number(insCheckpoint.run({ ...meta, storedBytes: writer.storedBytes }).lastInsertRowid);
+      for (const { f, manifest } of stored) {
+        insFile.run(checkpointId, f.role, f.path, f.size, f.mode, f.uid, f.gid, f.blockBytes, manifest.data, manifest.indirect ? 1 : 0, f.identity);
+      }
+      return checkpointId;
+    })();
+    return this.getCheckpoint(id);
+  }
+
+  getCheckpoint(id: number): CheckpointRecord {
+    const row = this.db.prepare('SELECT * FROM checkpoints WHERE id = ?').get(id) as Record<string, unknown> | undefined;
+    if (!row) throw new CheckpointNotFoundError(`no checkpoint with id ${id}`);
+    return checkpointFromRow(row);
+  }
+
+  listCheckpoints(job?: string): CheckpointRecord[] {
+    const rows = job
+      ? this.db.prepare('SELECT * FROM checkpoints WHERE job = ? ORDER BY taken_at, id').all(job)
+      : this.db.prepare('SELECT * FROM checkpoints ORDER BY taken_at, id').all();
+    return (rows as Record<string, unknown>[]).map(checkpointFromRow);
+  }
+
+  latestCheckpoint(job: string, kind: CheckpointKind = 'checkpoint'): CheckpointRecord | undefined {
+    const row = this.db
+      .prepare('SELECT * FROM checkpoints WHERE job = ? AND kind = ? ORDER BY taken_at DESC, id DESC LIMIT 1')
+      .get(job, kind) as Record<string, unknown> | undefined;
+    return row ? checkpointFromRow(row) : undefined;
+  }
+
+  /** The newest restorable checkpoint of the job taken at or before `at` (ms since the epoch). */
+  checkpointAtOrBefore(job: string, at: number): CheckpointRecord | undefined {
+    const row = this.db
+      .prepare(`SELECT * FROM checkpoints WHERE job = ? AND kind = 'checkpoint' AND taken_at <= ? ORDER BY taken_at DESC, id DESC LIMIT 1`)
+      .get(job, at) as Record<string, unknown> | undefined;
+    return row ? checkpointFromRow(row) : undefined;
+  }
+
+  checkpointFiles(checkpointId: number, codec: ChunkCodec, role?: FileRole): FileManifest[] {
+    const rows = (
+      role
+        ? this.db.prepare('SELECT * FROM files WHERE checkpoint = ? AND role = ? ORDER BY path').all(checkpointId, role)
+        : this.db.prepare('SELECT * FROM files WHERE checkpoint = ? ORDER BY role, path').all(checkpointId)
+    ) as Record<string, unknown>[];
+    return rows.map((r) => ({
+      role: r.role as FileRole,
+      path: r.path as string,
+      size: r.size as number,
+      mode: r.mode as number,
+      uid: r.uid as number,
+      gid: r.gid as number,
+      blockBytes: r.block_bytes as number,
+      ids: this.loadManifest(r.manifest as Buffer, (r.manifest_indirect as number) === 1, codec),
+      identity: (r.identity as string | null) ?? null,
+    }));
+  }
+
+  private loadManifest(data: Buffer, indirect: boolean, codec: ChunkCodec): Uint8Array {
+    if (!indirect) return new Uint8Array(data);
+    const parts: Uint8Array[] = [];
+    for (let i = 0; i < data.length / CHUNK_ID_BYTES; i++) {
+      parts.push(this.readChunk(data.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), codec));
+    }
+    return new Uint8Array(Buffer.concat(parts));
+  }
+}
+
+
+/** Collects the new chunks of one checkpoint into packs; nothing is visible before commit. */
+export class ChunkWriter {
+  storedBytes = 0;
+  newChunks = 0;
+  private readonly finished: PackWriter[] = [];
+  private current: PackWriter | undefined;
+  /** Ids written by this writer, so a chunk seen twice in one checkpoint is stored once. */
+  private readonly pending = new Set<string>();
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly codec: ChunkCodec,
+  ) {}
+
+  /** Stores `raw` under `id` unless the store or this writer has it already. Returns true when new. */
+  put(id: Uint8Array, raw: Uint8Array): boolean {
+    const key = idHex(id);
+    if (this.pending.has(key) || this.repo.hasChunk(id)) return false;
+    this.pending.add(key);
+    const compressed = this.codec.compress(raw);
+    const useCompressed = compressed.length < raw.length;
+    const pack = this.pack();
+    const data = useCompressed ? compressed : raw;
+    pack.add(id, data, raw.length, useCompressed ? Compression.Lz4 : Compression.None);
+    this.storedBytes += data.length;
+    this.newChunks++;
+    return true;
+  }
+
+  /** A manifest small enough stays inline; a longer one becomes chunks of ids itself. */
+  storeManifest(ids: Uint8Array): { data: Buffer; indirect: boolean } {
+    const partBytes = MANIFEST_INLINE_IDS * CHUNK_ID_BYTES;
+    if (ids.length <= partBytes) return { data: Buffer.from(ids), indirect: false };
+    const refs: Uint8Array[] = [];
+    for (let o = 0; o < ids.length; o += partBytes) {
+      const part = ids.subarray(o, Math.min(o + partBytes, ids.length));
+      const id = this.codec.chunkId(part);
+      this.put(id, part);
+      refs.push(id);
+    }
+    return { data: Buffer.concat(refs), indirect: true };
+  }
+
+  finish(): PackWriter[] {
+    if (this.current) {
+      this.current.finish();
+      this.finished.push(this.current);
+      this.current = undefined;
+    }
+    return this.finished;
+  }
+
+  private pack(): PackWriter {
+    if (this.current?.full) {
+      this.current.finish();
+      this.finished.push(this.current);
+      this.current = undefined;
+    }
+    this.current ??= new PackWriter(this.repo.dir);
+    return this.current;
+  }
+}
+
+/** Refuses a store that someone other than root could read or change. */
+function checkStoreDirectory(dir: string): void {
+  const st = statSync(dir);
+  if (!st.isDirectory()) throw new StorePermissionError(`${dir} is not a directory`);
+  if (st.uid !== 0 && process.getuid?.() === 0) {
+    throw new StorePermissionError(`${dir} is owned by uid ${st.uid}, not root: memory images hold secrets, so a store must be root's. Fix: chown root ${dir}`);
+  }
+  if ((st.mode & 0o077) !== 0) {
+    throw new StorePermissionError(
+      `${dir} has mode ${(st.mode & 0o777).toString(8)}: others could read or change checkpoints, which hold the job's memory. Fix: chmod 700 ${dir}`,
+    );
+  }
+}
+
+function jobFromRow(r: Record<string, unknown>): JobRecord {
+  return {
+    name: r.name as string,
+    createdAt: r.created_at as number,
+    command: JSON.parse(r.command as string) as string[],
+    cwd: r.cwd as string,
+    pid: (r.pid as number | null) ?? null,
+    controllerPid: (r.controller_pid as number | null) ?? null,
+    state: r.state as JobState,
+    updatedAt: r.updated_at as number,
+  };
+}
+
+function checkpointFromRow(r: Record<string, unknown>): CheckpointRecord {
+  return {
+    id: r.id as number,
+    job: r.job as string,
+    kind: r.kind as CheckpointKind,
+    takenAt: r.taken_at as number,
+    mode: r.mode as CheckpointMode,
+    rootPid: (r.root_pid as number | null) ?? null,
+    imageBytes: r.image_bytes as number,
+    storedBytes: r.stored_bytes as number,
+    pagesTotal: r.pages_total as number,
+    pagesHashed: r.pages_hashed as number,
+    pagesClean: r.pages_clean as number,
+    durationMs: r.duration_ms as number,
+    freezeMs: r.freeze_ms as number,
+    note: (r.note as string | null) ?? null,
+  };
+}
+

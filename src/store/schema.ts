@@ -1,0 +1,62 @@
+// The SQLite index of a store (docs/FORMAT.md, "index.sqlite"). Version 1.
+export const SCHEMA_V1 = `
+CREATE TABLE meta (
+  key   TEXT PRIMARY KEY,
+  value BLOB NOT NULL
+);
+CREATE TABLE packs (
+  id         INTEGER PRIMARY KEY,
+  name       TEXT NOT NULL UNIQUE,
+  bytes      INTEGER NOT NULL,
+  created_at INTEGER NOT NULL
+);
+CREATE TABLE chunks (
+  id            BLOB PRIMARY KEY,
+  pack          INTEGER NOT NULL REFERENCES packs(id),
+  offset        INTEGER NOT NULL,
+  stored_length INTEGER NOT NULL,
+  raw_length    INTEGER NOT NULL,
+  compression   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE jobs (
+  name           TEXT PRIMARY KEY,
+  created_at     INTEGER NOT NULL,
+  command        TEXT NOT NULL,
+  cwd            TEXT NOT NULL,
+  pid            INTEGER,
+  controller_pid INTEGER,
+  state          TEXT NOT NULL,
+  updated_at     INTEGER NOT NULL
+);
+CREATE TABLE checkpoints (
+  id           INTEGER PRIMARY KEY AUTOINCREMENT,
+  job          TEXT NOT NULL REFERENCES jobs(name),
+  kind         TEXT NOT NULL CHECK (kind IN ('checkpoint', 'pre-restore')),
+  taken_at     INTEGER NOT NULL,
+  mode         TEXT NOT NULL CHECK (mode IN ('full', 'incremental', 'files')),
+  root_pid     INTEGER,
+  image_bytes  INTEGER NOT NULL,
+  stored_bytes INTEGER NOT NULL,
+  pages_total  INTEGER NOT NULL,
+  pages_hashed INTEGER NOT NULL,
+  pages_clean  INTEGER NOT NULL,
+  duration_ms  REAL NOT NULL,
+  freeze_ms    REAL NOT NULL,
+  note         TEXT
+);
+CREATE INDEX checkpoints_by_job_time ON checkpoints (job, taken_at);
+CREATE TABLE files (
+  checkpoint        INTEGER NOT NULL REFERENCES checkpoints(id),
+  role              TEXT NOT NULL CHECK (role IN ('image', 'job-file')),
+  path              TEXT NOT NULL,
+  size              INTEGER NOT NULL,
+  mode              INTEGER NOT NULL,
+  uid               INTEGER NOT NULL,
+  gid               INTEGER NOT NULL,
+  block_bytes       INTEGER NOT NULL,
+  manifest          BLOB NOT NULL,
+  manifest_indirect INTEGER NOT NULL,
+  identity          TEXT,
+  PRIMARY KEY (checkpoint, role, path)
+);
+`;

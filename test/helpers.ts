@@ -1,0 +1,159 @@
+// Helpers for tests that drive the real `crinc` command line (built into dist/ by
+// `npm test`'s set-up), real CRIU and real processes.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export const ROOT = resolve(import.meta.dirname, '..');
+export const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
+export const COUNTER = join(ROOT, 'build', 'workloads', 'counter');
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function crinc(store: string, args: string[], env: NodeJS.ProcessEnv = {}): CliResult {
+  const r = spawnSync(process.execPath, [CLI, ...args], {
+    env: { ...process.env, CRINC_STORE: store, ...env },
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+export function crincOk(store: string, args: string[], env: NodeJS.ProcessEnv = {}): string {
+  const r = crinc(store, args, env);
+  if (r.code !== 0) throw new Error(`crinc ${args.join(' ')} failed (${r.code}):\n${r.stderr}${r.stdout}`);
+  return r.stdout;
+}
+
+export function crincJson<T>(store: string, args: string[], env: NodeJS.ProcessEnv = {}): T {
+  return JSON.parse(crincOk(store, [...args, '--json'], env)) as T;
+}
+
+export interface JobInfo {
+  job: string;
+  pid: number;
+  state: string;
+}
+
+export interface CheckpointJson {
+  id: number;
+  job: string;
+  kind: string;
+  takenAt: string;
+  imageBytes: number;
+  storedBytes: number;
+  pagesTotal: number;
+  pagesHashed: number;
+  pagesClean: number;
+  durationMs: number;
+  freezeMs: number;
+  mode: string;
+}
+
+/** A temporary store (root-only, like a real one) and the processes a test started in it. */
+export class Sandbox {
+  readonly dir = mkdtempSync('/tmp/crinc-test-');
+  readonly store = join(this.dir, 'store');
+  private readonly children: ChildProcess[] = [];
+  private readonly pids = new Set<number>();
+
+  cli(args: string[], env: NodeJS.ProcessEnv = {}): CliResult {
+    return crinc(this.store, args, env);
+  }
+
+  ok(args: string[], env: NodeJS.ProcessEnv = {}): string {
+    return crincOk(this.store, args, env);
+  }
+
+  json<T>(args: string[], env: NodeJS.ProcessEnv = {}): T {
+    return crincJson<T>(this.store, args, env);
+  }
+
+  /** `crinc run` in the background; resolves once the job is registered. */
+  async run(job: string, cmd: string[], extra: string[] = ['--interval', '1h']): Promise<{ controller: ChildProcess; pid: number; output: () => string }> {
+    let output = '';
+    const controller = spawn(process.execPath, [CLI, 'run', '--job', job, ...extra, '--', ...cmd], {
+      env: { ...process.env, CRINC_STORE: this.store },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    controller.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+    controller.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+    this.children.push(controller);
+    const pid = await waitFor(() => {
+      if (!existsSync(join(this.store, 'index.sqlite'))) return undefined;
+      const r = this.cli(['jobs', '--json']);
+      if (r.code !== 0) return undefined;
+      const j = (JSON.parse(r.stdout) as JobInfo[]).find((x) => x.job === job && x.state === 'running');
+      return j?.pid;
+    }, `job ${job} to start\n${output}`);
+    this.track(pid);
+    return { controller, pid, output: () => output };
+  }
+
+  track(pid: number): void {
+    this.pids.add(pid);
+  }
+
+  jobLog(job: string, stream: 'stdout' | 'stderr' = 'stdout'): string {
+    return readFileSync(join(this.store, 'jobs', job, `${stream}.log`), 'utf8');
+  }
+
+  jobPid(job: string): number {
+    return this.json<JobInfo[]>(['jobs']).find((j) => j.job === job)!.pid;
+  }
+
+  cleanup(): void {
+    for (const pid of this.pids) killQuietly(pid);
+    for (const c of this.children) if (c.exitCode === null && c.pid) killQuietly(c.pid);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export function killQuietly(pid: number, signal: NodeJS.Signals = 'SIGKILL'): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+export async function waitFor<T>(probe: () => T | undefined | false, what: string, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = probe();
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+/** True while pid exists and is not a zombie. */
+export function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
+export async function killAndWait(pid: number): Promise<void> {
+  killQuietly(pid);
+  await waitFor(() => !alive(pid), `pid ${pid} to die`);
+}
+
+/** The counters of the "tick N at MS" lines of the counter workload's log. */
+export function ticks(log: string): { tick: number; at: number }[] {
+  return [...log.matchAll(/^tick (\d+) at (\d+)$/gm)].map((m) => ({ tick: Number(m[1]), at: Number(m[2]) }));
+}
+
+export function lastTick(log: string): number {
+  const t = ticks(log);
+  return t.length ? t[t.length - 1]!.tick : 0;
+}
