@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 // crinc's command line: thin commands over the controller.
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { criuVersion } from '../criu/criu.js';
 import { takeCheckpoint } from '../controller/checkpoint.js';
 import { openCodecs } from '../controller/codecs.js';
-import { NotRootError } from '../controller/errors.js';
-import { materializeImages } from '../controller/materialize.js';
+import { NoCheckpointError, NotRootError } from '../controller/errors.js';
+import { exportCheckpoint } from '../controller/materialize.js';
 import { isRunning } from '../controller/procfs.js';
 import { resolveCheckpoint, restoreJob, type RestoreTarget } from '../controller/restore.js';
 import { runJob } from '../controller/run.js';
@@ -204,21 +204,20 @@ Examples:
 
   program
     .command('export')
-    .description('write a checkpoint\'s CRIU image directory, byte for byte as CRIU wrote it (every chunk verified)')
+    .description("write a checkpoint out as stored, every chunk verified: CRIU's image directory byte for byte, and the job's files under files/<their absolute path>")
     .argument('<job>', 'job name')
     .addOption(new Option('--at <time>', 'newest checkpoint at or before TIME').conflicts('id'))
-    .addOption(new Option('--id <id>', 'checkpoint id').argParser(intArg))
-    .requiredOption('--to <dir>', 'new directory to write the images into')
+    .addOption(new Option('--id <id>', 'checkpoint id, also of a pre-restore snapshot (see crinc list)').argParser(intArg))
+    .requiredOption('--to <dir>', 'directory to write into (created; must be empty)')
     .addOption(storeOption())
-    .addHelpText('after', '\nExample:\n  crinc export sim --id 42 --to /tmp/sim-42 && criu restore -D /tmp/sim-42 -d')
+    .addHelpText('after', '\nExamples:\n  crinc export sim --id 42 --to /tmp/sim-42 && criu restore -D /tmp/sim-42 -d\n  crinc export sim --id 43 --to /tmp/before-restore    (a pre-restore snapshot: files only)')
     .action(async (job: string, o: { at?: string; id?: number; to: string; store?: string }) => {
       const repo = openStore(o.store);
-      const cp = resolveCheckpoint(repo, job, o.id !== undefined ? { id: o.id } : { at: parseTimeSpec(o.at ?? 'now') });
+      const cp = o.id !== undefined ? repo.getCheckpoint(o.id) : resolveCheckpoint(repo, job, { at: parseTimeSpec(o.at ?? 'now') });
+      if (cp.job !== job) throw new NoCheckpointError(`checkpoint ${cp.id} belongs to job "${cp.job}", not "${job}"`);
       const codecs = await openCodecs(repo);
-      mkdirSync(o.to, { recursive: true, mode: 0o700 });
-      const images = repo.checkpointFiles(cp.id, codecs.chunks, 'image');
-      materializeImages(repo, images, codecs.chunks, o.to);
-      console.log(`checkpoint ${cp.id}: ${images.length} image files written to ${o.to}`);
+      const written = exportCheckpoint(repo, codecs, cp, o.to);
+      console.log(`checkpoint ${cp.id}: ${written.images} image files and ${written.files} job files written to ${o.to}`);
       repo.close();
     });
 

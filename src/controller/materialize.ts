@@ -1,9 +1,10 @@
 // Materialize: a stored file written back out byte for byte, every chunk read from its
 // pack and checked against its id on the way (a mismatch throws; nothing is guessed).
-import { closeSync, fsyncSync, ftruncateSync, mkdirSync, openSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, existsSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readdirSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { CHUNK_ID_BYTES } from '../store/format.js';
-import { type ChunkCodec, type FileManifest, isZeroId, type Repository } from '../store/repository.js';
+import { type CheckpointRecord, type ChunkCodec, type FileManifest, isZeroId, type Repository } from '../store/repository.js';
+import type { Codecs } from './codecs.js';
 
 export function materializeFile(repo: Repository, manifest: FileManifest, codec: ChunkCodec, dest: string): void {
   const fd = openSync(dest, 'w', 0o600);
@@ -36,4 +37,24 @@ export function materializeImages(repo: Repository, images: FileManifest[], code
     if (m.path.includes('/')) throw new Error(`image file name ${m.path} has a slash`);
     materializeFile(repo, m, codec, join(dir, m.path));
   }
+}
+
+export class ExportTargetError extends Error {
+  override name = 'ExportTargetError';
+}
+
+/** Writes a checkpoint out: images into dir, the job's files under dir/files/<absolute path>. */
+export function exportCheckpoint(repo: Repository, codecs: Codecs, cp: CheckpointRecord, dir: string): { images: number; files: number } {
+  if (existsSync(dir) && readdirSync(dir).length > 0) throw new ExportTargetError(`${dir} is not empty: export into a new or empty directory`);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const all = repo.checkpointFiles(cp.id, codecs.chunks);
+  const images = all.filter((f) => f.role === 'image');
+  materializeImages(repo, images, codecs.chunks, dir);
+  const jobFiles = all.filter((f) => f.role === 'job-file');
+  for (const f of jobFiles) {
+    const dest = join(dir, 'files', f.path);
+    mkdirSync(dirname(dest), { recursive: true, mode: 0o700 });
+    materializeFile(repo, f, codecs.chunks, dest);
+  }
+  return { images: images.length, files: jobFiles.length };
 }

@@ -1,8 +1,8 @@
 // `crinc run`: start a command as a job in its own PID namespace, detached from the
 // terminal, and checkpoint it every interval while it runs.
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { JobBusyError } from '../store/errors.js';
 import { type CheckpointRecord, type Repository, validateJobName } from '../store/repository.js';
@@ -14,6 +14,7 @@ import { isRunning } from './procfs.js';
 /** How long the namespace's init may take to appear after `unshare` starts. */
 const JOB_START_TIMEOUT_MS = 5000;
 const JOB_START_POLL_MS = 10;
+const JOB_EXEC_SCRIPT = 'out=$1; err=$2; shift 2; exec "$@" </dev/null >>"$out" 2>>"$err"';
 
 export interface RunOptions {
   job: string;
@@ -53,21 +54,24 @@ async function namespaceInit(unsharePid: number): Promise<number> {
 
 export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 'command' | 'cwd'>) {
   validateJobName(opts.job);
+  const executable = findExecutable(opts.command[0]!, opts.cwd);
+  if (!executable) throw new JobStartError(`cannot start the job: "${opts.command[0]}" is not an executable file (nor found on PATH)`);
   const existing = repo.findJob(opts.job);
   if (existing?.pid && isRunning(existing.pid)) throw new JobExistsError(opts.job, existing.pid);
   const jobDir = repo.jobDir(opts.job);
   mkdirSync(jobDir, { recursive: true, mode: 0o700 });
-  const out = openSync(join(jobDir, 'stdout.log'), 'a', 0o600);
-  const err = openSync(join(jobDir, 'stderr.log'), 'a', 0o600);
-  // unshare forks the namespace's init; setsid makes it a session leader. With stdio on
-  // files and no terminal, CRIU can dump and restore it without --shell-job.
-  const child = spawn('unshare', ['--pid', '--fork', 'setsid', ...opts.command], {
-    cwd: opts.cwd,
-    detached: true,
-    stdio: ['ignore', out, err],
-  });
-  closeSync(out);
-  closeSync(err);
+  // unshare forks the namespace's init; setsid makes it a session leader; sh points the
+  // job's stdio at its log files and execs the command, which so stays the init. With
+  // stdio on files and no terminal, CRIU dumps and restores it without --shell-job.
+  // unshare's own messages go to launcher.log, never into the job's logs.
+  for (const log of ['stdout.log', 'stderr.log']) closeSync(openSync(join(jobDir, log), 'a', 0o600));
+  const launcherLog = openSync(join(jobDir, 'launcher.log'), 'a', 0o600);
+  const child = spawn(
+    'unshare',
+    ['--pid', '--fork', 'setsid', 'sh', '-c', JOB_EXEC_SCRIPT, 'sh', join(jobDir, 'stdout.log'), join(jobDir, 'stderr.log'), ...opts.command],
+    { cwd: opts.cwd, detached: true, stdio: ['ignore', launcherLog, launcherLog] },
+  );
+  closeSync(launcherLog);
   const spawnError = new Promise<never>((_, reject) => child.once('error', (e) => reject(new JobStartError(`cannot start the job: ${e.message}`))));
   const pid = await Promise.race([namespaceInit(child.pid!), spawnError]);
   const now = Date.now();
@@ -91,8 +95,12 @@ export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions)
   const { pid, exited } = await startJob(repo, opts);
   let ended: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   const jobEnded = exited.then((e) => (ended = e));
+  // Ends the pending wait between checkpoints when the job ends first.
+  const waits = new AbortController();
+  void jobEnded.then(() => waits.abort());
+  const waitSignal = AbortSignal.any([opts.signal, waits.signal]);
   while (!ended && !opts.signal.aborted) {
-    await Promise.race([sleep(opts.intervalMs, undefined, { signal: opts.signal }).catch(() => undefined), jobEnded]);
+    await sleep(opts.intervalMs, undefined, { signal: waitSignal }).catch(() => undefined);
     if (ended || opts.signal.aborted) break;
     try {
       opts.onCheckpoint(await takeCheckpoint(repo, codecs, opts.job));
@@ -117,4 +125,19 @@ export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions)
     repo.saveJob({ ...job, controllerPid: null, updatedAt: Date.now() });
   }
   return { pid, reason: 'stopped', exitCode: null, exitSignal: null };
+}
+
+function findExecutable(cmd: string, cwd: string): string | undefined {
+  const candidates = cmd.includes('/')
+    ? [resolve(cwd, cmd)]
+    : (process.env.PATH ?? '/usr/bin:/bin').split(':').filter(Boolean).map((d) => join(d, cmd));
+  for (const c of candidates) {
+    try {
+      accessSync(c, fsConstants.X_OK);
+      if (statSync(c).isFile()) return c;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
 }

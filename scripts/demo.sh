@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The demo behind `npm run demo`: a sample workload under `crinc run` on the default
+# store, three checkpoints, the job killed, restored --at the second checkpoint, and
+# shown to run on from there with its memory intact.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+crinc() { node dist/src/cli/main.js "$@"; }
+json() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const v=JSON.parse(s);console.log(eval(process.argv[1]))})' "$1"; }
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+JOB="demo-$(date +%Y%m%d-%H%M%S)"
+STORE="${CRINC_STORE:-/var/lib/crinc}"
+LOG="$STORE/jobs/$JOB/stdout.log"
+WORKLOAD=build/workloads/counter
+CONTROLLER=
+RESTORED=
+
+cleanup() {
+  [ -n "$RESTORED" ] && kill -9 "$RESTORED" 2>/dev/null || true
+  [ -n "$CONTROLLER" ] && kill "$CONTROLLER" 2>/dev/null || true
+}
+
+last_tick() { grep -o '^tick [0-9]*' "$LOG" | tail -n1 | cut -d' ' -f2; }
+
+step "start a sample workload (a counter with a 64 MiB memory region) as job $JOB in store $STORE"
+node dist/src/cli/main.js run --job "$JOB" --interval 1h -- "$WORKLOAD" --region-mib 64 --tick-ms 100 &
+CONTROLLER=$!
+trap cleanup EXIT
+for _ in $(seq 100); do [ -s "$LOG" ] && grep -q '^tick' "$LOG" && break; sleep 0.1; done
+PID=$(crinc jobs --json | json "v.find(j => j.job === '$JOB').pid")
+echo "job $JOB runs as pid $PID; its log: $LOG"
+
+for i in 1 2 3; do
+  sleep 2
+  step "checkpoint $i (the counter is at $(last_tick))"
+  crinc checkpoint "$JOB"
+done
+
+step "kill the job (pid $PID) at tick $(last_tick)"
+kill -9 "$PID"
+wait "$CONTROLLER" || true
+CONTROLLER=
+
+SECOND=$(crinc list "$JOB" --json | json "v[1].takenAt")
+step "restore it --at $SECOND (the second checkpoint)"
+RESTORED=$(crinc restore "$JOB" --at "$SECOND" --json | json "v.pid")
+echo "restored as pid $RESTORED"
+
+step "crinc list $JOB"
+crinc list "$JOB"
+
+sleep 1
+step "the restored job runs on from the second checkpoint's counter"
+tail -n 4 "$LOG"
+kill -USR1 "$RESTORED"
+sleep 0.5
+grep '^verify' "$LOG" | tail -n1
+
+step "crinc jobs"
+crinc jobs
+echo
+echo "The demo job is stopped now; its checkpoints stay in $STORE."
