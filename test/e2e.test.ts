@@ -7,9 +7,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CheckpointJson, COUNTER, killAndWait, lastTick, Sandbox, ticks, waitFor } from './helpers.js';
 
+/** sha256 of each regular file directly in dir. */
 function sha256Dir(dir: string): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const name of readdirSync(dir).sort()) out[name] = createHash('sha256').update(readFileSync(join(dir, name))).digest('hex');
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    if (e.isFile()) out[e.name] = createHash('sha256').update(readFileSync(join(dir, e.name))).digest('hex');
+  }
   return out;
 }
 

@@ -55,8 +55,15 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
 
     const writer = repo.newChunkWriter(codecs.chunks);
     const ingest = new Ingest(codecs.pages, writer);
-    const images = ingest.imageDirectory(imagesDir, NO_CLEAN_PAGES);
-    const jobFiles = jobFileManifests(captured, ingest);
+    let images: FileManifest[];
+    let jobFiles: FileManifest[];
+    try {
+      images = ingest.imageDirectory(imagesDir, NO_CLEAN_PAGES);
+      jobFiles = jobFileManifests(captured, ingest);
+    } catch (e) {
+      writer.abandon();
+      throw e;
+    }
     const record = repo.commitCheckpoint(
       {
         job: jobName,

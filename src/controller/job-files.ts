@@ -9,15 +9,26 @@ import type { FileManifest } from '../store/repository.js';
 import { filesOpenForWriting, processTree } from './procfs.js';
 import { isAllZero } from './ingest.js';
 
-/** Kernel-maintained facts that change whenever the content can have changed. */
-export function fileIdentity(path: string): string {
-  const st = statSync(path, { bigint: true });
-  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+export interface FileFacts {
+  /** Kernel-maintained facts that change whenever the content can have changed. */
+  identity: string;
+  mode: number;
+  uid: number;
+  gid: number;
 }
 
-export interface CapturedFile {
+export function fileFacts(path: string): FileFacts {
+  const st = statSync(path, { bigint: true });
+  return {
+    identity: `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`,
+    mode: Number(st.mode & 0o7777n),
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+  };
+}
+
+export interface CapturedFile extends FileFacts {
   path: string;
-  identity: string;
   /** A copy taken while the job was frozen; absent when the previous checkpoint's content is reused. */
   copy?: string;
   /** The previous checkpoint's manifest, reused because the file's identity did not change. */
@@ -33,15 +44,15 @@ export function captureJobFiles(rootPid: number, stagingDir: string, previous: M
   const paths = filesOpenForWriting(processTree(rootPid)).filter((p) => !/^\/(proc|sys)\//.test(p));
   mkdirSync(stagingDir, { recursive: true, mode: 0o700 });
   paths.forEach((path, i) => {
-    const identity = fileIdentity(path);
+    const facts = fileFacts(path);
     const prev = previous.get(path);
-    if (prev && prev.identity === identity) {
-      out.push({ path, identity, unchanged: prev });
+    if (prev && prev.identity === facts.identity) {
+      out.push({ path, ...facts, unchanged: prev });
       return;
     }
     const copy = join(stagingDir, String(i));
     copyFileSync(path, copy);
-    out.push({ path, identity, copy });
+    out.push({ path, ...facts, copy });
   });
   return out;
 }
@@ -53,19 +64,15 @@ export interface FileIngestor {
 /** Manifests for captured files, after the thaw. */
 export function jobFileManifests(files: CapturedFile[], ingest: FileIngestor): FileManifest[] {
   return files.map((f) => {
-    if (f.unchanged) return { ...f.unchanged, identity: f.identity };
-    const st = statSync(f.path);
-    const copySize = statSync(f.copy!).size;
+    const meta = { mode: f.mode, uid: f.uid, gid: f.gid, identity: f.identity };
+    if (f.unchanged) return { ...f.unchanged, ...meta };
     return {
       role: 'job-file' as const,
       path: f.path,
-      size: copySize,
-      mode: st.mode & 0o7777,
-      uid: st.uid,
-      gid: st.gid,
+      size: statSync(f.copy!).size,
       blockBytes: FILE_BLOCK_BYTES,
       ids: ingest.blocks(f.copy!, FILE_BLOCK_BYTES),
-      identity: f.identity,
+      ...meta,
     };
   });
 }

@@ -9,7 +9,7 @@ import { makeStaging } from './checkpoint.js';
 import type { Codecs } from './codecs.js';
 import { JobStillRunningError, NoCheckpointError } from './errors.js';
 import { Ingest } from './ingest.js';
-import { fileIdentity, fileMatches, installFile } from './job-files.js';
+import { type FileFacts, fileFacts, fileMatches, installFile } from './job-files.js';
 import { materializeFile, materializeImages } from './materialize.js';
 import { isRunning } from './procfs.js';
 import { FILE_BLOCK_BYTES } from '../store/format.js';
@@ -59,17 +59,19 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     // 1. Materialize and verify: images, then the files that differ from the checkpoint.
     const files = repo.checkpointFiles(checkpoint.id, codecs.chunks);
     materializeImages(repo, files.filter((f) => f.role === 'image'), codecs.chunks, imagesDir);
-    const changed: { manifest: FileManifest; wanted: string; current: string | null }[] = [];
+    const changed: { manifest: FileManifest; wanted: string; current: string | null; facts: FileFacts | null }[] = [];
     for (const [i, m] of files.filter((f) => f.role === 'job-file').entries()) {
       if (fileMatches(m, codecs.pages)) continue;
       const wanted = join(wantedDir, String(i));
       materializeFile(repo, m, codecs.chunks, wanted);
       let current: string | null = null;
+      let facts: FileFacts | null = null;
       if (existsSync(m.path)) {
         current = join(currentDir, String(i));
+        facts = fileFacts(m.path);
         copyFileSync(m.path, current);
       }
-      changed.push({ manifest: m, wanted, current });
+      changed.push({ manifest: m, wanted, current, facts });
     }
 
     // 2. Keep what the files hold now, before anything is overwritten.
@@ -78,12 +80,13 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     if (kept.length > 0) {
       const writer = repo.newChunkWriter(codecs.chunks);
       const ingest = new Ingest(codecs.pages, writer);
-      const manifests: FileManifest[] = kept.map(({ manifest, current }) => ({
-        ...manifest,
+      const manifests: FileManifest[] = kept.map(({ manifest, current, facts }) => ({
+        role: 'job-file',
+        path: manifest.path,
         size: statSync(current!).size,
         blockBytes: FILE_BLOCK_BYTES,
         ids: ingest.blocks(current!, FILE_BLOCK_BYTES),
-        identity: fileIdentity(manifest.path),
+        ...facts!,
       }));
       preRestore = repo.commitCheckpoint(
         {
@@ -113,7 +116,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     } catch (e) {
       // The job did not come back: give its files their newer content again.
       for (const c of changed) {
-        if (c.current) installFile(c.current, { ...c.manifest, size: statSync(c.current).size });
+        if (c.current) installFile(c.current, { ...c.manifest, ...c.facts!, size: statSync(c.current).size });
         else rmSync(c.manifest.path, { force: true });
       }
       throw e;

@@ -27,7 +27,7 @@ export class ChunkCorruptError extends StoreError {
     readonly pack: string,
     readonly detail: string,
   ) {
-    super(`chunk ${chunkId} in pack ${pack} is damaged (${detail}); nothing was restored from it. Run \`crinc verify --read-data\` to list every damaged checkpoint.`);
+    super(`chunk ${chunkId} in pack ${pack} is damaged (${detail}); nothing was restored. Other checkpoints that share this chunk are damaged too; older or newer checkpoints may not share it.`);
   }
 }
 

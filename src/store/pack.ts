@@ -1,7 +1,7 @@
 // Pack files: append-only containers of compressed chunks (layout in docs/FORMAT.md).
 // A pack is written under a .partial name, fsynced, then renamed: a pack file without
 // that suffix is always complete. Only the index decides whether its chunks are live.
-import { closeSync, fsyncSync, mkdirSync, openSync, readSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import {
@@ -55,7 +55,10 @@ export class PackWriter {
   constructor(storeDir: string) {
     this.finalPath = packPath(storeDir, this.name);
     this.partialPath = this.finalPath + PARTIAL_SUFFIX;
-    mkdirSync(dirname(this.finalPath), { recursive: true, mode: 0o700 });
+    // A new prefix directory must itself be durable before the index can name the pack.
+    if (mkdirSync(dirname(this.finalPath), { recursive: true, mode: 0o700 }) !== undefined) {
+      fsyncDir(dirname(dirname(this.finalPath)));
+    }
     this.fd = openSync(this.partialPath, 'wx', 0o600);
     const header = Buffer.alloc(PACK_HEADER_BYTES);
     PACK_MAGIC.copy(header, 0);
@@ -95,6 +98,16 @@ export class PackWriter {
     this.fd = -1;
     renameSync(this.partialPath, this.finalPath);
     fsyncDir(dirname(this.finalPath));
+  }
+
+  /** Drops an uncommitted pack, finished or not: nothing references it. */
+  abandon(): void {
+    if (this.fd >= 0) {
+      closeSync(this.fd);
+      this.fd = -1;
+    }
+    rmSync(this.partialPath, { force: true });
+    rmSync(this.finalPath, { force: true });
   }
 
   private append(data: Uint8Array): void {

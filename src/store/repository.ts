@@ -3,7 +3,7 @@
 // its packs are on disk (docs/FORMAT.md, "Commit").
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tryLockExclusive } from '../sys/libc.js';
 import {
@@ -134,14 +134,17 @@ export class Repository {
   private readonly hasChunkStmt: Database.Statement;
   private readonly chunkStmt: Database.Statement;
 
-  private constructor(readonly dir: string) {
+  private constructor(
+    readonly dir: string,
+    isNew: boolean,
+  ) {
     this.db = new Database(join(dir, INDEX_FILE));
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 30000');
     this.packReader = new PackReader(dir);
-    this.ensureSchema();
+    this.ensureSchema(isNew);
     const secret = this.db.prepare(`SELECT value FROM meta WHERE key = 'secret'`).pluck().get() as Buffer | undefined;
     if (!secret || secret.length !== SECRET_BYTES) throw new StoreFormatError(`${dir}: the store's secret is missing or damaged`);
     this.secret = new Uint8Array(secret);
@@ -152,14 +155,17 @@ export class Repository {
   }
 
   static open(dir: string, options: OpenOptions): Repository {
-    if (!existsSync(join(dir, INDEX_FILE))) {
+    const index = join(dir, INDEX_FILE);
+    const isNew = !existsSync(index);
+    if (isNew) {
       if (!options.create) throw new StoreNotFoundError(dir);
       mkdirSync(dir, { recursive: true, mode: 0o700 });
     }
     checkStoreDirectory(dir);
+    // Created 0600 before SQLite opens it: its -wal and -shm files take the same mode.
+    if (isNew) closeSync(openSync(index, 'a', 0o600));
+    const repo = new Repository(dir, isNew);
     for (const sub of [PACKS_DIR, JOBS_DIR, LOCKS_DIR]) mkdirSync(join(dir, sub), { recursive: true, mode: 0o700 });
-    const repo = new Repository(dir);
-    chmodSync(join(dir, INDEX_FILE), 0o600);
     return repo;
   }
 
@@ -168,8 +174,9 @@ export class Repository {
     this.db.close();
   }
 
-  private ensureSchema(): void {
+  private ensureSchema(isNew: boolean): void {
     const hasMeta = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'`).get();
+    if (!hasMeta && !isNew) throw new StoreFormatError(`${this.dir}/${INDEX_FILE} is not a crinc index (no meta table)`);
     if (!hasMeta) {
       this.db.transaction(() => {
         this.db.exec(SCHEMA_V1);
@@ -287,8 +294,15 @@ export class Repository {
     files: FileManifest[],
     writer: ChunkWriter,
   ): CheckpointRecord {
-    const stored = files.map((f) => ({ f, manifest: writer.storeManifest(f.ids) }));
-    const packs = writer.finish();
+    let stored: { f: FileManifest; manifest: { data: Buffer; indirect: boolean } }[];
+    let packs: PackWriter[];
+    try {
+      stored = files.map((f) => ({ f, manifest: writer.storeManifest(f.ids) }));
+      packs = writer.finish();
+    } catch (e) {
+      writer.abandon();
+      throw e;
+    }
     const insPack = this.db.prepare('INSERT INTO packs (name, bytes, created_at) VALUES (?, ?, ?)');
     const insChunk = this.db.prepare(
       'INSERT OR IGNORE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES (?, ?, ?, ?, ?, ?)',
@@ -304,7 +318,7 @@ export class Repository {
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
     const now = Date.now();
-    const id = this.db.transaction(() => {
+    const commit = this.db.transaction(() => {
       for (const pack of packs) {
         const packId = insPack.run(pack.name, pack.bytes, now).lastInsertRowid;
         for (const c of pack.chunks) insChunk.run(c.id, packId, c.offset, c.storedLength, c.rawLength, c.compression);
@@ -314,7 +328,14 @@ export class Repository {
         insFile.run(checkpointId, f.role, f.path, f.size, f.mode, f.uid, f.gid, f.blockBytes, manifest.data, manifest.indirect ? 1 : 0, f.identity);
       }
       return checkpointId;
-    })();
+    });
+    let id: number;
+    try {
+      id = commit();
+    } catch (e) {
+      writer.abandon();
+      throw e;
+    }
     return this.getCheckpoint(id);
   }
 
@@ -417,6 +438,13 @@ export class ChunkWriter {
       refs.push(id);
     }
     return { data: Buffer.concat(refs), indirect: true };
+  }
+
+  /** Removes every pack this writer made: for a checkpoint that will not be committed. */
+  abandon(): void {
+    this.current?.abandon();
+    this.current = undefined;
+    for (const p of this.finished.splice(0)) p.abandon();
   }
 
   finish(): PackWriter[] {
