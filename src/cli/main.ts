@@ -6,6 +6,7 @@ import { resolve } from 'node:path';
 import { criuVersion } from '../criu/criu.js';
 import { takeCheckpoint } from '../controller/checkpoint.js';
 import { openCodecs } from '../controller/codecs.js';
+import { askController, controlSocketPath } from '../controller/control.js';
 import { NoCheckpointError, NotRootError } from '../controller/errors.js';
 import { exportCheckpoint } from '../controller/materialize.js';
 import { isRunning } from '../controller/procfs.js';
@@ -17,6 +18,8 @@ import { formatBytes, formatCheckpoint, printTable } from './format.js';
 
 export const DEFAULT_STORE = '/var/lib/crinc';
 const DEFAULT_INTERVAL = '5m';
+/** Debug aid: keep each checkpoint's CRIU images, as CRIU wrote them, in $CRINC_KEEP_IMAGES/<id>/. */
+const KEEP_IMAGES_ENV = 'CRINC_KEEP_IMAGES';
 
 function storeDir(opt: string | undefined): string {
   return resolve(opt ?? process.env.CRINC_STORE ?? DEFAULT_STORE);
@@ -107,8 +110,12 @@ Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
     .action(async (job: string, o: { json?: boolean; store?: string }) => {
       const repo = openStore(o.store);
       criuVersion();
-      const codecs = await openCodecs(repo);
-      const cp = await takeCheckpoint(repo, codecs, job);
+      repo.requireJob(job);
+      const keepImagesDir = process.env[KEEP_IMAGES_ENV] ? resolve(process.env[KEEP_IMAGES_ENV]) : undefined;
+      // A running controller takes it, so that its dirty tracking stays continuous.
+      const cp =
+        ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'checkpoint', keepImagesDir })) as CheckpointRecord | undefined) ??
+        (await takeCheckpoint(repo, await openCodecs(repo), job, { keepImagesDir }));
       console.log(o.json ? JSON.stringify(checkpointJson(cp)) : `checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`);
       repo.close();
     });

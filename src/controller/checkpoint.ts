@@ -13,15 +13,18 @@ import { isRunning } from './procfs.js';
 
 /** Staging lives on tmpfs: CRIU writes the images at memory speed, and nothing of it persists. */
 export const STAGING_ROOT = '/dev/shm';
-/** Debug aid: a directory where each checkpoint's CRIU images are kept as CRIU wrote them. */
-export const KEEP_IMAGES_ENV = 'CRINC_KEEP_IMAGES';
 
 export function makeStaging(kind: string): string {
   const dir = mkdtempSync(join(STAGING_ROOT, `crinc-${kind}-`));
   return dir; // mkdtemp creates it 0700
 }
 
-export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: string): Promise<CheckpointRecord> {
+export interface CheckpointOptions {
+  /** Debug aid: also keep CRIU's images, as CRIU wrote them, in <dir>/<checkpoint id>/. */
+  keepImagesDir?: string;
+}
+
+export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: string, options: CheckpointOptions = {}): Promise<CheckpointRecord> {
   const job = repo.requireJob(jobName);
   if (job.pid === null || !isRunning(job.pid)) throw new JobNotRunningError(jobName, job.pid);
   const pid = job.pid;
@@ -83,8 +86,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
       [...images, ...jobFiles],
       writer,
     );
-    const keep = process.env[KEEP_IMAGES_ENV];
-    if (keep) cpSync(imagesDir, join(keep, String(record.id)), { recursive: true });
+    if (options.keepImagesDir) cpSync(imagesDir, join(options.keepImagesDir, String(record.id)), { recursive: true });
     return record;
   } finally {
     rmSync(staging, { recursive: true, force: true });

@@ -1,13 +1,14 @@
 // `crinc run`: start a command as a job in its own PID namespace, detached from the
 // terminal, and checkpoint it every interval while it runs.
 import { spawn } from 'node:child_process';
-import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { JobBusyError } from '../store/errors.js';
 import { type CheckpointRecord, type Repository, validateJobName } from '../store/repository.js';
 import { takeCheckpoint } from './checkpoint.js';
 import type { Codecs } from './codecs.js';
+import { ControlError, controlSocketPath, serveControl } from './control.js';
 import { JobExistsError, JobStartError } from './errors.js';
 import { isRunning } from './procfs.js';
 
@@ -92,7 +93,31 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
 }
 
 export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions): Promise<RunOutcome> {
-  const { pid, exited } = await startJob(repo, opts);
+  const { pid, exited, jobDir } = await startJob(repo, opts);
+  const socket = controlSocketPath(jobDir);
+  const control = await serveControl(socket, async (req) => {
+    if (req.op === 'checkpoint') {
+      const cp = await takeCheckpoint(repo, codecs, opts.job, { keepImagesDir: req.keepImagesDir });
+      opts.onCheckpoint(cp);
+      return cp;
+    }
+    throw new ControlError(`unknown request "${(req as { op: string }).op}"`);
+  });
+  try {
+    return await superviseJob(repo, codecs, opts, pid, exited);
+  } finally {
+    control.close();
+    rmSync(socket, { force: true });
+  }
+}
+
+async function superviseJob(
+  repo: Repository,
+  codecs: Codecs,
+  opts: RunOptions,
+  pid: number,
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>,
+): Promise<RunOutcome> {
   let ended: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   const jobEnded = exited.then((e) => (ended = e));
   // Ends the pending wait between checkpoints when the job ends first.

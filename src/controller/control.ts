@@ -1,0 +1,96 @@
+// The control socket of a running job controller (`crinc run`): other crinc commands
+// ask it to checkpoint (so its dirty tracking stays continuous) or for the job's status.
+// One JSON request per connection, one JSON response, newline-terminated. The socket
+// lives in the job's directory (0700, root-only) and is itself 0600.
+import { chmodSync, existsSync, rmSync } from 'node:fs';
+import { createConnection, createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+
+export const CONTROL_SOCKET = 'control.sock';
+/** A checkpoint of a large job may take minutes; a status answer takes milliseconds. */
+export const CONTROL_TIMEOUT_MS = 15 * 60_000;
+const MAX_REQUEST_BYTES = 64 * 1024;
+
+export type ControlRequest = { op: 'checkpoint'; keepImagesDir?: string } | { op: 'status' };
+export type ControlResponse = { ok: true; result: unknown } | { ok: false; error: { name: string; message: string } };
+
+export class ControlError extends Error {
+  override name = 'ControlError';
+}
+
+/** An error raised inside the controller, carried to the asking command with its name. */
+export class RemoteError extends Error {
+  constructor(name: string, message: string) {
+    super(message);
+    this.name = name;
+  }
+}
+
+export function controlSocketPath(jobDir: string): string {
+  return join(jobDir, CONTROL_SOCKET);
+}
+
+export async function serveControl(path: string, handle: (req: ControlRequest) => Promise<unknown>): Promise<Server> {
+  // A socket file left by a controller that died is stale: nothing listens on it.
+  if (existsSync(path)) rmSync(path);
+  const server = createServer((conn) => {
+    let buf = '';
+    conn.setEncoding('utf8');
+    conn.on('data', (d: string) => {
+      buf += d;
+      if (buf.length > MAX_REQUEST_BYTES) conn.destroy();
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      let req: ControlRequest;
+      try {
+        req = JSON.parse(buf.slice(0, nl)) as ControlRequest;
+      } catch {
+        conn.end(JSON.stringify({ ok: false, error: { name: 'ControlError', message: 'malformed request' } }) + '\n');
+        return;
+      }
+      handle(req).then(
+        (result) => conn.end(JSON.stringify({ ok: true, result } satisfies ControlResponse) + '\n'),
+        (e: Error) => conn.end(JSON.stringify({ ok: false, error: { name: e.name, message: e.message } } satisfies ControlResponse) + '\n'),
+      );
+    });
+    conn.on('error', () => conn.destroy());
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve());
+  });
+  chmodSync(path, 0o600);
+  server.unref();
+  return server;
+}
+
+/** Asks the controller; undefined when no controller listens (the caller works standalone). */
+export async function askController(path: string, req: ControlRequest): Promise<unknown | undefined> {
+  if (!existsSync(path)) return undefined;
+  return new Promise((resolve, reject) => {
+    const conn = createConnection(path);
+    let buf = '';
+    let connected = false;
+    conn.setEncoding('utf8');
+    conn.setTimeout(CONTROL_TIMEOUT_MS, () => conn.destroy(new ControlError(`the job's controller did not answer within ${CONTROL_TIMEOUT_MS / 60_000} min`)));
+    conn.on('connect', () => {
+      connected = true;
+      conn.write(JSON.stringify(req) + '\n');
+    });
+    conn.on('data', (d: string) => (buf += d));
+    conn.on('error', (e: NodeJS.ErrnoException) => {
+      // Nobody listens on a stale socket: work without the controller.
+      if (!connected && (e.code === 'ECONNREFUSED' || e.code === 'ENOENT')) resolve(undefined);
+      else reject(e);
+    });
+    conn.on('end', () => {
+      try {
+        const res = JSON.parse(buf) as ControlResponse;
+        if (res.ok) resolve(res.result);
+        else reject(new RemoteError(res.error.name, res.error.message));
+      } catch {
+        reject(new ControlError(`the job's controller gave a malformed answer: ${buf.slice(0, 200)}`));
+      }
+    });
+  });
+}
