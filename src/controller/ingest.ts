@@ -26,6 +26,48 @@ export interface CleanPages {
 
 export const NO_CLEAN_PAGES: CleanPages = { previousId: () => undefined };
 
+/** The page ids of one process at a checkpoint, by address: the next checkpoint's baseline. */
+export interface ProcessPages {
+  /** Ascending page addresses. */
+  vaddrs: BigUint64Array;
+  /** The chunk id of each, CHUNK_ID_BYTES apiece. */
+  ids: Uint8Array;
+}
+
+/** Per process (PID inside the image), its pages at a checkpoint. */
+export type PageIndex = Map<number, ProcessPages>;
+
+export function lookupPage(pages: ProcessPages, vaddr: bigint): Uint8Array | undefined {
+  let lo = 0;
+  let hi = pages.vaddrs.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const v = pages.vaddrs[mid]!;
+    if (v === vaddr) return pages.ids.subarray(mid * CHUNK_ID_BYTES, (mid + 1) * CHUNK_ID_BYTES);
+    if (v < vaddr) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return undefined;
+}
+
+/** A page that tracking called clean although its content changed (verification mode). */
+export interface TrackingMiss {
+  pid: number;
+  vaddr: bigint;
+}
+
+export class TrackingMissError extends Error {
+  override name = 'TrackingMissError';
+  constructor(readonly misses: TrackingMiss[]) {
+    const shown = misses.slice(0, 20).map((m) => `pid ${m.pid} 0x${m.vaddr.toString(16)}`);
+    super(
+      `dirty tracking called ${misses.length} page(s) clean that changed (verification mode): ${shown.join(', ')}` +
+        (misses.length > shown.length ? `, … ${misses.length - shown.length} more` : '') +
+        '; the checkpoint was not committed',
+    );
+  }
+}
+
 export interface IngestStats {
   imageBytes: number;
   pagesTotal: number;
@@ -36,13 +78,22 @@ export interface IngestStats {
 
 export class Ingest {
   readonly stats: IngestStats = { imageBytes: 0, pagesTotal: 0, pagesHashed: 0, pagesClean: 0, pagesZero: 0 };
+  /** Every process's pages of this image, for the next checkpoint's clean-page reuse. */
+  readonly pageIndex: PageIndex = new Map();
+  /** Verification mode: clean pages hashed anyway; these changed. */
+  readonly misses: TrackingMiss[] = [];
   private readonly batch = Buffer.allocUnsafe(INGEST_BATCH_BYTES);
   private readonly batchIds = new Uint8Array(PAGES_PER_BATCH * CHUNK_ID_BYTES);
   private readonly batchFlags = new Uint8Array(PAGES_PER_BATCH);
 
+  /**
+   * @param verifyClean hash pages called clean too, and record each one whose content
+   *   changed (CRINC_VERIFY_TRACKING): slower, and proves the tracking.
+   */
   constructor(
     private readonly codec: PageCodec,
     private readonly writer: ChunkWriter,
+    private readonly verifyClean = false,
   ) {}
 
   /** Every file of a CRIU image directory, as manifests. */
@@ -120,31 +171,46 @@ export class Ingest {
       const ids = new Uint8Array(pageCount * CHUNK_ID_BYTES);
       // The address of each page in file order, when a pagemap says so.
       const vaddrs = pagemap ? presentVaddrs(pagemap, pageCount, path) : undefined;
+      const tracked = vaddrs !== undefined && pid !== null;
       let page = 0;
       while (page < pageCount) {
-        // Reuse clean pages without reading them.
-        if (vaddrs && pid !== null) {
-          const prev = clean.previousId(pid, vaddrs[page]!);
-          if (prev) {
-            ids.set(prev, page * CHUNK_ID_BYTES);
-            this.stats.pagesClean++;
-            page++;
-            continue;
-          }
+        // A clean page reuses its previous id and is not read.
+        const prev = tracked ? clean.previousId(pid, vaddrs[page]!) : undefined;
+        if (prev && !this.verifyClean) {
+          ids.set(prev, page * CHUNK_ID_BYTES);
+          this.stats.pagesClean++;
+          page++;
+          continue;
         }
         // A run of pages to read: up to a batch, stopping before the next clean page.
         let end = page + 1;
         while (end < pageCount && end - page < PAGES_PER_BATCH) {
-          if (vaddrs && pid !== null && clean.previousId(pid, vaddrs[end]!)) break;
+          if (tracked && !this.verifyClean && clean.previousId(pid, vaddrs[end]!)) break;
           end++;
         }
         this.hashRun(fd, path, page, end, ids);
+        if (this.verifyClean && tracked) this.checkClean(pid, vaddrs, page, end, ids, clean);
         page = end;
       }
+      if (tracked) this.pageIndex.set(pid, { vaddrs, ids });
       this.stats.pagesTotal += pageCount;
       return ids;
     } finally {
       closeSync(fd);
+    }
+  }
+
+  /** Verification mode: every page called clean must hash to its previous id. */
+  private checkClean(pid: number, vaddrs: BigUint64Array, first: number, end: number, ids: Uint8Array, clean: CleanPages): void {
+    for (let p = first; p < end; p++) {
+      const prev = clean.previousId(pid, vaddrs[p]!);
+      if (!prev) continue;
+      // Counted as without verification: reused, not needing a hash.
+      this.stats.pagesClean++;
+      this.stats.pagesHashed--;
+      if (Buffer.compare(prev, ids.subarray(p * CHUNK_ID_BYTES, (p + 1) * CHUNK_ID_BYTES)) !== 0) {
+        this.misses.push({ pid, vaddr: vaddrs[p]! });
+      }
     }
   }
 
