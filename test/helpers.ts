@@ -75,7 +75,7 @@ export class Sandbox {
   }
 
   /** `crinc run` in the background; resolves once the job is registered. */
-  async run(job: string, cmd: string[], extra: string[] = ['--interval', '1h']): Promise<{ controller: ChildProcess; pid: number; output: () => string }> {
+  async run(job: string, cmd: string[], extra: string[] = ['--interval', '1h'], waitRunning = true): Promise<{ controller: ChildProcess; pid: number; output: () => string }> {
     let output = '';
     const controller = spawn(process.execPath, [CLI, 'run', '--job', job, ...extra, '--', ...cmd], {
       env: { ...process.env, CRINC_STORE: this.store },
@@ -84,6 +84,7 @@ export class Sandbox {
     controller.stdout!.on('data', (d: Buffer) => (output += d.toString()));
     controller.stderr!.on('data', (d: Buffer) => (output += d.toString()));
     this.children.push(controller);
+    if (!waitRunning) return { controller, pid: 0, output: () => output };
     const pid = await waitFor(() => {
       if (!existsSync(join(this.store, 'index.sqlite'))) return undefined;
       const r = this.cli(['jobs', '--json']);

@@ -89,11 +89,13 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
-  return { pid, exited, jobDir };
+  /** Lets this process end while the job goes on. */
+  const release = () => child.unref();
+  return { pid, exited, jobDir, release };
 }
 
 export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions): Promise<RunOutcome> {
-  const { pid, exited, jobDir } = await startJob(repo, opts);
+  const { pid, exited, jobDir, release } = await startJob(repo, opts);
   const socket = controlSocketPath(jobDir);
   const control = await serveControl(socket, async (req) => {
     if (req.op === 'checkpoint') {
@@ -104,7 +106,9 @@ export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions)
     throw new ControlError(`unknown request "${(req as { op: string }).op}"`);
   });
   try {
-    return await superviseJob(repo, codecs, opts, pid, exited);
+    const outcome = await superviseJob(repo, codecs, opts, pid, exited);
+    if (outcome.reason === 'stopped') release();
+    return outcome;
   } finally {
     control.close();
     rmSync(socket, { force: true });
