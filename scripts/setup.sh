@@ -117,11 +117,8 @@ build() {
     log "building wasm codec"
     npx asc wasm/codec.ts --config asconfig.json --target release
   fi
-  if [ -f bpf/Makefile ] && stale build/bpf/.built bpf; then
-    log "building eBPF objects"
-    make -s -C bpf OUT="$ROOT/build/bpf"
-    touch build/bpf/.built
-  fi
+  # make is incremental: it rebuilds only what is missing or older than its sources.
+  make -s -C bpf OUT="$ROOT/build/bpf"
   mkdir -p build/workloads
   for src in test/workloads/*.c; do
     local bin="build/workloads/$(basename "$src" .c)"

@@ -75,10 +75,16 @@ export class Sandbox {
   }
 
   /** `crinc run` in the background; resolves once the job is registered. */
-  async run(job: string, cmd: string[], extra: string[] = ['--interval', '1h'], waitRunning = true): Promise<{ controller: ChildProcess; pid: number; output: () => string }> {
+  async run(
+    job: string,
+    cmd: string[],
+    extra: string[] = ['--interval', '1h'],
+    waitRunning = true,
+    env: NodeJS.ProcessEnv = {},
+  ): Promise<{ controller: ChildProcess; pid: number; output: () => string }> {
     let output = '';
     const controller = spawn(process.execPath, [CLI, 'run', '--job', job, ...extra, '--', ...cmd], {
-      env: { ...process.env, CRINC_STORE: this.store },
+      env: { ...process.env, CRINC_STORE: this.store, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     controller.stdout!.on('data', (d: Buffer) => (output += d.toString()));

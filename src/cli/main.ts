@@ -12,14 +12,17 @@ import { exportCheckpoint } from '../controller/materialize.js';
 import { isRunning } from '../controller/procfs.js';
 import { resolveCheckpoint, restoreJob, type RestoreTarget } from '../controller/restore.js';
 import { runJob } from '../controller/run.js';
+import { type JobStatus, jobStatus } from '../controller/status.js';
 import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
 import { type CheckpointRecord, Repository } from '../store/repository.js';
-import { formatBytes, formatCheckpoint, printTable } from './format.js';
+import { formatBytes, formatCheckpoint, printStatus, printTable } from './format.js';
 
 export const DEFAULT_STORE = '/var/lib/crinc';
 const DEFAULT_INTERVAL = '5m';
 /** Debug aid: keep each checkpoint's CRIU images, as CRIU wrote them, in $CRINC_KEEP_IMAGES/<id>/. */
 const KEEP_IMAGES_ENV = 'CRINC_KEEP_IMAGES';
+/** Verification mode: every page hashed anyway; a page tracking called clean that changed fails the checkpoint. */
+const VERIFY_TRACKING_ENV = 'CRINC_VERIFY_TRACKING';
 
 function storeDir(opt: string | undefined): string {
   return resolve(opt ?? process.env.CRINC_STORE ?? DEFAULT_STORE);
@@ -62,6 +65,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--job <name>', 'job name (default: the command\'s base name)'))
     .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
     .option('--kill-on-exit', 'when crinc stops (Ctrl-C, SIGTERM), kill the job too instead of leaving it running')
+    .option('--no-tracking', 'no dirty tracking: every checkpoint reads and hashes all pages')
     .addOption(storeOption())
     .argument('<cmd...>', 'the command and its arguments (put them after --)')
     .addHelpText('after', `
@@ -71,7 +75,7 @@ Examples:
 
 The job's stdout and stderr go to <store>/jobs/<job>/{stdout,stderr}.log.
 Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
-    .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; store?: string }) => {
+    .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; tracking: boolean; store?: string }) => {
       const repo = openStore(o.store, true);
       criuVersion();
       const codecs = await openCodecs(repo);
@@ -86,11 +90,14 @@ Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
         command: cmd,
         intervalMs,
         killOnExit: Boolean(o.killOnExit),
+        tracking: o.tracking,
+        verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1',
         cwd: process.cwd(),
         signal: abort.signal,
         onCheckpoint: (cp) => console.log(`checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`),
         onSkip: (why) => console.log(`skipped a checkpoint: ${why}`),
         onError: (e) => console.error(`crinc: checkpoint failed: ${e.message}`),
+        onNotice: (m) => console.log(m),
       });
       if (outcome.reason === 'job-exited') {
         console.log(`job ${job} (pid ${outcome.pid}) exited` + (outcome.exitSignal ? ` on ${outcome.exitSignal}` : ` with code ${outcome.exitCode}`));
@@ -178,6 +185,24 @@ Examples:
         for (const f of r.rolledBack) console.log(`  rolled back ${f}`);
         if (r.preRestore) console.log(`  their newer content is kept as snapshot ${r.preRestore.id} (crinc list ${job})`);
       }
+      repo.close();
+    });
+
+  program
+    .command('status')
+    .description("a job's process, last checkpoint, and what dirty tracking saw since then: tracking mode per process, pages written, fault rate, fd changes, modified files")
+    .argument('<job>', 'job name')
+    .option('--json', 'print JSON')
+    .addOption(storeOption())
+    .addHelpText('after', '\nExample:\n  crinc status sim --json')
+    .action(async (job: string, o: { json?: boolean; store?: string }) => {
+      const repo = openStore(o.store);
+      repo.requireJob(job);
+      const status =
+        ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'status' })) as JobStatus | undefined) ??
+        jobStatus(repo, job, false, null);
+      if (o.json) console.log(JSON.stringify(status));
+      else printStatus(status);
       repo.close();
     });
 

@@ -7,7 +7,8 @@ import { readDumpStats } from '../criu/images.js';
 import type { CheckpointRecord, FileManifest, Repository } from '../store/repository.js';
 import type { Codecs } from './codecs.js';
 import { JobNotRunningError } from './errors.js';
-import { Ingest, NO_CLEAN_PAGES } from './ingest.js';
+import { Ingest, NO_CLEAN_PAGES, type PageIndex, TrackingMissError } from './ingest.js';
+import type { FrozenTracking, TrackingSession } from './tracking-session.js';
 import { type CapturedFile, captureJobFiles, jobFileManifests } from './job-files.js';
 import { isRunning } from './procfs.js';
 
@@ -22,6 +23,10 @@ export function makeStaging(kind: string): string {
 export interface CheckpointOptions {
   /** Debug aid: also keep CRIU's images, as CRIU wrote them, in <dir>/<checkpoint id>/. */
   keepImagesDir?: string;
+  /** The controller's dirty tracking: clean pages are reused without reading them. */
+  tracking?: TrackingSession;
+  /** Hash pages called clean anyway and fail on any that changed (CRINC_VERIFY_TRACKING=1). */
+  verifyTracking?: boolean;
 }
 
 export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: string, options: CheckpointOptions = {}): Promise<CheckpointRecord> {
@@ -45,51 +50,87 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     const started = performance.now();
     let takenAt = 0;
     let captured: CapturedFile[] = [];
-    const { frozenWorkMs } = await dump({
-      pid,
-      imagesDir,
-      workDir,
-      whileFrozen: async () => {
-        takenAt = Date.now();
-        captured = captureJobFiles(pid, filesDir, previousFiles);
-      },
-    });
-    const stats = readDumpStats(workDir);
-
-    const writer = repo.newChunkWriter(codecs.chunks);
-    const ingest = new Ingest(codecs.pages, writer);
-    let images: FileManifest[];
-    let jobFiles: FileManifest[];
+    let frozen: FrozenTracking | undefined;
+    const { tracking } = options;
     try {
-      images = ingest.imageDirectory(imagesDir, NO_CLEAN_PAGES);
-      jobFiles = jobFileManifests(captured, ingest);
+      const { frozenWorkMs } = await dump({
+        pid,
+        imagesDir,
+        workDir,
+        whileFrozen: async () => {
+          takenAt = Date.now();
+          captured = captureJobFiles(pid, filesDir, previousFiles);
+          frozen = tracking?.whileFrozen();
+        },
+      });
+      const record = commitImages(repo, codecs, {
+        jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs,
+        verify: Boolean(options.verifyTracking),
+      });
+      tracking?.committed(record.pageIndex);
+      if (options.keepImagesDir) cpSync(imagesDir, join(options.keepImagesDir, String(record.checkpoint.id)), { recursive: true });
+      return record.checkpoint;
     } catch (e) {
-      writer.abandon();
+      // The scan (if it ran) cleared the written bits: only a full checkpoint is sound next.
+      if (frozen) tracking?.failed();
       throw e;
     }
-    const record = repo.commitCheckpoint(
-      {
-        job: jobName,
-        kind: 'checkpoint',
-        takenAt,
-        mode: 'full',
-        rootPid: pid,
-        imageBytes: ingest.stats.imageBytes,
-        pagesTotal: ingest.stats.pagesTotal,
-        pagesHashed: ingest.stats.pagesHashed,
-        pagesClean: ingest.stats.pagesClean,
-        durationMs: performance.now() - started,
-        // CRIU's frozen time ends before its post-dump action; crinc's own frozen work follows it.
-        freezeMs: (stats.freezingTimeUs + stats.frozenTimeUs) / 1000 + frozenWorkMs,
-        note: null,
-      },
-      [...images, ...jobFiles],
-      writer,
-    );
-    if (options.keepImagesDir) cpSync(imagesDir, join(options.keepImagesDir, String(record.id)), { recursive: true });
-    return record;
   } finally {
     rmSync(staging, { recursive: true, force: true });
     lock.release();
   }
+}
+
+interface CommitInput {
+  jobName: string;
+  pid: number;
+  imagesDir: string;
+  workDir: string;
+  captured: CapturedFile[];
+  frozen: FrozenTracking | undefined;
+  takenAt: number;
+  started: number;
+  frozenWorkMs: number;
+  verify: boolean;
+}
+
+/** Ingest of the dumped images and captured files, then the commit. */
+function commitImages(repo: Repository, codecs: Codecs, input: CommitInput): { checkpoint: CheckpointRecord; pageIndex: PageIndex } {
+  const { jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs } = input;
+  const stats = readDumpStats(workDir);
+  const writer = repo.newChunkWriter(codecs.chunks);
+  const ingest = new Ingest(codecs.pages, writer, input.verify && frozen !== undefined);
+  const clean = frozen?.clean ?? NO_CLEAN_PAGES;
+  let images: FileManifest[];
+  let jobFiles: FileManifest[];
+  try {
+    images = ingest.imageDirectory(imagesDir, clean);
+    jobFiles = jobFileManifests(captured, ingest);
+    if (ingest.misses.length > 0) throw new TrackingMissError(ingest.misses);
+  } catch (e) {
+    writer.abandon();
+    throw e;
+  }
+  const notes = frozen?.notes ?? [];
+  if (input.verify && frozen) notes.push('verified: every page hashed, clean pages checked');
+  const checkpoint = repo.commitCheckpoint(
+    {
+      job: jobName,
+      kind: 'checkpoint',
+      takenAt,
+      mode: clean === NO_CLEAN_PAGES ? 'full' : 'incremental',
+      rootPid: pid,
+      imageBytes: ingest.stats.imageBytes,
+      pagesTotal: ingest.stats.pagesTotal,
+      pagesHashed: ingest.stats.pagesHashed,
+      pagesClean: ingest.stats.pagesClean,
+      durationMs: performance.now() - started,
+      // CRIU's frozen time ends before its post-dump action; crinc's own frozen work follows it.
+      freezeMs: (stats.freezingTimeUs + stats.frozenTimeUs) / 1000 + frozenWorkMs,
+      note: notes.length ? notes.join('; ') : null,
+    },
+    [...images, ...jobFiles],
+    writer,
+  );
+  return { checkpoint, pageIndex: ingest.pageIndex };
 }

@@ -9,6 +9,9 @@ import { type CheckpointRecord, type Repository, validateJobName } from '../stor
 import { takeCheckpoint } from './checkpoint.js';
 import type { Codecs } from './codecs.js';
 import { ControlError, controlSocketPath, serveControl } from './control.js';
+import { jobStatus } from './status.js';
+import { TrackingSession } from './tracking-session.js';
+import type { JobTracker } from '../tracking/bpf/job-tracker.js';
 import { JobExistsError, JobStartError } from './errors.js';
 import { isRunning } from './procfs.js';
 
@@ -23,11 +26,16 @@ export interface RunOptions {
   intervalMs: number;
   killOnExit: boolean;
   cwd: string;
+  /** Dirty tracking (eBPF + write protection), so checkpoints cost what changed. */
+  tracking: boolean;
+  /** Verification mode: hash clean pages anyway and fail on any that changed. */
+  verifyTracking: boolean;
   /** Stops the checkpoint loop (Ctrl-C, SIGTERM). */
   signal: AbortSignal;
   onCheckpoint: (cp: CheckpointRecord) => void;
   onSkip: (reason: string) => void;
   onError: (e: Error) => void;
+  onNotice: (message: string) => void;
 }
 
 export interface RunOutcome {
@@ -96,31 +104,49 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
 
 export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions): Promise<RunOutcome> {
   const { pid, exited, jobDir, release } = await startJob(repo, opts);
+  const tracking = opts.tracking ? await startTracking(pid, opts.onNotice) : undefined;
+  const checkpoint = async (keepImagesDir?: string) => {
+    const cp = await takeCheckpoint(repo, codecs, opts.job, { keepImagesDir, tracking, verifyTracking: opts.verifyTracking });
+    opts.onCheckpoint(cp);
+    return cp;
+  };
   const socket = controlSocketPath(jobDir);
   const control = await serveControl(socket, async (req) => {
-    if (req.op === 'checkpoint') {
-      const cp = await takeCheckpoint(repo, codecs, opts.job, { keepImagesDir: req.keepImagesDir });
-      opts.onCheckpoint(cp);
-      return cp;
-    }
+    if (req.op === 'checkpoint') return checkpoint(req.keepImagesDir);
+    if (req.op === 'status') return jobStatus(repo, opts.job, true, tracking ?? null);
     throw new ControlError(`unknown request "${(req as { op: string }).op}"`);
   });
   try {
-    const outcome = await superviseJob(repo, codecs, opts, pid, exited);
+    const outcome = await superviseJob(repo, opts, pid, exited, checkpoint);
     if (outcome.reason === 'stopped') release();
     return outcome;
   } finally {
     control.close();
     rmSync(socket, { force: true });
+    tracking?.close();
+  }
+}
+
+/** Loads the eBPF programs and arms write protection; without them checkpoints are full, and say why. */
+async function startTracking(pid: number, notice: (m: string) => void): Promise<TrackingSession | undefined> {
+  let tracker: JobTracker | undefined;
+  try {
+    const { JobTracker } = await import('../tracking/bpf/job-tracker.js');
+    tracker = JobTracker.open();
+    return new TrackingSession(pid, tracker);
+  } catch (e) {
+    tracker?.close();
+    notice(`dirty tracking is off: ${(e as Error).message}. Every checkpoint reads and hashes all pages.`);
+    return undefined;
   }
 }
 
 async function superviseJob(
   repo: Repository,
-  codecs: Codecs,
   opts: RunOptions,
   pid: number,
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>,
+  checkpoint: () => Promise<CheckpointRecord>,
 ): Promise<RunOutcome> {
   let ended: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   const jobEnded = exited.then((e) => (ended = e));
@@ -132,7 +158,7 @@ async function superviseJob(
     await sleep(opts.intervalMs, undefined, { signal: waitSignal }).catch(() => undefined);
     if (ended || opts.signal.aborted) break;
     try {
-      opts.onCheckpoint(await takeCheckpoint(repo, codecs, opts.job));
+      await checkpoint();
     } catch (e) {
       if (e instanceof JobBusyError) opts.onSkip(e.message);
       else if (!isRunning(pid)) break;

@@ -40,3 +40,71 @@ export function tryLockExclusive(fd: number): boolean {
 export function becomeChildSubreaper(): void {
   if (prctlFn(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) !== 0) throw new SyscallError('prctl(PR_SET_CHILD_SUBREAPER)', errno());
 }
+
+// ---------------------------------------------------------------------------------
+// Appended for write-protection tracking (src/tracking/): ioctl, ptrace, waitpid and
+// the raw syscalls Node does not wrap. Each returns the kernel's answer unchanged
+// (-1 with errno through lastErrno(), or a value); callers decide what is an error.
+// errno is read with koffi.errno(), which koffi saves right after each native call, so
+// no allocation between the call and the read can overwrite it.
+
+const ioctlFn = libc.func('int ioctl(int fd, unsigned long request, ...)');
+const ptraceFn = libc.func('long ptrace(int request, ...)');
+const waitpidFn = libc.func('int waitpid(int pid, void *status, int options)');
+const syscallFn = libc.func('long syscall(long number, ...)');
+
+/** errno of the latest call made through this module. */
+export function lastErrno(): number {
+  return koffi.errno();
+}
+
+/** ioctl(fd, request, arg) with arg pointing at buf's memory (the kernel may write into it). */
+export function ioctlBuffer(fd: number, request: number, buf: Buffer): number {
+  return ioctlFn(fd, request, 'void *', buf) as number;
+}
+
+/** ptrace(request, pid, addr, data); addr and data are plain integers or buffers. */
+export function ptraceRaw(request: number, pid: number, addr: number | Buffer, data: number | Buffer): number {
+  return Number(
+    ptraceFn(
+      request,
+      'int',
+      pid,
+      typeof addr === 'number' ? 'uintptr_t' : 'void *',
+      addr,
+      typeof data === 'number' ? 'uintptr_t' : 'void *',
+      data,
+    ),
+  );
+}
+
+/** waitpid(pid, &status, options): returns [pid or 0 or -1, status]. */
+export function waitpidRaw(pid: number, options: number): [number, number] {
+  const status = Buffer.alloc(4);
+  const r = waitpidFn(pid, status, options) as number;
+  return [r, status.readInt32LE(0)];
+}
+
+/** A raw syscall with up to six integer arguments (x86-64 numbers, see the callers). */
+export function syscallRaw(nr: number, ...args: number[]): number {
+  const typed: unknown[] = [];
+  for (const a of args) typed.push('long', a);
+  return Number(syscallFn(nr, ...typed));
+}
+
+/** process_vm_writev(pid, local iov, 1, remote iov, 1, 0) of one buffer to one remote address. */
+export function processVmWrite(pid: number, remoteAddress: number, data: Buffer): number {
+  const local = Buffer.alloc(16);
+  local.writeBigUInt64LE(koffi.address(data), 0);
+  local.writeBigUInt64LE(BigInt(data.length), 8);
+  const remote = Buffer.alloc(16);
+  remote.writeBigUInt64LE(BigInt(remoteAddress), 0);
+  remote.writeBigUInt64LE(BigInt(data.length), 8);
+  const SYS_process_vm_writev = 311;
+  return Number(syscallFn(SYS_process_vm_writev, 'long', pid, 'void *', local, 'long', 1, 'void *', remote, 'long', 1, 'long', 0));
+}
+
+/** The address of a Buffer's memory, for kernel structures that carry user pointers. */
+export function bufferAddress(buf: Buffer): bigint {
+  return koffi.address(buf);
+}
