@@ -7,10 +7,14 @@
  *   scenario NAME
  *
  * NAME: writer, threads, fork-child, mmap-new, remap-same, mremap, dontneed, brk,
- *       read-then-write, pipe-read, vm-writev
+ *       read-then-write, pipe-read, vm-writev; and fds PATH: each step opens PATH, dups
+ *       it, closes the first fd, makes a socket and a pipe, closes the pipe's read end,
+ *       and prints "fds OPENED DUP SOCKET PIPE_R PIPE_W".
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,6 +36,7 @@ static void on_usr2(int s) { (void)s; step_requested = 1; }
 static void on_usr1(int s) { (void)s; hash_requested = 1; }
 
 static const char *scenario;
+static const char *fds_path;
 static uint8_t *region;               /* written at start, changed by most scenarios */
 static uint8_t *small;                /* SMALL_PAGES, for remap-same and mremap */
 static uint8_t *extra[MAX_EXTRA];     /* regions made by mmap-new */
@@ -175,14 +180,24 @@ static void do_step(void) {
         int status;
         waitpid(writer, &status, 0);
         if (!WIFEXITED(status) || WEXITSTATUS(status)) abort();
+    } else if (!strcmp(scenario, "fds")) {
+        int opened = open(fds_path, O_RDWR | O_CREAT, 0600);
+        int dup_fd = dup(opened);
+        close(opened);
+        int sock = socket(AF_UNIX, SOCK_STREAM, 0);
+        int p[2];
+        if (opened < 0 || dup_fd < 0 || sock < 0 || pipe(p)) abort();
+        close(p[0]);
+        dprintf(1, "fds %d %d %d %d %d\n", opened, dup_fd, sock, p[0], p[1]);
     } else {
         abort();
     }
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) { dprintf(2, "usage: scenario NAME\n"); return 2; }
+    if (argc < 2 || argc > 3) { dprintf(2, "usage: scenario NAME [PATH]\n"); return 2; }
     scenario = argv[1];
+    fds_path = argc == 3 ? argv[2] : "/dev/null";
     region = mmap(NULL, (size_t)REGION_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     for (size_t p = 0; p < REGION_PAGES; p++) write_page(region + p * PAGE, p);
     if (!strcmp(scenario, "remap-same") || !strcmp(scenario, "mremap") || !strcmp(scenario, "read-then-write")) {
