@@ -53,6 +53,7 @@ export interface CheckpointJson {
   durationMs: number;
   freezeMs: number;
   mode: string;
+  note: string | null;
 }
 
 /** A temporary store (root-only, like a real one) and the processes a test started in it. */

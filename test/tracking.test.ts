@@ -57,8 +57,8 @@ describe('no missed writes, checkpoint after checkpoint', () => {
       }
       // Tracking did its job: later checkpoints reused most pages without reading them.
       const last = cps[cps.length - 1]!;
-      expect(last.mode).toBe('incremental');
-      expect(last.pagesClean).toBeGreaterThan(last.pagesTotal / 2);
+      expect(last.mode, JSON.stringify(cps.map((c) => c.note))).toBe('incremental');
+      expect(last.pagesClean, JSON.stringify(cps.map((c) => [c.pagesClean, c.pagesTotal, c.note]))).toBeGreaterThan(last.pagesTotal / 2);
       for (const c of cps.slice(2)) expect(c.pagesClean + c.pagesHashed).toBe(c.pagesTotal);
 
       // The memory as of the last checkpoint (nothing ran since), then a restore of it.

@@ -1,18 +1,26 @@
-// crinc page codec: keyed XXH3-128 chunk ids and zero-page detection over
-// linear memory.
+// crinc page codec: keyed XXH3-128 chunk ids, zero-page detection and LZ4
+// (wasm/lz4.ts) over linear memory.
 //
 // The hash is the XXH3 128-bit algorithm of the xxHash specification in its
 // "withSecret" form (seed 0, caller-supplied 192-byte secret). With the
 // default secret kSecret it equals the standard unkeyed XXH3_128bits(), so
 // ids can be checked against any XXH3 implementation.
 //
-// Nothing is allocated while hashing: JS copies its bytes into a fixed input
-// area, calls hashPages() or hashBytes(), and reads ids and flags from fixed
-// output areas. The areas live past __heap_base; the module never uses the
-// runtime allocator, so that space is ours.
+// Nothing is allocated: JS copies its bytes into a fixed input area, calls
+// one of the exported functions, and reads ids, flags and other results
+// from fixed output areas. The batch calls (hashAndCompressChunks,
+// compressChunks, decodeChunks) take a table of per-chunk descriptors, so
+// one call handles a whole batch of chunks. The areas live past
+// __heap_base; the module never uses the runtime allocator, so that space
+// is ours.
 //
 // Ids are written in the canonical XXH128 byte order: high 64 bits
 // big-endian, then low 64 bits big-endian.
+
+import {
+  compressBlock, compressBound, decompressBlock, HASH_TABLE_BYTES, WILD_COPY_SLACK,
+  DECODE_BAD_OFFSET, DECODE_TOO_LONG, DECODE_TRUNCATED,
+} from './lz4';
 
 // ---------------------------------------------------------------- constants
 
@@ -48,14 +56,56 @@ const MIDSIZE_MAX_BYTES: u32 = 240;
 const PAGE_BYTES: u32 = 4096;
 const ID_BYTES: u32 = 16;
 
-/** The input area holds one batch of pages or one chunk for hashBytes(). */
-const INPUT_AREA_BYTES: u32 = 4 << 20;
-const MAX_PAGES_PER_BATCH: u32 = INPUT_AREA_BYTES / PAGE_BYTES;
+/** The raw bytes of one batch call, or the largest single chunk. */
+const MAX_RAW_BYTES: u32 = 4 << 20;
+const MAX_PAGES_PER_BATCH: u32 = MAX_RAW_BYTES / PAGE_BYTES;
+/** Chunks per batch call: one per page of a full batch. */
+const MAX_CHUNKS_PER_BATCH: u32 = MAX_PAGES_PER_BATCH;
+/** The stored LZ4 form starts with the raw length, u32 little-endian. */
+const LENGTH_PREFIX_BYTES: u32 = 4;
+/**
+ * Both data areas hold the stored LZ4 form of MAX_RAW_BYTES even when
+ * nothing compresses (LZ4's worst case plus the length prefix): the input
+ * area as decodeChunks() input, the output area as compression output.
+ */
+const INPUT_AREA_BYTES: u32 = LENGTH_PREFIX_BYTES + compressBound(MAX_RAW_BYTES);
+const OUTPUT_AREA_BYTES: u32 = INPUT_AREA_BYTES;
 
-/** Per-page flag values written by hashPages(). */
+/** Per-chunk flag values written by hashPages() and hashAndCompressChunks(). */
 const FLAG_NORMAL: u8 = 0;
 const FLAG_ZERO: u8 = 1;
 const FLAG_DUPLICATE: u8 = 2;
+
+/** How a chunk's stored bytes are encoded: the store's `compression` values. */
+const FORM_RAW: u8 = 0;
+const FORM_LZ4: u8 = 1;
+
+/**
+ * The chunk table: one 16-byte entry per chunk of a batch call, four u32:
+ * input offset (from inputAreaPtr()), input length, output offset (from
+ * outputAreaPtr()), output length.
+ */
+const TABLE_ENTRY_BYTES: u32 = 16;
+const ENTRY_INPUT_OFFSET: usize = 0;
+const ENTRY_INPUT_LENGTH: usize = 4;
+const ENTRY_OUTPUT_OFFSET: usize = 8;
+const ENTRY_OUTPUT_LENGTH: usize = 12;
+
+/** Negative results of the batch calls: the call itself was invalid. */
+const BATCH_TOO_MANY_CHUNKS: i32 = -1;
+const BATCH_INPUT_OUT_OF_RANGE: i32 = -2;
+const BATCH_OUTPUT_FULL: i32 = -3;
+
+/** Per-chunk status written by decodeChunks() into the flags area. */
+const STATUS_OK: u8 = 0;
+const STATUS_TRUNCATED: u8 = 1;
+const STATUS_BAD_OFFSET: u8 = 2;
+const STATUS_TOO_LONG: u8 = 3;
+const STATUS_TOO_SHORT: u8 = 4;
+const STATUS_LENGTH_HEADER: u8 = 5;
+const STATUS_ID_MISMATCH: u8 = 6;
+const STATUS_UNKNOWN_FORM: u8 = 7;
+const STATUS_RAW_LENGTH: u8 = 8;
 
 /**
  * Duplicate detection keeps the distinct ids seen in the current scope in an
@@ -103,18 +153,26 @@ const ZERO_PAGE_ID: usize = alignUp(ACTIVE_SECRET + SECRET_BYTES);
 /** 4096 zero bytes, never written: the input for ZERO_PAGE_ID. */
 const ZERO_PAGE: usize = alignUp(ZERO_PAGE_ID + ID_BYTES);
 const IDS_AREA: usize = alignUp(ZERO_PAGE + PAGE_BYTES);
-const FLAGS_AREA: usize = alignUp(IDS_AREA + MAX_PAGES_PER_BATCH * ID_BYTES);
-const DEDUP_KEYS: usize = alignUp(FLAGS_AREA + MAX_PAGES_PER_BATCH);
+const FLAGS_AREA: usize = alignUp(IDS_AREA + MAX_CHUNKS_PER_BATCH * ID_BYTES);
+/** One u8 per chunk: FORM_RAW or FORM_LZ4. */
+const FORMS_AREA: usize = alignUp(FLAGS_AREA + MAX_CHUNKS_PER_BATCH);
+const CHUNK_TABLE: usize = alignUp(FORMS_AREA + MAX_CHUNKS_PER_BATCH);
+/** decodeChunks() hashes each decoded chunk here to compare it with its expected id. */
+const DECODED_ID: usize = alignUp(CHUNK_TABLE + MAX_CHUNKS_PER_BATCH * TABLE_ENTRY_BYTES);
+const LZ4_HASH_TABLE: usize = alignUp(DECODED_ID + ID_BYTES);
+const DEDUP_KEYS: usize = alignUp(LZ4_HASH_TABLE + HASH_TABLE_BYTES);
 /** Per-slot generation: a slot is occupied when it equals dedupGeneration. */
 const DEDUP_GENERATIONS: usize = alignUp(DEDUP_KEYS + DEDUP_SLOTS * ID_BYTES);
+/** Both data areas are followed by WILD_COPY_SLACK bytes that 16-byte copies may touch. */
 const INPUT_AREA: usize = alignUp(DEDUP_GENERATIONS + DEDUP_SLOTS * sizeof<u32>());
-const MEMORY_END: usize = INPUT_AREA + INPUT_AREA_BYTES;
+const OUTPUT_AREA: usize = alignUp(INPUT_AREA + INPUT_AREA_BYTES + WILD_COPY_SLACK);
+const MEMORY_END: usize = OUTPUT_AREA + OUTPUT_AREA_BYTES + WILD_COPY_SLACK;
 
 let dedupGeneration: u32 = 0;
 let dedupEntryCount: u32 = 0;
 
-// Grow once at instantiation; fresh memory is zeroed, which ZERO_PAGE and the
-// generation table rely on.
+// Grow once at instantiation; fresh memory is zeroed, which ZERO_PAGE, the
+// generation table and the LZ4 hash table (wasm/lz4.ts) rely on.
 const wasmPagesNeeded = <i32>((MEMORY_END + WASM_PAGE_BYTES - 1) / WASM_PAGE_BYTES);
 if (memory.size() < wasmPagesNeeded) {
   if (memory.grow(wasmPagesNeeded - memory.size()) < 0) unreachable();
@@ -387,6 +445,23 @@ function hashPage(page: usize, out: usize): void {
   return true;
 }
 
+/** True when all `length` bytes at `at` are zero; for chunks of any length. */
+function isZeroBytes(at: usize, length: u32): bool {
+  const end = at + length;
+  let p = at;
+  for (; p + 64 <= end; p += 64) {
+    const any = v128.or(
+      v128.or(v128.load(p, 0), v128.load(p, 16)),
+      v128.or(v128.load(p, 32), v128.load(p, 48)),
+    );
+    if (v128.any_true(any)) return false;
+  }
+  for (; p < end; p++) {
+    if (load<u8>(p) != 0) return false;
+  }
+  return true;
+}
+
 // ------------------------------------------------------------ duplicates
 
 function startDedupScope(): void {
@@ -424,8 +499,13 @@ function recordId(id: usize): bool {
 
 export function inputAreaPtr(): usize { return INPUT_AREA; }
 export function inputAreaBytes(): u32 { return INPUT_AREA_BYTES; }
+export function outputAreaPtr(): usize { return OUTPUT_AREA; }
+export function outputAreaBytes(): u32 { return OUTPUT_AREA_BYTES; }
 export function idsAreaPtr(): usize { return IDS_AREA; }
 export function flagsAreaPtr(): usize { return FLAGS_AREA; }
+export function formsAreaPtr(): usize { return FORMS_AREA; }
+export function chunkTablePtr(): usize { return CHUNK_TABLE; }
+export function maxChunksPerBatch(): u32 { return MAX_CHUNKS_PER_BATCH; }
 export function secretAreaPtr(): usize { return SECRET_INPUT_AREA; }
 
 /**
@@ -480,6 +560,187 @@ export function hashBytes(length: u32): bool {
   if (length > INPUT_AREA_BYTES) return false;
   hashAnyLength(INPUT_AREA, length, ACTIVE_SECRET, IDS_AREA);
   return true;
+}
+
+// ------------------------------------------------------------ batch calls
+
+@inline function entryField(index: u32, field: usize): usize {
+  return CHUNK_TABLE + <usize>index * TABLE_ENTRY_BYTES + field;
+}
+
+/** False when a table entry's input range leaves the input area. */
+@inline function inputInRange(index: u32): bool {
+  const offset = load<u32>(entryField(index, ENTRY_INPUT_OFFSET));
+  const length = load<u32>(entryField(index, ENTRY_INPUT_LENGTH));
+  return offset <= INPUT_AREA_BYTES && length <= INPUT_AREA_BYTES - offset;
+}
+
+/**
+ * Writes the stored LZ4 form of `length` bytes at `input` (4-byte LE length,
+ * then the block) at `output`; returns its length. `output` needs
+ * LENGTH_PREFIX_BYTES + compressBound(length) + WILD_COPY_SLACK bytes.
+ */
+@inline function compressStored(input: usize, length: u32, output: usize): u32 {
+  store<u32>(output, length);
+  return LENGTH_PREFIX_BYTES + compressBlock(input, length, output + LENGTH_PREFIX_BYTES, LZ4_HASH_TABLE);
+}
+
+/**
+ * True when the worst-case stored form of an inputLength-byte chunk fits in
+ * the output area from outputUsed on (wild copies past it land in the
+ * WILD_COPY_SLACK that follows the area).
+ */
+@inline function outputRoomFor(outputUsed: u32, inputLength: u32): bool {
+  return <u64>outputUsed + LENGTH_PREFIX_BYTES + compressBound(inputLength) <= <u64>OUTPUT_AREA_BYTES;
+}
+
+/**
+ * The ingest step for a batch of chunks (pages or blocks). Chunk i is the
+ * input its table entry names (input offset and length). For it, writes
+ * its id at idsAreaPtr() + 16*i, its flag (as hashPages) at
+ * flagsAreaPtr() + i, its form at formsAreaPtr() + i, and its stored form
+ * at outputAreaPtr() + the entry's output offset, with the entry's output
+ * length. The stored form is FORM_LZ4 (length prefix + block) when that is
+ * strictly shorter than the chunk, else FORM_RAW (the chunk's bytes). Zero
+ * and duplicate chunks are not compressed and store nothing (output length
+ * 0). Stored forms follow each other in chunk order from output offset 0.
+ *
+ * continueScope as in hashPages(). Returns the output bytes used, or a
+ * negative BATCH_* code (nothing meaningful written).
+ */
+export function hashAndCompressChunks(chunkCount: u32, continueScope: bool): i32 {
+  if (chunkCount > MAX_CHUNKS_PER_BATCH) return BATCH_TOO_MANY_CHUNKS;
+  for (let index: u32 = 0; index < chunkCount; index++) {
+    if (!inputInRange(index)) return BATCH_INPUT_OUT_OF_RANGE;
+  }
+  if (!continueScope) startDedupScope();
+  let outputUsed: u32 = 0;
+  for (let index: u32 = 0; index < chunkCount; index++) {
+    const input = INPUT_AREA + <usize>load<u32>(entryField(index, ENTRY_INPUT_OFFSET));
+    const length = load<u32>(entryField(index, ENTRY_INPUT_LENGTH));
+    const id = IDS_AREA + <usize>index * ID_BYTES;
+    let flag = FLAG_NORMAL;
+    if (length == PAGE_BYTES) {
+      if (isZeroPage(input)) {
+        memory.copy(id, ZERO_PAGE_ID, ID_BYTES);
+        flag = FLAG_ZERO;
+      } else {
+        hashPage(input, id);
+      }
+    } else {
+      hashAnyLength(input, length, ACTIVE_SECRET, id);
+      if (isZeroBytes(input, length)) flag = FLAG_ZERO;
+    }
+    if (flag == FLAG_NORMAL && recordId(id)) flag = FLAG_DUPLICATE;
+    store<u8>(FLAGS_AREA + index, flag);
+    store<u32>(entryField(index, ENTRY_OUTPUT_OFFSET), outputUsed);
+
+    let storedLength: u32 = 0;
+    let form = FORM_RAW;
+    if (flag == FLAG_NORMAL) {
+      if (!outputRoomFor(outputUsed, length)) return BATCH_OUTPUT_FULL;
+      const output = OUTPUT_AREA + <usize>outputUsed;
+      storedLength = compressStored(input, length, output);
+      if (storedLength < length) {
+        form = FORM_LZ4;
+      } else {
+        memory.copy(output, input, length);
+        storedLength = length;
+      }
+    }
+    store<u32>(entryField(index, ENTRY_OUTPUT_LENGTH), storedLength);
+    store<u8>(FORMS_AREA + index, form);
+    outputUsed += storedLength;
+  }
+  return <i32>outputUsed;
+}
+
+/**
+ * Compresses each chunk of the table into its stored LZ4 form (length
+ * prefix + block), whatever its size, one after the other from output
+ * offset 0; writes output offsets and lengths into the table. Returns the
+ * output bytes used, or a negative BATCH_* code.
+ */
+export function compressChunks(chunkCount: u32): i32 {
+  if (chunkCount > MAX_CHUNKS_PER_BATCH) return BATCH_TOO_MANY_CHUNKS;
+  let outputUsed: u32 = 0;
+  for (let index: u32 = 0; index < chunkCount; index++) {
+    if (!inputInRange(index)) return BATCH_INPUT_OUT_OF_RANGE;
+    const input = INPUT_AREA + <usize>load<u32>(entryField(index, ENTRY_INPUT_OFFSET));
+    const length = load<u32>(entryField(index, ENTRY_INPUT_LENGTH));
+    if (!outputRoomFor(outputUsed, length)) return BATCH_OUTPUT_FULL;
+    const storedLength = compressStored(input, length, OUTPUT_AREA + <usize>outputUsed);
+    store<u32>(entryField(index, ENTRY_OUTPUT_OFFSET), outputUsed);
+    store<u32>(entryField(index, ENTRY_OUTPUT_LENGTH), storedLength);
+    outputUsed += storedLength;
+  }
+  return <i32>outputUsed;
+}
+
+/** The STATUS_* for a negative decompressBlock() result. */
+function statusOfDecode(result: i32): u8 {
+  if (result == DECODE_TRUNCATED) return STATUS_TRUNCATED;
+  if (result == DECODE_BAD_OFFSET) return STATUS_BAD_OFFSET;
+  if (result == DECODE_TOO_LONG) return STATUS_TOO_LONG;
+  return STATUS_TOO_SHORT; // DECODE_TOO_SHORT, the only code left
+}
+
+/** Turns the stored form of one chunk into its raw bytes; returns a STATUS_* value. */
+function decodeStored(input: usize, storedLength: u32, form: u8, output: usize, rawLength: u32): u8 {
+  if (form == FORM_RAW) {
+    if (storedLength != rawLength) return STATUS_RAW_LENGTH;
+    memory.copy(output, input, rawLength);
+    return STATUS_OK;
+  }
+  if (form != FORM_LZ4) return STATUS_UNKNOWN_FORM;
+  if (storedLength < LENGTH_PREFIX_BYTES) return STATUS_TRUNCATED;
+  // The prefix is checked before decoding: it must name the expected length.
+  if (load<u32>(input) != rawLength) return STATUS_LENGTH_HEADER;
+  const result = decompressBlock(input + LENGTH_PREFIX_BYTES, storedLength - LENGTH_PREFIX_BYTES, output, rawLength);
+  return result < 0 ? statusOfDecode(result) : STATUS_OK;
+}
+
+/**
+ * Restores a batch of stored chunks. For chunk i the table gives the input
+ * offset and stored length, and the raw length as its output length; the
+ * form is at formsAreaPtr() + i. Raw bytes are written one after the other
+ * from output offset 0 (output offsets go into the table), each decoded
+ * exactly into its own slot. With verifyIds, each result is hashed and
+ * compared with the id JS wrote at idsAreaPtr() + 16*i. Writes a STATUS_*
+ * per chunk at flagsAreaPtr() + i (a failed chunk's slot holds no
+ * meaningful bytes) and returns the number of failed chunks, or a negative
+ * BATCH_* code.
+ */
+export function decodeChunks(chunkCount: u32, verifyIds: bool): i32 {
+  if (chunkCount > MAX_CHUNKS_PER_BATCH) return BATCH_TOO_MANY_CHUNKS;
+  let outputUsed: u64 = 0;
+  for (let index: u32 = 0; index < chunkCount; index++) {
+    if (!inputInRange(index)) return BATCH_INPUT_OUT_OF_RANGE;
+    outputUsed += load<u32>(entryField(index, ENTRY_OUTPUT_LENGTH));
+  }
+  if (outputUsed > <u64>OUTPUT_AREA_BYTES) return BATCH_OUTPUT_FULL;
+
+  let failures: i32 = 0;
+  let outputOffset: u32 = 0;
+  for (let index: u32 = 0; index < chunkCount; index++) {
+    const input = INPUT_AREA + <usize>load<u32>(entryField(index, ENTRY_INPUT_OFFSET));
+    const storedLength = load<u32>(entryField(index, ENTRY_INPUT_LENGTH));
+    const rawLength = load<u32>(entryField(index, ENTRY_OUTPUT_LENGTH));
+    const output = OUTPUT_AREA + <usize>outputOffset;
+    store<u32>(entryField(index, ENTRY_OUTPUT_OFFSET), outputOffset);
+    let status = decodeStored(input, storedLength, load<u8>(FORMS_AREA + index), output, rawLength);
+    if (status == STATUS_OK && verifyIds) {
+      hashAnyLength(output, rawLength, ACTIVE_SECRET, DECODED_ID);
+      const expected = IDS_AREA + <usize>index * ID_BYTES;
+      if (load<u64>(DECODED_ID) != load<u64>(expected) || load<u64>(DECODED_ID, 8) != load<u64>(expected, 8)) {
+        status = STATUS_ID_MISMATCH;
+      }
+    }
+    store<u8>(FLAGS_AREA + index, status);
+    if (status != STATUS_OK) failures++;
+    outputOffset += rawLength;
+  }
+  return failures;
 }
 
 setSecret(0);

@@ -248,7 +248,7 @@ Examples:
       const cp = o.id !== undefined ? repo.getCheckpoint(o.id) : resolveCheckpoint(repo, job, { at: parseTimeSpec(o.at ?? 'now') });
       if (cp.job !== job) throw new NoCheckpointError(`checkpoint ${cp.id} belongs to job "${cp.job}", not "${job}"`);
       const codecs = await openCodecs(repo);
-      const written = exportCheckpoint(repo, codecs, cp, o.to);
+      const written = await exportCheckpoint(repo, codecs, cp, o.to);
       console.log(`checkpoint ${cp.id}: ${written.images} image files and ${written.files} job files written to ${o.to}`);
       repo.close();
     });

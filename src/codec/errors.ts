@@ -21,6 +21,21 @@ export class CodecInputError extends CodecError {}
 
 /**
  * A compressed chunk cannot be decoded into exactly the expected bytes:
- * the stored data is damaged, truncated, or belongs to another chunk.
+ * the stored data is damaged, truncated, or belongs to another chunk. From a
+ * batch call, chunkIndex says which chunk of the batch (the first bad one).
  */
-export class CorruptChunkError extends CodecError {}
+export class CorruptChunkError extends CodecError {
+  readonly chunkIndex: number | undefined;
+
+  constructor(message: string, options?: ErrorOptions & { chunkIndex?: number }) {
+    super(message, options);
+    this.chunkIndex = options?.chunkIndex;
+  }
+}
+
+/**
+ * A codec worker failed (it threw outside a batch, exited, or could not
+ * start), or the pool was closed: every call still pending on the pool is
+ * rejected with this error, and so is every later call.
+ */
+export class CodecWorkerError extends CodecError {}

@@ -43,9 +43,10 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     mkdirSync(workDir, { mode: 0o700 });
 
     const previous = repo.latestCheckpoint(jobName);
-    const previousFiles = new Map<string, FileManifest>(
-      previous ? repo.checkpointFiles(previous.id, codecs.chunks, 'job-file').map((f) => [f.path, f]) : [],
-    );
+    const previousManifests = previous ? repo.checkpointFiles(previous.id, codecs.chunks) : [];
+    // Most chunks of this checkpoint are the previous one's: known without a query.
+    for (const f of previousManifests) repo.rememberKnown(f.ids);
+    const previousFiles = new Map<string, FileManifest>(previousManifests.filter((f) => f.role === 'job-file').map((f) => [f.path, f]));
 
     const started = performance.now();
     let takenAt = 0;
@@ -63,7 +64,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
           frozen = tracking?.whileFrozen();
         },
       });
-      const record = commitImages(repo, codecs, {
+      const record = await commitImages(repo, codecs, {
         jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs,
         verify: Boolean(options.verifyTracking),
       });
@@ -95,19 +96,20 @@ interface CommitInput {
 }
 
 /** Ingest of the dumped images and captured files, then the commit. */
-function commitImages(repo: Repository, codecs: Codecs, input: CommitInput): { checkpoint: CheckpointRecord; pageIndex: PageIndex } {
+async function commitImages(repo: Repository, codecs: Codecs, input: CommitInput): Promise<{ checkpoint: CheckpointRecord; pageIndex: PageIndex }> {
   const { jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs } = input;
   const stats = readDumpStats(workDir);
   const writer = repo.newChunkWriter(codecs.chunks);
-  const ingest = new Ingest(codecs.pages, writer, input.verify && frozen !== undefined);
+  const ingest = new Ingest(codecs, repo, writer, input.verify && frozen !== undefined);
   const clean = frozen?.clean ?? NO_CLEAN_PAGES;
   let images: FileManifest[];
   let jobFiles: FileManifest[];
   try {
-    images = ingest.imageDirectory(imagesDir, clean);
+    images = await ingest.imageDirectory(imagesDir, clean);
     jobFiles = jobFileManifests(captured, ingest);
     if (ingest.misses.length > 0) throw new TrackingMissError(ingest.misses);
   } catch (e) {
+    await ingest.abandon();
     writer.abandon();
     throw e;
   }

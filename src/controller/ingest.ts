@@ -4,10 +4,12 @@
 // and is not read at all. Memory stays bounded by INGEST_BATCH_BYTES whatever the size.
 import { closeSync, fstatSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { PageCodec, PageFlag } from '../codec/page-codec.js';
+import type { ChunkBatch } from '../codec/chunk-batch.js';
+import { PageFlag } from '../codec/page-codec.js';
 import { PE_PRESENT, readPagemap, type Pagemap } from '../criu/images.js';
-import { CHUNK_ID_BYTES, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
-import type { ChunkWriter, FileManifest } from '../store/repository.js';
+import { CHUNK_ID_BYTES, type Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
+import type { ChunkWriter, FileManifest, Repository } from '../store/repository.js';
+import type { Codecs } from './codecs.js';
 
 /** Pages read, hashed and stored per step: bounds the ingest's memory. */
 export const INGEST_BATCH_BYTES = 4 * 1024 * 1024;
@@ -90,14 +92,19 @@ export class Ingest {
    * @param verifyClean hash pages called clean too, and record each one whose content
    *   changed (CRINC_VERIFY_TRACKING): slower, and proves the tracking.
    */
+  /** Pool batches of new pages being compressed, oldest first. */
+  private readonly inFlight: Promise<ChunkBatch>[] = [];
+  private filling: ChunkBatch | undefined;
+
   constructor(
-    private readonly codec: PageCodec,
+    private readonly codecs: Codecs,
+    private readonly repo: Repository,
     private readonly writer: ChunkWriter,
     private readonly verifyClean = false,
   ) {}
 
   /** Every file of a CRIU image directory, as manifests. */
-  imageDirectory(dir: string, clean: CleanPages): FileManifest[] {
+  async imageDirectory(dir: string, clean: CleanPages): Promise<FileManifest[]> {
     const names = readdirSync(dir).sort();
     const pagesOwner = new Map<string, { pid: number | null; pagemap: Pagemap }>();
     for (const name of names) {
@@ -115,9 +122,9 @@ export class Ingest {
       const owner = pagesOwner.get(name);
       let ids: Uint8Array;
       if (owner) {
-        ids = this.pagesFile(path, owner.pagemap, owner.pid, clean);
+        ids = await this.pagesFile(path, owner.pagemap, owner.pid, clean);
       } else if (PAGES_FILE.test(name)) {
-        ids = this.pagesFile(path, undefined, null, clean);
+        ids = await this.pagesFile(path, undefined, null, clean);
       } else {
         ids = this.blocks(path, FILE_BLOCK_BYTES);
       }
@@ -157,12 +164,12 @@ export class Ingest {
 
   private storeBlock(block: Uint8Array): Uint8Array {
     if (isAllZero(block)) return ZERO_CHUNK_ID;
-    const id = this.codec.chunkId(block);
+    const id = this.codecs.pages.chunkId(block);
     this.writer.put(id, block);
     return id;
   }
 
-  private pagesFile(path: string, pagemap: Pagemap | undefined, pid: number | null, clean: CleanPages): Uint8Array {
+  private async pagesFile(path: string, pagemap: Pagemap | undefined, pid: number | null, clean: CleanPages): Promise<Uint8Array> {
     const fd = openSync(path, 'r');
     try {
       const size = fstatSync(fd).size;
@@ -188,10 +195,11 @@ export class Ingest {
           if (tracked && !this.verifyClean && clean.previousId(pid, vaddrs[end]!)) break;
           end++;
         }
-        this.hashRun(fd, path, page, end, ids);
+        await this.hashRun(fd, path, page, end, ids);
         if (this.verifyClean && tracked) this.checkClean(pid, vaddrs, page, end, ids, clean);
         page = end;
       }
+      await this.drainNewPages();
       if (tracked) this.pageIndex.set(pid, { vaddrs, ids });
       this.stats.pagesTotal += pageCount;
       return ids;
@@ -214,11 +222,16 @@ export class Ingest {
     }
   }
 
-  private hashRun(fd: number, path: string, first: number, end: number, ids: Uint8Array): void {
+  /**
+   * Reads pages [first, end) (at most a batch), hashes them here (fast), and sends only
+   * the pages the store does not have to the pool for compression.
+   */
+  private async hashRun(fd: number, path: string, first: number, end: number, ids: Uint8Array): Promise<void> {
     const n = end - first;
     const data = this.batch.subarray(0, n * PAGE_BYTES);
     readFully(fd, data, first * PAGE_BYTES, path);
-    this.codec.hashPages(data, this.batchIds, this.batchFlags);
+    this.codecs.pages.hashPages(data, this.batchIds, this.batchFlags);
+    const candidates: number[] = [];
     for (let i = 0; i < n; i++) {
       const at = (first + i) * CHUNK_ID_BYTES;
       if (this.batchFlags[i] === PageFlag.Zero) {
@@ -226,11 +239,57 @@ export class Ingest {
         this.stats.pagesZero++;
         continue;
       }
-      const id = this.batchIds.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
-      ids.set(id, at);
-      this.writer.put(ids.slice(at, at + CHUNK_ID_BYTES), data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+      ids.set(this.batchIds.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), at);
+      // A duplicate of an earlier page of this batch is stored with that one.
+      if (this.batchFlags[i] !== PageFlag.Duplicate && !this.writer.hasPending(this.batchIds, i * CHUNK_ID_BYTES)) candidates.push(i);
+    }
+    for (const i of this.repo.unknownChunks(this.batchIds, candidates)) {
+      await this.compressNewPage(data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
     }
     this.stats.pagesHashed += n;
+  }
+
+  /** Queues a new page for compression on the pool; completed batches go to the writer in order. */
+  private async compressNewPage(page: Uint8Array): Promise<void> {
+    const pool = this.codecs.pool;
+    this.filling ??= await pool.acquire();
+    this.filling.addPages(1).set(page);
+    if (this.filling.freeChunks > 0 && this.filling.freeBytes >= PAGE_BYTES) return;
+    this.inFlight.push(pool.hashAndCompress(this.filling));
+    this.filling = undefined;
+    // Keep one batch free for filling, or acquire() would wait on our own results.
+    while (this.inFlight.length >= pool.batchCount - 1) this.storeCompressed(await this.inFlight.shift()!);
+  }
+
+  private async drainNewPages(): Promise<void> {
+    if (this.filling && this.filling.count > 0) {
+      this.inFlight.push(this.codecs.pool.hashAndCompress(this.filling));
+      this.filling = undefined;
+    }
+    while (this.inFlight.length > 0) this.storeCompressed(await this.inFlight.shift()!);
+  }
+
+  private storeCompressed(batch: ChunkBatch): void {
+    for (let i = 0; i < batch.count; i++) {
+      // Only duplicates within the batch are flagged; they are stored with their first copy.
+      if (batch.flag(i) !== PageFlag.Normal) continue;
+      this.writer.putStored(batch.id(i).slice(), batch.stored(i), PAGE_BYTES, batch.compression(i) as number as Compression);
+    }
+    this.codecs.pool.release(batch);
+  }
+
+  /** Returns pool batches on failure, so the pool stays usable. */
+  async abandon(): Promise<void> {
+    const pending = this.inFlight.splice(0);
+    for (const p of pending) {
+      try {
+        this.codecs.pool.release(await p);
+      } catch {
+        // a failed batch went back to the pool with its error
+      }
+    }
+    if (this.filling) this.codecs.pool.release(this.filling);
+    this.filling = undefined;
   }
 }
 

@@ -58,12 +58,12 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
 
     // 1. Materialize and verify: images, then the files that differ from the checkpoint.
     const files = repo.checkpointFiles(checkpoint.id, codecs.chunks);
-    materializeImages(repo, files.filter((f) => f.role === 'image'), codecs.chunks, imagesDir);
+    await materializeImages(repo, files.filter((f) => f.role === 'image'), codecs, imagesDir);
     const changed: { manifest: FileManifest; wanted: string; current: string | null; facts: FileFacts | null }[] = [];
     for (const [i, m] of files.filter((f) => f.role === 'job-file').entries()) {
       if (fileMatches(m, codecs.pages)) continue;
       const wanted = join(wantedDir, String(i));
-      materializeFile(repo, m, codecs.chunks, wanted);
+      await materializeFile(repo, m, codecs, wanted);
       let current: string | null = null;
       let facts: FileFacts | null = null;
       if (existsSync(m.path)) {
@@ -79,7 +79,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     const kept = changed.filter((c) => c.current !== null);
     if (kept.length > 0) {
       const writer = repo.newChunkWriter(codecs.chunks);
-      const ingest = new Ingest(codecs.pages, writer);
+      const ingest = new Ingest(codecs, repo, writer);
       const manifests: FileManifest[] = kept.map(({ manifest, current, facts }) => ({
         role: 'job-file',
         path: manifest.path,

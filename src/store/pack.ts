@@ -21,12 +21,47 @@ import {
 const PACK_WRITE_BUFFER_BYTES = 4 * 1024 * 1024;
 export const PARTIAL_SUFFIX = '.partial';
 
-export interface PackedChunk {
-  id: Uint8Array;
-  offset: number; // of the blob's data, past its header
-  storedLength: number;
-  rawLength: number;
-  compression: Compression;
+/** The chunks of one pack, in typed arrays: no object per chunk. */
+export class PackedChunks {
+  count = 0;
+  ids = new Uint8Array(1024 * CHUNK_ID_BYTES);
+  offsets = new Float64Array(1024); // of each blob's data, past its header
+  storedLengths = new Uint32Array(1024);
+  rawLengths = new Uint32Array(1024);
+  compressions = new Uint8Array(1024);
+
+  push(id: Uint8Array, offset: number, storedLength: number, rawLength: number, compression: Compression): void {
+    if (this.count === this.offsets.length) this.grow();
+    const i = this.count++;
+    this.ids.set(id, i * CHUNK_ID_BYTES);
+    this.offsets[i] = offset;
+    this.storedLengths[i] = storedLength;
+    this.rawLengths[i] = rawLength;
+    this.compressions[i] = compression;
+  }
+
+  id(i: number): Uint8Array {
+    return this.ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
+  }
+
+  private grow(): void {
+    const n = this.offsets.length * 2;
+    const ids = new Uint8Array(n * CHUNK_ID_BYTES);
+    ids.set(this.ids);
+    this.ids = ids;
+    const offsets = new Float64Array(n);
+    offsets.set(this.offsets);
+    this.offsets = offsets;
+    const stored = new Uint32Array(n);
+    stored.set(this.storedLengths);
+    this.storedLengths = stored;
+    const raw = new Uint32Array(n);
+    raw.set(this.rawLengths);
+    this.rawLengths = raw;
+    const compressions = new Uint8Array(n);
+    compressions.set(this.compressions);
+    this.compressions = compressions;
+  }
 }
 
 export function packPath(storeDir: string, name: string): string {
@@ -44,7 +79,7 @@ function fsyncDir(dir: string): void {
 
 export class PackWriter {
   readonly name = randomBytes(16).toString('hex');
-  readonly chunks: PackedChunk[] = [];
+  readonly chunks = new PackedChunks();
   private readonly finalPath: string;
   private readonly partialPath: string;
   private fd: number;
@@ -76,20 +111,23 @@ export class PackWriter {
 
   add(id: Uint8Array, data: Uint8Array, rawLength: number, compression: Compression): void {
     if (id.length !== CHUNK_ID_BYTES) throw new Error(`chunk id of ${id.length} bytes`);
-    const header = Buffer.alloc(BLOB_HEADER_BYTES);
-    header.set(id, 0);
-    header.writeUInt32LE(rawLength, 16);
-    header.writeUInt32LE(data.length, 20);
-    header.writeUInt8(compression, 24);
-    this.append(header);
-    this.chunks.push({ id, offset: this.size, storedLength: data.length, rawLength, compression });
+    if (this.buffered + BLOB_HEADER_BYTES > this.buffer.length) this.flush();
+    // The blob header goes straight into the write buffer.
+    const h = this.buffered;
+    this.buffer.set(id, h);
+    this.buffer.writeUInt32LE(rawLength, h + 16);
+    this.buffer.writeUInt32LE(data.length, h + 20);
+    this.buffer.writeUInt32LE(compression, h + 24); // compression u8 + 3 reserved zero bytes
+    this.buffered += BLOB_HEADER_BYTES;
+    this.size += BLOB_HEADER_BYTES;
+    this.chunks.push(id, this.size, data.length, rawLength, compression);
     this.append(data);
   }
 
   /** Writes the trailer, fsyncs and gives the pack its final name. */
   finish(): void {
     const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
-    trailer.writeUInt32LE(this.chunks.length, 0);
+    trailer.writeUInt32LE(this.chunks.count, 0);
     PACK_TRAILER_MAGIC.copy(trailer, 8);
     this.append(trailer);
     this.flush();
@@ -135,19 +173,25 @@ export class PackReader {
   constructor(private readonly storeDir: string) {}
 
   read(pack: string, offset: number, length: number): Buffer {
+    const out = Buffer.allocUnsafe(length);
+    const done = this.readInto(pack, offset, out);
+    return done === length ? out : out.subarray(0, done);
+  }
+
+  /** Reads into target from offset; returns the bytes read (fewer only at the pack's end). */
+  readInto(pack: string, offset: number, target: Uint8Array): number {
     let fd = this.fds.get(pack);
     if (fd === undefined) {
       fd = openSync(packPath(this.storeDir, pack), 'r');
       this.fds.set(pack, fd);
     }
-    const out = Buffer.allocUnsafe(length);
     let done = 0;
-    while (done < length) {
-      const n = readSync(fd, out, done, length - done, offset + done);
+    while (done < target.length) {
+      const n = readSync(fd, target, done, target.length - done, offset + done);
       if (n === 0) break;
       done += n;
     }
-    return done === length ? out : out.subarray(0, done);
+    return done;
   }
 
   close(): void {

@@ -27,10 +27,21 @@ import {
   StorePermissionError,
   UnknownJobError,
 } from './errors.js';
+import { IdSet } from './id-set.js';
 import { PackReader, PackWriter } from './pack.js';
 import { SCHEMA_V1 } from './schema.js';
 
 export const SECRET_BYTES = 192;
+/** Ids per lookup query: below SQLite's default limit of 32766 bound parameters, large enough to amortize a query. */
+const LOOKUP_BATCH = 500;
+
+export interface ChunkLocations {
+  pack: string[];
+  offset: Float64Array;
+  storedLength: Uint32Array;
+  rawLength: Uint32Array;
+  compression: Uint8Array;
+}
 const JOB_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 /** What the store needs from the codec: it never hashes or compresses on its own. */
@@ -132,6 +143,9 @@ export class Repository {
   private readonly db: Database.Database;
   private readonly packReader: PackReader;
   private readonly hasChunkStmt: Database.Statement;
+  /** Ids known to be in the index: lookups of them need no query. */
+  private readonly known = new IdSet();
+  private readonly statements = new Map<string, Database.Statement>();
   private readonly chunkStmt: Database.Statement;
 
   private constructor(
@@ -251,7 +265,96 @@ export class Repository {
   // ---- chunks -----------------------------------------------------------------------
 
   hasChunk(id: Uint8Array): boolean {
-    return this.hasChunkStmt.get(id) !== undefined;
+    if (this.known.has(id)) return true;
+    const found = this.hasChunkStmt.get(id) !== undefined;
+    if (found) this.known.add(id);
+    return found;
+  }
+
+  /**
+   * Tells the cache of ids known to be in the index about ids that are (the previous
+   * checkpoint's manifests, say), so that lookups of them need no query. Valid only while
+   * chunks are never removed (no GC yet).
+   */
+  rememberKnown(ids: Uint8Array): void {
+    for (let o = 0; o < ids.length; o += CHUNK_ID_BYTES) {
+      if (!isZeroId(ids, o / CHUNK_ID_BYTES)) this.known.add(ids, o);
+    }
+  }
+
+  /** Of ids[i] for i in candidates, those the store does not have: cache first, then batched queries. */
+  unknownChunks(ids: Uint8Array, candidates: number[]): number[] {
+    const ask: number[] = [];
+    for (const i of candidates) if (!this.known.has(ids, i * CHUNK_ID_BYTES)) ask.push(i);
+    const unknown: number[] = [];
+    for (let b = 0; b < ask.length; b += LOOKUP_BATCH) {
+      const part = ask.slice(b, b + LOOKUP_BATCH);
+      const params = part.map((i) => ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
+      const found = new IdSet(part.length);
+      for (const row of this.lookupStmt(part.length).all(...params) as { id: Buffer }[]) {
+        found.add(row.id);
+        this.known.add(row.id);
+      }
+      for (const i of part) if (!found.has(ids, i * CHUNK_ID_BYTES)) unknown.push(i);
+    }
+    return unknown;
+  }
+
+  /** Where each chunk is: pack name, data offset, lengths, compression; batched queries. */
+  locateChunks(ids: Uint8Array): ChunkLocations {
+    const n = ids.length / CHUNK_ID_BYTES;
+    const unique = new IdSet(n);
+    const slot = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      unique.add(ids, i * CHUNK_ID_BYTES);
+      slot[i] = unique.indexOf(ids, i * CHUNK_ID_BYTES);
+    }
+    const u = unique.size;
+    const found = { row: new Array<ChunkRow | undefined>(u) };
+    for (let b = 0; b < u; b += LOOKUP_BATCH) {
+      const count = Math.min(LOOKUP_BATCH, u - b);
+      const params = Array.from({ length: count }, (_, k) => unique.idAt(b + k));
+      for (const row of this.locateStmt(count).all(...params) as (ChunkRow & { id: Buffer })[]) {
+        found.row[unique.indexOf(row.id)] = row;
+      }
+    }
+    const out: ChunkLocations = {
+      pack: new Array<string>(n),
+      offset: new Float64Array(n),
+      storedLength: new Uint32Array(n),
+      rawLength: new Uint32Array(n),
+      compression: new Uint8Array(n),
+    };
+    for (let i = 0; i < n; i++) {
+      const row = found.row[slot[i]!];
+      if (!row) throw new ChunkMissingError(idHex(ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES)));
+      out.pack[i] = row.pack;
+      out.offset[i] = row.offset;
+      out.storedLength[i] = row.stored_length;
+      out.rawLength[i] = row.raw_length;
+      out.compression[i] = row.compression;
+    }
+    return out;
+  }
+
+  readPackInto(pack: string, offset: number, target: Uint8Array): number {
+    return this.packReader.readInto(pack, offset, target);
+  }
+
+  private lookupStmt(n: number): Database.Statement {
+    return this.statement(`SELECT id FROM chunks WHERE id IN (${'?,'.repeat(n - 1)}?)`);
+  }
+
+  private locateStmt(n: number): Database.Statement {
+    return this.statement(
+      `SELECT c.id, p.name AS pack, c.offset, c.stored_length, c.raw_length, c.compression FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id IN (${'?,'.repeat(n - 1)}?)`,
+    );
+  }
+
+  private statement(sql: string): Database.Statement {
+    let st = this.statements.get(sql);
+    if (!st) this.statements.set(sql, (st = this.db.prepare(sql)));
+    return st;
   }
 
   /** Reads a chunk, decompresses it and checks it against its id. */
@@ -321,7 +424,10 @@ export class Repository {
     const commit = this.db.transaction(() => {
       for (const pack of packs) {
         const packId = insPack.run(pack.name, pack.bytes, now).lastInsertRowid;
-        for (const c of pack.chunks) insChunk.run(c.id, packId, c.offset, c.storedLength, c.rawLength, c.compression);
+        const c = pack.chunks;
+        for (let i = 0; i < c.count; i++) {
+          insChunk.run(c.id(i), packId, c.offsets[i], c.storedLengths[i], c.rawLengths[i], c.compressions[i]);
+        }
       }
       const checkpointId = Number(insCheckpoint.run({ ...meta, storedBytes: writer.storedBytes }).lastInsertRowid);
       for (const { f, manifest } of stored) {
@@ -336,6 +442,7 @@ export class Repository {
       writer.abandon();
       throw e;
     }
+    for (const pack of packs) for (let i = 0; i < pack.chunks.count; i++) this.known.add(pack.chunks.ids, i * CHUNK_ID_BYTES);
     return this.getCheckpoint(id);
   }
 
@@ -404,26 +511,41 @@ export class ChunkWriter {
   private readonly finished: PackWriter[] = [];
   private current: PackWriter | undefined;
   /** Ids written by this writer, so a chunk seen twice in one checkpoint is stored once. */
-  private readonly pending = new Set<string>();
+  private readonly pending = new IdSet();
 
   constructor(
     private readonly repo: Repository,
     private readonly codec: ChunkCodec,
   ) {}
 
+  /** True when this writer or the store has the chunk already. */
+  has(id: Uint8Array, offset = 0): boolean {
+    return this.pending.has(id, offset) || this.repo.hasChunk(id.subarray(offset, offset + CHUNK_ID_BYTES));
+  }
+
+  /** True when this writer has written the chunk (the caller checked the store itself). */
+  hasPending(id: Uint8Array, offset = 0): boolean {
+    return this.pending.has(id, offset);
+  }
+
   /** Stores `raw` under `id` unless the store or this writer has it already. Returns true when new. */
   put(id: Uint8Array, raw: Uint8Array): boolean {
-    const key = idHex(id);
-    if (this.pending.has(key) || this.repo.hasChunk(id)) return false;
-    this.pending.add(key);
+    if (this.has(id)) return false;
     const compressed = this.codec.compress(raw);
     const useCompressed = compressed.length < raw.length;
-    const pack = this.pack();
-    const data = useCompressed ? compressed : raw;
-    pack.add(id, data, raw.length, useCompressed ? Compression.Lz4 : Compression.None);
-    this.storedBytes += data.length;
-    this.newChunks++;
+    this.putStored(id, useCompressed ? compressed : raw, raw.length, useCompressed ? Compression.Lz4 : Compression.None);
     return true;
+  }
+
+  /**
+   * Stores a chunk already in its stored form. The caller has checked that the store
+   * does not have it (Repository.unknownChunks); a second put of one id is ignored.
+   */
+  putStored(id: Uint8Array, stored: Uint8Array, rawLength: number, compression: Compression): void {
+    if (!this.pending.add(id)) return;
+    this.pack().add(id, stored, rawLength, compression);
+    this.storedBytes += stored.length;
+    this.newChunks++;
   }
 
   /** A manifest small enough stays inline; a longer one becomes chunks of ids itself. */

@@ -81,6 +81,14 @@ int main(int argc, char **argv) {
 
     signal(SIGUSR1, on_usr1);
     signal(SIGUSR2, on_usr2);
+    /* The signals stay blocked except inside sigsuspend: a signal between checking the
+     * flags and waiting cannot be lost (pause() would lose it, and a syscall restarted
+     * after a ptrace interrupt makes that window real). */
+    sigset_t blocked, waiting;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGUSR1);
+    sigaddset(&blocked, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &blocked, &waiting);
     dprintf(1, "start pid %d pages %lu window %lu\n", getpid(), (unsigned long)pages, (unsigned long)window);
 
     uint64_t tick = 0;
@@ -101,10 +109,12 @@ int main(int argc, char **argv) {
         }
         if (tick_ms > 0) {
             struct timespec ts = { tick_ms / 1000, (tick_ms % 1000) * 1000000L };
+            sigprocmask(SIG_SETMASK, &waiting, NULL);
             while (nanosleep(&ts, &ts) && errno == EINTR && !verify_requested) {}
+            sigprocmask(SIG_BLOCK, &blocked, NULL);
             if (verify_requested) continue;
         } else {
-            if (!tick_requested) { pause(); continue; }
+            if (!tick_requested) { sigsuspend(&waiting); continue; }
             tick_requested = 0;
         }
         tick++;

@@ -197,6 +197,15 @@ static void do_step(void) {
 int main(int argc, char **argv) {
     if (argc < 2 || argc > 3) { dprintf(2, "usage: scenario NAME [PATH]\n"); return 2; }
     scenario = argv[1];
+    /* Blocked except inside the main thread's sigsuspend (threads inherit the block): no
+     * signal is lost between the check and the wait, and none goes to a writer thread. */
+    signal(SIGUSR1, on_usr1);
+    signal(SIGUSR2, on_usr2);
+    sigset_t blocked, waiting;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGUSR1);
+    sigaddset(&blocked, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &blocked, &waiting);
     fds_path = argc == 3 ? argv[2] : "/dev/null";
     region = mmap(NULL, (size_t)REGION_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     for (size_t p = 0; p < REGION_PAGES; p++) write_page(region + p * PAGE, p);
@@ -211,11 +220,9 @@ int main(int argc, char **argv) {
             pthread_t th;
             pthread_create(&th, NULL, writer_thread, (void *)t);
         }
-    signal(SIGUSR1, on_usr1);
-    signal(SIGUSR2, on_usr2);
     dprintf(1, "ready %s pid %d\n", scenario, getpid());
     for (;;) {
-        if (!step_requested && !hash_requested) pause();
+        if (!step_requested && !hash_requested) sigsuspend(&waiting);
         if (step_requested) {
             step_requested = 0;
             do_step();
