@@ -100,6 +100,12 @@ export class Sandbox {
       return j?.pid;
     }, `job ${job} to start\n${output}`);
     this.track(pid);
+    // Its controller answers once tracking is armed: signals sent during the arming's
+    // syscall injection would run their handler without ending a sleeping syscall.
+    await waitFor(() => {
+      const r = this.cli(['status', job, '--json']);
+      return r.code === 0 && (JSON.parse(r.stdout) as { controller: boolean }).controller;
+    }, `the controller of ${job} to answer\n${output}`);
     return { controller, pid, output: () => output };
   }
 
