@@ -35,7 +35,7 @@ export class StageProfile {
     const profiler = this.profiler;
     timers.onFrozen = (frozen) => {
       // A fresh object per checkpoint; never the shared NO_CLEAN_PAGES.
-      if (frozen.clean !== NO_CLEAN_PAGES) profiler.wrap(frozen.clean, 'previousId', 'clean-page lookups (CleanPages.previousId)');
+      if (frozen.clean !== NO_CLEAN_PAGES) profiler.wrap(frozen.clean, 'forProcess', 'clean ranges per process (CleanPages.forProcess)');
     };
     this.undo.push(() => {
       timers.onFrozen = undefined;

@@ -26,6 +26,8 @@ type AnyFn = (...args: unknown[]) => unknown;
 
 export class StageTimers {
   private times = StageTimers.empty();
+  /** Called with whileFrozen's result before the checkpoint uses it (the profile wraps its lookups). */
+  onFrozen: ((frozen: FrozenTracking) => void) | undefined;
   private readonly restore: (() => void)[] = [];
 
   private static empty(): StageTimes {
@@ -49,6 +51,7 @@ export class StageTimers {
       const frozen = result as FrozenTracking | undefined;
       t().dirtyFraction = frozen?.dirtyFraction ?? null;
       t().notes = [...(frozen?.notes ?? [])];
+      if (frozen) this.onFrozen?.(frozen);
     });
     this.wrap(TrackingSession.prototype, 'committed', 'committed', (ms) => (t().committedMs += ms));
   }

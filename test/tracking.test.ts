@@ -87,7 +87,7 @@ describe('no missed writes, checkpoint after checkpoint', () => {
 
   it('a job writing all the time, checkpointed while it writes', async () => {
     const job = 'track-continuous';
-    const { pid } = await runVerified(sb, job, [COUNTER, '--region-mib', '32', '--window-pages', '16', '--tick-ms', '10']);
+    const { pid } = await runVerified(sb, job, [COUNTER, '--region-mib', '32', '--window-pages', '8', '--tick-ms', '10']);
     const cps: CheckpointJson[] = [];
     for (let i = 0; i < CHECKPOINTS; i++) {
       cps.push(sb.json<CheckpointJson>(['checkpoint', job]));

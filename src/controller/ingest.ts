@@ -9,6 +9,7 @@ import { PageFlag } from '../codec/page-codec.js';
 import { PE_PRESENT, readPagemap, type Pagemap } from '../criu/images.js';
 import { CHUNK_ID_BYTES, type Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
 import type { ChunkWriter, FileManifest, Repository } from '../store/repository.js';
+import type { Range } from '../tracking/page-ranges.js';
 import type { Codecs } from './codecs.js';
 
 /** Pages read, hashed and stored per step: bounds the ingest's memory. */
@@ -18,20 +19,20 @@ const PAGEMAP_FILE = /^pagemap-(\d+)\.img$/;
 const PAGES_FILE = /^pages-(\d+)\.img$/;
 
 /**
- * What dirty tracking proved: for a process (by its PID inside the image) and a page
- * address, the chunk id the page had at the previous checkpoint, if the page has not
- * been written since. The tracking issue fills it; without tracking it is empty.
+ * What dirty tracking proved, per process (by its PID inside the image): the address
+ * ranges whose pages have not changed since the previous checkpoint, and that
+ * checkpoint's pages. Without tracking it is empty.
  */
 export interface CleanPages {
-  previousId(pid: number, vaddr: bigint): Uint8Array | undefined;
+  forProcess(pid: number): { clean: readonly Range[]; baseline: ProcessPages } | undefined;
 }
 
-export const NO_CLEAN_PAGES: CleanPages = { previousId: () => undefined };
+export const NO_CLEAN_PAGES: CleanPages = { forProcess: () => undefined };
 
 /** The page ids of one process at a checkpoint, by address: the next checkpoint's baseline. */
 export interface ProcessPages {
-  /** Ascending page addresses. */
-  vaddrs: BigUint64Array;
+  /** Ascending page addresses (user addresses fit a double exactly). */
+  vaddrs: Float64Array;
   /** The chunk id of each, CHUNK_ID_BYTES apiece. */
   ids: Uint8Array;
 }
@@ -39,23 +40,29 @@ export interface ProcessPages {
 /** Per process (PID inside the image), its pages at a checkpoint. */
 export type PageIndex = Map<number, ProcessPages>;
 
-export function lookupPage(pages: ProcessPages, vaddr: bigint): Uint8Array | undefined {
-  let lo = 0;
-  let hi = pages.vaddrs.length - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >>> 1;
-    const v = pages.vaddrs[mid]!;
-    if (v === vaddr) return pages.ids.subarray(mid * CHUNK_ID_BYTES, (mid + 1) * CHUNK_ID_BYTES);
-    if (v < vaddr) lo = mid + 1;
-    else hi = mid - 1;
+/**
+ * For each page (ascending vaddrs), the index of its baseline page when it is proven
+ * clean, else -1: one merge walk over three sorted sequences.
+ */
+export function cleanBaselineIndex(vaddrs: Float64Array, clean: readonly Range[], baseline: ProcessPages): Int32Array {
+  const out = new Int32Array(vaddrs.length).fill(-1);
+  let r = 0;
+  let b = 0;
+  for (let i = 0; i < vaddrs.length; i++) {
+    const v = vaddrs[i]!;
+    while (r < clean.length && clean[r]!.end <= v) r++;
+    if (r === clean.length) break;
+    if (v < clean[r]!.start) continue;
+    while (b < baseline.vaddrs.length && baseline.vaddrs[b]! < v) b++;
+    if (b < baseline.vaddrs.length && baseline.vaddrs[b] === v) out[i] = b;
   }
-  return undefined;
+  return out;
 }
 
 /** A page that tracking called clean although its content changed (verification mode). */
 export interface TrackingMiss {
   pid: number;
-  vaddr: bigint;
+  vaddr: number;
 }
 
 export class TrackingMissError extends Error {
@@ -178,29 +185,27 @@ export class Ingest {
       const ids = new Uint8Array(pageCount * CHUNK_ID_BYTES);
       // The address of each page in file order, when a pagemap says so.
       const vaddrs = pagemap ? presentVaddrs(pagemap, pageCount, path) : undefined;
-      const tracked = vaddrs !== undefined && pid !== null;
+      const proof = vaddrs !== undefined && pid !== null ? clean.forProcess(pid) : undefined;
+      const reuse = proof ? cleanBaselineIndex(vaddrs!, proof.clean, proof.baseline) : undefined;
       let page = 0;
       while (page < pageCount) {
         // A clean page reuses its previous id and is not read.
-        const prev = tracked ? clean.previousId(pid, vaddrs[page]!) : undefined;
-        if (prev && !this.verifyClean) {
-          ids.set(prev, page * CHUNK_ID_BYTES);
+        if (reuse && reuse[page]! >= 0 && !this.verifyClean) {
+          const b = reuse[page]!;
+          ids.set(proof!.baseline.ids.subarray(b * CHUNK_ID_BYTES, (b + 1) * CHUNK_ID_BYTES), page * CHUNK_ID_BYTES);
           this.stats.pagesClean++;
           page++;
           continue;
         }
         // A run of pages to read: up to a batch, stopping before the next clean page.
         let end = page + 1;
-        while (end < pageCount && end - page < PAGES_PER_BATCH) {
-          if (tracked && !this.verifyClean && clean.previousId(pid, vaddrs[end]!)) break;
-          end++;
-        }
+        while (end < pageCount && end - page < PAGES_PER_BATCH && !(reuse && reuse[end]! >= 0 && !this.verifyClean)) end++;
         await this.hashRun(fd, path, page, end, ids);
-        if (this.verifyClean && tracked) this.checkClean(pid, vaddrs, page, end, ids, clean);
+        if (this.verifyClean && reuse) this.checkClean(pid!, vaddrs!, page, end, ids, reuse, proof!.baseline);
         page = end;
       }
       await this.drainNewPages();
-      if (tracked) this.pageIndex.set(pid, { vaddrs, ids });
+      if (vaddrs && pid !== null) this.pageIndex.set(pid, { vaddrs, ids });
       this.stats.pagesTotal += pageCount;
       return ids;
     } finally {
@@ -209,13 +214,14 @@ export class Ingest {
   }
 
   /** Verification mode: every page called clean must hash to its previous id. */
-  private checkClean(pid: number, vaddrs: BigUint64Array, first: number, end: number, ids: Uint8Array, clean: CleanPages): void {
+  private checkClean(pid: number, vaddrs: Float64Array, first: number, end: number, ids: Uint8Array, reuse: Int32Array, baseline: ProcessPages): void {
     for (let p = first; p < end; p++) {
-      const prev = clean.previousId(pid, vaddrs[p]!);
-      if (!prev) continue;
+      const b = reuse[p]!;
+      if (b < 0) continue;
       // Counted as without verification: reused, not needing a hash.
       this.stats.pagesClean++;
       this.stats.pagesHashed--;
+      const prev = baseline.ids.subarray(b * CHUNK_ID_BYTES, (b + 1) * CHUNK_ID_BYTES);
       if (Buffer.compare(prev, ids.subarray(p * CHUNK_ID_BYTES, (p + 1) * CHUNK_ID_BYTES)) !== 0) {
         this.misses.push({ pid, vaddr: vaddrs[p]! });
       }
@@ -293,17 +299,21 @@ export class Ingest {
   }
 }
 
-function presentVaddrs(pagemap: Pagemap, pageCount: number, path: string): BigUint64Array {
-  const out = new BigUint64Array(pageCount);
+function presentVaddrs(pagemap: Pagemap, pageCount: number, path: string): Float64Array {
+  const out = new Float64Array(pageCount);
   let i = 0;
   for (const e of pagemap.entries) {
     if (!(e.flags & PE_PRESENT)) continue;
+    const start = Number(e.vaddr);
     for (let p = 0; p < e.nrPages; p++) {
       if (i >= pageCount) throw new Error(`${path}: the pagemap lists more present pages than the file holds`);
-      out[i++] = e.vaddr + BigInt(p * PAGE_BYTES);
+      out[i++] = start + p * PAGE_BYTES;
     }
   }
   if (i !== pageCount) throw new Error(`${path}: the pagemap lists ${i} present pages, the file holds ${pageCount}`);
+  for (let k = 1; k < out.length; k++) {
+    if (out[k]! <= out[k - 1]!) throw new Error(`${path}: the pagemap's addresses are not ascending`);
+  }
   return out;
 }
 

@@ -103,6 +103,8 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
 }
 
 export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions): Promise<RunOutcome> {
+  // A long-lived controller keeps every chunk id in memory: new ids need no query.
+  repo.preloadKnown();
   const { pid, exited, jobDir, release } = await startJob(repo, opts);
   const tracking = opts.tracking ? await startTracking(pid, opts.onNotice) : undefined;
   const checkpoint = async (keepImagesDir?: string) => {

@@ -34,6 +34,8 @@ import { SCHEMA_V1 } from './schema.js';
 export const SECRET_BYTES = 192;
 /** Ids per lookup query: below SQLite's default limit of 32766 bound parameters, large enough to amortize a query. */
 const LOOKUP_BATCH = 500;
+/** Up to this many chunk ids (~24 bytes each in memory) a controller keeps all of them in memory. */
+const KNOWN_PRELOAD_MAX_IDS = 8 * 1024 * 1024;
 
 export interface ChunkLocations {
   pack: string[];
@@ -145,6 +147,8 @@ export class Repository {
   private readonly hasChunkStmt: Database.Statement;
   /** Ids known to be in the index: lookups of them need no query. */
   private readonly known = new IdSet();
+  /** The cache holds every id of the index (as of preloadKnown, plus our own commits). */
+  private knownComplete = false;
   private readonly statements = new Map<string, Database.Statement>();
   private readonly chunkStmt: Database.Statement;
 
@@ -266,6 +270,7 @@ export class Repository {
 
   hasChunk(id: Uint8Array): boolean {
     if (this.known.has(id)) return true;
+    if (this.knownComplete) return false;
     const found = this.hasChunkStmt.get(id) !== undefined;
     if (found) this.known.add(id);
     return found;
@@ -282,10 +287,26 @@ export class Repository {
     }
   }
 
+  /**
+   * Loads every chunk id of a store of at most KNOWN_PRELOAD_MAX_IDS chunks into the
+   * cache, for a long-lived controller: then an id missing from the cache is new without
+   * a query. A chunk another process commits later is missed and stored again (a second
+   * copy, never a wrong one). Returns whether the cache is complete.
+   */
+  preloadKnown(): boolean {
+    if (this.knownComplete) return true;
+    const n = this.db.prepare('SELECT count(*) FROM chunks').pluck().get() as number;
+    if (n > KNOWN_PRELOAD_MAX_IDS) return false;
+    for (const id of this.db.prepare('SELECT id FROM chunks').pluck().iterate() as IterableIterator<Buffer>) this.known.add(id);
+    this.knownComplete = true;
+    return true;
+  }
+
   /** Of ids[i] for i in candidates, those the store does not have: cache first, then batched queries. */
   unknownChunks(ids: Uint8Array, candidates: number[]): number[] {
     const ask: number[] = [];
     for (const i of candidates) if (!this.known.has(ids, i * CHUNK_ID_BYTES)) ask.push(i);
+    if (this.knownComplete) return ask;
     const unknown: number[] = [];
     for (let b = 0; b < ask.length; b += LOOKUP_BATCH) {
       const part = ask.slice(b, b + LOOKUP_BATCH);
