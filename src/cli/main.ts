@@ -2,7 +2,8 @@
 // crinc's command line: thin commands over the controller.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
+import { packageRoot } from '../sys/package-root.js';
 import { criuVersion } from '../criu/criu.js';
 import { takeCheckpoint } from '../controller/checkpoint.js';
 import { openCodecs } from '../controller/codecs.js';
@@ -56,7 +57,7 @@ function intArg(v: string): number {
 export function buildProgram(): Command {
   const program = new Command('crinc')
     .description('Incremental checkpoints of Linux processes: CRIU dumps into a content-addressed store, restore at any stored moment.')
-    .version(JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')).version as string)
+    .version(JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')).version as string)
     .showHelpAfterError('(run with --help for usage)');
 
   program

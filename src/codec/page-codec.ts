@@ -11,10 +11,10 @@
  */
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { packageRoot } from '../sys/package-root.js';
 
 import { BatchPhase, ChunkCompression, type ChunkBatch } from './chunk-batch.js';
 import { CodecInputError, CodecLoadError, CorruptChunkError, InvalidSecretError } from './errors.js';
@@ -105,23 +105,13 @@ export function generateSecret(): Uint8Array {
   return new Uint8Array(randomBytes(SECRET_BYTES));
 }
 
-/** Nearest folder at or above this module that holds a package.json. */
-function findPackageRoot(): string {
-  const start = dirname(fileURLToPath(import.meta.url));
-  for (let dir = start; ; dir = dirname(dir)) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    if (dirname(dir) === dir) {
-      throw new CodecLoadError(`Cannot find the crinc package root: no package.json in ${start} or any folder above it.`);
-    }
-  }
-}
 
 /** Compiled once per process; every PageCodec gets its own instance (and memory). */
 let compiledCodec: WebAssembly.Module | undefined;
 let compilingCodec: Promise<WebAssembly.Module> | undefined;
 
 function codecWasmPath(): string {
-  return join(findPackageRoot(), CODEC_WASM_PATH);
+  return join(packageRoot(), CODEC_WASM_PATH);
 }
 
 function readError(wasmPath: string, error: unknown): CodecLoadError {

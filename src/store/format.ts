@@ -16,10 +16,13 @@ export const PACK_TRAILER_BYTES = 16; // blob count u32 + reserved u32 + trailer
 /** A pack is closed once it holds this many bytes: big enough for sequential I/O, small enough to repack. */
 export const PACK_TARGET_BYTES = 64 * 1024 * 1024;
 
-export const CHUNK_ID_BYTES = 16;
+import { CHUNK_ID_BYTES, PAGE_SIZE } from '../codec/limits.js';
+
+/** The chunk id's size and the page size are the codec's: one definition. */
+export { CHUNK_ID_BYTES };
 /** The id that stands for an all-zero chunk (a hole): never stored, never read. */
 export const ZERO_CHUNK_ID = new Uint8Array(CHUNK_ID_BYTES);
-export const PAGE_BYTES = 4096;
+export const PAGE_BYTES = PAGE_SIZE;
 /** Non-page files (CRIU's small images, the job's files) are cut into blocks of this size. */
 export const FILE_BLOCK_BYTES = 64 * 1024;
 /** A manifest longer than this many ids is stored as chunks of ids itself. */

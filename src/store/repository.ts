@@ -27,11 +27,11 @@ import {
   StorePermissionError,
   UnknownJobError,
 } from './errors.js';
+import { SECRET_BYTES } from '../codec/limits.js';
 import { IdSet } from './id-set.js';
 import { PackReader, PackWriter } from './pack.js';
 import { SCHEMA_V1 } from './schema.js';
 
-export const SECRET_BYTES = 192;
 /** Ids per lookup query: below SQLite's default limit of 32766 bound parameters, large enough to amortize a query. */
 const LOOKUP_BATCH = 500;
 /** Up to this many chunk ids (~24 bytes each in memory) a controller keeps all of them in memory. */

@@ -17,8 +17,8 @@
  * report that is exact at that moment.
  */
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { packageRoot } from '../../sys/package-root.js';
 import { BPF_ANY, type BpfLink, BpfMap, BpfObject, LibbpfCallError, RingBuffer } from '../libbpf.js';
 import { checkContract, decodeEvent, LOSS_COUNTERS, LossCounter, OPAQUE_KINDS, OpaqueSyscall, PAGE_KEY, PROCESS_STATS, readU64 } from './events.js';
 import { ProcessGoneError, TrackingCapacityError, TrackingError, TrackingObjectMissingError, TrackingStateError } from './errors.js';
@@ -83,13 +83,6 @@ const OPAQUE_NAMES: [keyof OpaqueSyscallCounts, number, string][] = [
   ['foreignAbi', OpaqueSyscall.FOREIGN_ABI, 'ia32/x32 syscalls (not decoded)'],
 ];
 
-function findPackageRoot(): string {
-  const start = dirname(fileURLToPath(import.meta.url));
-  for (let dir = start; ; dir = dirname(dir)) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    if (dirname(dir) === dir) throw new TrackingError(`cannot find the crinc package root: no package.json in ${start} or above`);
-  }
-}
 
 function u32Key(value: number): Buffer {
   const key = Buffer.alloc(4);
@@ -133,7 +126,7 @@ export class JobTracker {
 
   /** Loads, checks and attaches the eBPF programs. Needs root (or CAP_BPF + CAP_PERFMON). */
   static open(options: JobTrackerOptions = {}): JobTracker {
-    const path = options.objectPath ?? join(findPackageRoot(), OBJECT_PATH);
+    const path = options.objectPath ?? join(packageRoot(), OBJECT_PATH);
     if (!existsSync(path)) throw new TrackingObjectMissingError(path);
     const object = BpfObject.openFile(path);
     const links: BpfLink[] = [];
