@@ -191,10 +191,13 @@ export class Ingest {
       while (page < pageCount) {
         // A clean page reuses its previous id and is not read.
         if (reuse && reuse[page]! >= 0 && !this.verifyClean) {
+          // A run of clean pages whose baseline pages are consecutive too: one copy.
           const b = reuse[page]!;
-          ids.set(proof!.baseline.ids.subarray(b * CHUNK_ID_BYTES, (b + 1) * CHUNK_ID_BYTES), page * CHUNK_ID_BYTES);
-          this.stats.pagesClean++;
-          page++;
+          let run = 1;
+          while (page + run < pageCount && reuse[page + run] === b + run) run++;
+          ids.set(proof!.baseline.ids.subarray(b * CHUNK_ID_BYTES, (b + run) * CHUNK_ID_BYTES), page * CHUNK_ID_BYTES);
+          this.stats.pagesClean += run;
+          page += run;
           continue;
         }
         // A run of pages to read: up to a batch, stopping before the next clean page.
