@@ -2,8 +2,7 @@
 // and blocks, interoperability both ways with lz4-wasm-nodejs (the format's
 // origin) and with the reference `lz4` command-line tool, the format's
 // end-of-block rules, corrupt input (always CorruptChunkError, never garbage,
-// never a write outside the chunk's slot), and throughput figures (printed,
-// not asserted).
+// never a write outside the chunk's slot). Throughput is npm run bench's.
 //
 // Needs build/wasm/codec.wasm (npm run build:wasm) and the `lz4` tool
 // (Debian package lz4).
@@ -337,59 +336,3 @@ describe('LZ4 corrupt chunks', () => {
 });
 
 // ---------------------------------------------------------------- throughput
-
-describe('LZ4 throughput (printed, not asserted)', () => {
-  const REPEATS = 7;
-  const PAGES = MAX_BATCH_CHUNKS;
-
-  /** Best of REPEATS runs, in GB/s. */
-  function rate(bytes: number, run: () => void): number {
-    let best = 0;
-    for (let i = 0; i < REPEATS; i++) {
-      const start = process.hrtime.bigint();
-      run();
-      best = Math.max(best, bytes / Number(process.hrtime.bigint() - start));
-    }
-    return best;
-  }
-
-  it('on the mixed corpus and per page kind, one core', async () => {
-    const codec = await PageCodec.create();
-    const corpora: Array<[string, Uint8Array]> = [
-      ['mixed', samplePages(PAGES)],
-      ...SAMPLE_PAGE_KINDS.map((kind): [string, Uint8Array] =>
-        [kind, Buffer.concat(Array.from({ length: PAGES }, (_, i) => samplePage(kind, i + 7)))]),
-    ];
-    const lines = ['kind     | crinc batch: hash+compress, decode+verify | crinc per page: compress, decompress | lz4-wasm-nodejs per page: compress, decompress | stored/raw crinc, lz4-wasm-nodejs'];
-    const batch = ChunkBatch.create();
-    for (const [kind, pages] of corpora) {
-      const chunks = pagesOf(pages);
-      const hashAndCompress = rate(pages.length, () => {
-        batch.clear();
-        batch.addPages(PAGES).set(pages);
-        codec.hashAndCompress(batch);
-      });
-      const storedBatch = ChunkBatch.create();
-      for (let i = 0; i < batch.count; i++) {
-        if (batch.stored(i).length > 0) storedBatch.addStoredCopy(batch.id(i), batch.stored(i), PAGE_SIZE, batch.compression(i));
-      }
-      // Decoding works in place: every run gets its own copy, made beforehand.
-      const rawTotal = storedBatch.rawTotal;
-      const snapshot = storedBatch.lend();
-      const copies = Array.from({ length: REPEATS }, () => ChunkBatch.over(snapshot.slice(0)));
-      const decodeAndVerify = rate(rawTotal, () => codec.decodeAndVerify(copies.pop()!));
-
-      const mine = chunks.map((chunk) => compressChunk(chunk));
-      const reference = chunks.map((chunk) => referenceCompress(chunk));
-      const compressOne = rate(pages.length, () => chunks.forEach((chunk) => compressChunk(chunk)));
-      const decompressOne = rate(pages.length, () => mine.forEach((stored) => decompressChunk(stored, PAGE_SIZE)));
-      const referenceCompressOne = rate(pages.length, () => chunks.forEach((chunk) => referenceCompress(chunk)));
-      const referenceDecompressOne = rate(pages.length, () => reference.forEach((stored) => referenceDecompress(stored)));
-      const ratio = (list: Uint8Array[]): string => (list.reduce((sum, c) => sum + c.length, 0) / pages.length).toFixed(4);
-      lines.push(`${kind.padEnd(8)} | ${hashAndCompress.toFixed(2)}, ${decodeAndVerify.toFixed(2)} GB/s | ` +
-        `${compressOne.toFixed(2)}, ${decompressOne.toFixed(2)} GB/s | ` +
-        `${referenceCompressOne.toFixed(2)}, ${referenceDecompressOne.toFixed(2)} GB/s | ${ratio(mine)}, ${ratio(reference)}`);
-    }
-    console.log(lines.join('\n'));
-  });
-});

@@ -1,7 +1,6 @@
 // CodecPool: batch steps on worker threads give exactly what one thread gives,
 // settle in submission order, keep memory bounded, report corrupt chunks per
-// call and a failed worker to every pending call; plus the speedup over one
-// thread (printed, not asserted).
+// call and a failed worker to every pending call. Speed is npm run bench's.
 //
 // Runs the workers from the TypeScript sources (src/codec/worker-entry.ts);
 // needs build/wasm/codec.wasm (npm run build:wasm).
@@ -161,43 +160,5 @@ describe('CodecPool failures', () => {
     batch.addPages(1);
     await closed.close();
     await expect(closed.hashAndCompress(batch)).rejects.toThrow(CodecWorkerError);
-  });
-});
-
-describe('CodecPool throughput (printed, not asserted)', () => {
-  it('hashes and compresses faster than one thread', async () => {
-    const TOTAL_PAGES = 16 * 1024; // 64 MiB
-    const pages = samplePages(TOTAL_PAGES, 14);
-    const batchBytes = POOL_BATCH_CHUNKS * PAGE_SIZE;
-    const REPEATS = 3;
-
-    let oneThread = 0;
-    const single = ChunkBatch.create(POOL_BATCH_CHUNKS, batchBytes);
-    for (let r = 0; r < REPEATS; r++) {
-      const start = process.hrtime.bigint();
-      for (let at = 0; at < pages.length; at += batchBytes) {
-        single.clear();
-        single.addPages(POOL_BATCH_CHUNKS).set(pages.subarray(at, at + batchBytes));
-        codec.hashAndCompress(single);
-      }
-      oneThread = Math.max(oneThread, pages.length / Number(process.hrtime.bigint() - start));
-    }
-
-    let pooled = 0;
-    const inFlight = pool.batchCount;
-    for (let r = 0; r < REPEATS; r++) {
-      const start = process.hrtime.bigint();
-      const pending: Array<Promise<ChunkBatch>> = [];
-      for (let at = 0; at < pages.length; at += batchBytes) {
-        if (pending.length === inFlight) pool.release(await pending.shift()!);
-        const batch = await pool.acquire();
-        batch.addPages(POOL_BATCH_CHUNKS).set(pages.subarray(at, at + batchBytes));
-        pending.push(pool.hashAndCompress(batch));
-      }
-      for (const result of pending) pool.release(await result);
-      pooled = Math.max(pooled, pages.length / Number(process.hrtime.bigint() - start));
-    }
-    console.log(`hashAndCompress on ${TOTAL_PAGES * PAGE_SIZE >> 20} MiB of mixed pages: one thread ${oneThread.toFixed(2)} GB/s, ` +
-      `pool of ${pool.workerCount} workers ${pooled.toFixed(2)} GB/s (x${(pooled / oneThread).toFixed(2)})`);
   });
 });
