@@ -100,8 +100,7 @@ export class Sandbox {
       return j?.pid;
     }, `job ${job} to start\n${output}`);
     this.track(pid);
-    // Its controller answers once tracking is armed: signals sent during the arming's
-    // syscall injection would run their handler without ending a sleeping syscall.
+    // Its controller answers once tracking is armed: the test starts from a tracked job.
     await waitFor(() => {
       const r = this.cli(['status', job, '--json']);
       return r.code === 0 && (JSON.parse(r.stdout) as { controller: boolean }).controller;

@@ -14,6 +14,8 @@ describe('restore of a job whose log and output file changed after the checkpoin
     const log = join(sb.store, 'jobs', 'files', 'stdout.log');
     // Ticks only on SIGUSR2: the files change exactly when the test says so.
     const { pid } = await sb.run('files', [COUNTER, '--region-mib', '4', '--tick-ms', '0', '--out', out]);
+    // Its handlers are set once it says so; a SIGUSR2 before that would end it.
+    await waitFor(() => sb.jobLog('files').startsWith('start'), 'the workload to start');
     const tick = async (n: number) => {
       const target = lastTick(sb.jobLog('files')) + n;
       for (let i = 0; i < n; i++) {
