@@ -23,7 +23,8 @@ import { BPF_ANY, type BpfLink, BpfMap, BpfObject, LibbpfCallError, RingBuffer }
 import { checkContract, decodeEvent, LOSS_COUNTERS, LossCounter, OPAQUE_KINDS, OpaqueSyscall, PAGE_KEY, PROCESS_STATS, readU64 } from './events.js';
 import { ProcessGoneError, TrackingCapacityError, TrackingError, TrackingObjectMissingError, TrackingStateError } from './errors.js';
 import { childrenOf, fileMappings, findOpenPath, hasExited, threadGroupOf } from './procfs.js';
-import { PAGE_SIZE, RangeSet } from './ranges.js';
+import { PAGE_SIZE } from '../../codec/limits.js';
+import { RangeSet } from './ranges.js';
 import {
   ActivityCollector,
   deviceName,

@@ -1,10 +1,8 @@
-/** Half-open ranges [start, end) of addresses or file bytes. */
-export interface Range {
-  start: number;
-  end: number;
-}
+// Half-open ranges [start, end) of addresses or file bytes: the type is page-ranges.ts's.
+import { PAGE_SIZE } from '../../codec/limits.js';
+import type { Range } from '../page-ranges.js';
 
-export const PAGE_SIZE = 4096;
+export type { Range };
 
 export function pageAlignedRange(start: number, length: number): Range {
   return { start: Math.floor(start / PAGE_SIZE) * PAGE_SIZE, end: Math.ceil((start + length) / PAGE_SIZE) * PAGE_SIZE };
