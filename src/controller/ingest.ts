@@ -5,7 +5,7 @@
 import { closeSync, fstatSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChunkBatch } from '../codec/chunk-batch.js';
-import { PageFlag } from '../codec/page-codec.js';
+import { type PageCodec, PageFlag } from '../codec/page-codec.js';
 import { PE_PRESENT, readPagemap, type Pagemap } from '../criu/images.js';
 import { CHUNK_ID_BYTES, type Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
 import type { ChunkWriter, FileManifest, Repository } from '../store/repository.js';
@@ -153,27 +153,7 @@ export class Ingest {
   /** A regular file cut into fixed blocks (the job's files, CRIU's small images). */
   blocks(path: string, blockBytes: number): Uint8Array {
     if (blockBytes > INGEST_BATCH_BYTES) throw new Error(`block size ${blockBytes} exceeds the ingest batch`);
-    const fd = openSync(path, 'r');
-    try {
-      const size = fstatSync(fd).size;
-      const count = Math.ceil(size / blockBytes);
-      const ids = new Uint8Array(count * CHUNK_ID_BYTES);
-      for (let i = 0; i < count; i++) {
-        const block = this.batch.subarray(0, Math.min(blockBytes, size - i * blockBytes));
-        readFully(fd, block, i * blockBytes, path);
-        ids.set(this.storeBlock(block), i * CHUNK_ID_BYTES);
-      }
-      return ids;
-    } finally {
-      closeSync(fd);
-    }
-  }
-
-  private storeBlock(block: Uint8Array): Uint8Array {
-    if (isAllZero(block)) return ZERO_CHUNK_ID;
-    const id = this.codecs.pages.chunkId(block);
-    this.writer.put(id, block);
-    return id;
+    return blockIds(path, blockBytes, this.codecs.pages, this.batch, (id, block) => this.writer.put(id, block));
   }
 
   private async pagesFile(path: string, pagemap: Pagemap | undefined, pid: number | null, clean: CleanPages): Promise<Uint8Array> {
@@ -320,6 +300,39 @@ function presentVaddrs(pagemap: Pagemap, pageCount: number, path: string): Float
   return out;
 }
 
+/**
+ * The ids of a file's fixed-size blocks (ZERO_CHUNK_ID for all-zero ones), read through
+ * scratch; onBlock sees each nonzero block with its id (to store it).
+ */
+export function blockIds(
+  path: string,
+  blockBytes: number,
+  codec: PageCodec,
+  scratch: Uint8Array,
+  onBlock?: (id: Uint8Array, block: Uint8Array) => void,
+): Uint8Array {
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const count = Math.ceil(size / blockBytes);
+    const ids = new Uint8Array(count * CHUNK_ID_BYTES);
+    for (let i = 0; i < count; i++) {
+      const block = scratch.subarray(0, Math.min(blockBytes, size - i * blockBytes));
+      readFully(fd, block, i * blockBytes, path);
+      if (isAllZero(block)) {
+        ids.set(ZERO_CHUNK_ID, i * CHUNK_ID_BYTES);
+        continue;
+      }
+      const id = codec.chunkId(block);
+      onBlock?.(id, block);
+      ids.set(id, i * CHUNK_ID_BYTES);
+    }
+    return ids;
+  } finally {
+    closeSync(fd);
+  }
+}
+
 function readFully(fd: number, into: Uint8Array, position: number, path: string): void {
   let done = 0;
   while (done < into.length) {
@@ -332,7 +345,7 @@ function readFully(fd: number, into: Uint8Array, position: number, path: string)
 const ZERO_BLOCK = Buffer.alloc(FILE_BLOCK_BYTES);
 
 /** memcmp against zeros: far faster in Node than a JS loop. */
-export function isAllZero(block: Uint8Array): boolean {
+function isAllZero(block: Uint8Array): boolean {
   for (let o = 0; o < block.length; o += ZERO_BLOCK.length) {
     const part = block.subarray(o, Math.min(o + ZERO_BLOCK.length, block.length));
     if (Buffer.compare(part, ZERO_BLOCK.subarray(0, part.length)) !== 0) return false;

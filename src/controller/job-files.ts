@@ -1,13 +1,13 @@
 // The job's files: CRIU keeps no file contents and refuses to restore a process whose
 // open file changed size, so crinc keeps, per checkpoint, the content of the regular
 // files the job has open for writing, and puts them back before `criu restore`.
-import { closeSync, constants as fsConstants, copyFileSync, existsSync, fchmodSync, fchownSync, fstatSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, statSync, writeSync } from 'node:fs';
+import { closeSync, constants as fsConstants, copyFileSync, existsSync, fchmodSync, fchownSync, fsyncSync, ftruncateSync, mkdirSync, openSync, readSync, statSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { PageCodec } from '../codec/page-codec.js';
-import { CHUNK_ID_BYTES, FILE_BLOCK_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
+import type { PageCodec } from '../codec/page-codec.js';
+import { FILE_BLOCK_BYTES } from '../store/format.js';
 import type { FileManifest } from '../store/repository.js';
 import { filesOpenForWriting, processTree } from './procfs.js';
-import { isAllZero } from './ingest.js';
+import { blockIds } from './ingest.js';
 
 export interface FileFacts {
   /** Kernel-maintained facts that change whenever the content can have changed. */
@@ -79,27 +79,7 @@ export function jobFileManifests(files: CapturedFile[], ingest: FileIngestor): F
 
 /** Block ids of a file as it is now, without storing anything. */
 export function currentBlockIds(path: string, codec: PageCodec): Uint8Array {
-  const fd = openSync(path, 'r');
-  try {
-    const size = fstatSync(fd).size;
-    const count = Math.ceil(size / FILE_BLOCK_BYTES);
-    const ids = new Uint8Array(count * CHUNK_ID_BYTES);
-    const buf = Buffer.allocUnsafe(FILE_BLOCK_BYTES);
-    for (let i = 0; i < count; i++) {
-      const len = Math.min(FILE_BLOCK_BYTES, size - i * FILE_BLOCK_BYTES);
-      const block = buf.subarray(0, len);
-      let done = 0;
-      while (done < len) {
-        const n = readSync(fd, block, done, len - done, i * FILE_BLOCK_BYTES + done);
-        if (n === 0) break;
-        done += n;
-      }
-      ids.set(isAllZero(block) ? ZERO_CHUNK_ID : codec.chunkId(block), i * CHUNK_ID_BYTES);
-    }
-    return ids;
-  } finally {
-    closeSync(fd);
-  }
+  return blockIds(path, FILE_BLOCK_BYTES, codec, Buffer.allocUnsafe(FILE_BLOCK_BYTES));
 }
 
 /** True when the file on disk already holds exactly the manifest's content. */

@@ -1,6 +1,7 @@
 // What /proc says about a live job: whether a pid runs, its process tree, and which
 // regular files its processes hold open for writing.
 import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { childrenOf, hasExited } from '../sys/proc.js';
 
 const O_ACCMODE = 0o3;
 const O_WRONLY = 0o1;
@@ -8,13 +9,7 @@ const O_RDWR = 0o2;
 
 /** True when pid exists and is not a zombie. */
 export function isRunning(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
+  return !hasExited(pid);
 }
 
 /** The pid and all its descendants (threads' children included). */
@@ -24,20 +19,7 @@ export function processTree(root: number): number[] {
   while (queue.length) {
     const pid = queue.shift()!;
     out.push(pid);
-    let tasks: string[];
-    try {
-      tasks = readdirSync(`/proc/${pid}/task`);
-    } catch {
-      continue; // exited meanwhile
-    }
-    for (const tid of tasks) {
-      try {
-        const children = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
-        if (children) for (const c of children.split(/\s+/)) queue.push(Number(c));
-      } catch {
-        // the thread exited meanwhile
-      }
-    }
+    queue.push(...childrenOf(pid));
   }
   return out;
 }

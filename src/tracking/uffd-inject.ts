@@ -16,6 +16,7 @@
 // If the thread was stopped inside an interruptible syscall (rax = -ERESTART*), the saved
 // registers are rewound to re-execute that syscall, as the kernel itself would have done
 // on the way out of the stop (CRIU's compel does the same).
+import { hasExited } from '../sys/proc.js';
 import { readFileSync, openSync, readSync, closeSync } from 'node:fs';
 import { lastErrno, ptraceRaw, waitpidRaw } from '../sys/libc.js';
 import {
@@ -269,21 +270,12 @@ export function injectSyscalls<T>(pid: number, body: (session: InjectionSession)
       return problems;
     };
     if (inStop) return restore();
-    if (processGone(pid)) return [];
+    if (hasExited(pid)) return [];
     // The thread is running (a stop never came in time) and still ours: it will stop (the
     // interrupt or the syscall stop is pending) and must then be put back and let go, or
     // it would sit in a ptrace stop for as long as this process lives.
     restoreWhenStopped(pid, restore);
     return [`it did not stop in time; it will be restored and detached when it does`];
-  }
-}
-
-function processGone(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return 'ZX'.includes(stat[stat.lastIndexOf(')') + 2]!);
-  } catch {
-    return true;
   }
 }
 

@@ -36,6 +36,7 @@
 //   MAP_DROPPABLE memory (glibc's getrandom state) cannot be registered: see unarmable().
 // - After a CRIU dump with --leave-running the registration is intact; the kernel's rseq
 //   update of the thread's TLS page on resume shows up as one written page per thread.
+import { hasExited } from '../sys/proc.js';
 import { closeSync, fstatSync, openSync, readFileSync, readlinkSync, readSync } from 'node:fs';
 import { ioctlBuffer, lastErrno, syscallRaw, SyscallError } from '../sys/libc.js';
 import { injectSyscalls } from './uffd-inject.js';
@@ -541,7 +542,7 @@ export class WriteTracker {
     try {
       const n = readSync(this.memFd, probe, 0, 1, 0);
       if (n === 0) {
-        throw new TrackingLostError(this.pid, processGone(this.pid) ? 'the process exited' : 'the process replaced its address space (execve)');
+        throw new TrackingLostError(this.pid, hasExited(this.pid) ? 'the process exited' : 'the process replaced its address space (execve)');
       }
     } catch (e) {
       if (e instanceof TrackingLostError) throw e;
@@ -565,16 +566,6 @@ function refusedVmaReason(pid: number, vma: Vma): string {
   if (flags.includes('pf') || flags.includes('io')) return 'a VM_PFNMAP/VM_IO device mapping, which userfaultfd refuses';
   if (flags.length === 0) return 'userfaultfd refused it (EINVAL) and it is gone from smaps: it changed while being registered';
   return `userfaultfd refused it (EINVAL); VmFlags: ${flags.join(' ')}`;
-}
-
-function processGone(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat[stat.lastIndexOf(')') + 2];
-    return state === 'Z' || state === 'X';
-  } catch {
-    return true;
-  }
 }
 
 function checkTarget(pid: number, options: ArmOptions): void {

@@ -22,7 +22,8 @@ import { packageRoot } from '../../sys/package-root.js';
 import { BPF_ANY, type BpfLink, BpfMap, BpfObject, LibbpfCallError, RingBuffer } from '../libbpf.js';
 import { checkContract, decodeEvent, LOSS_COUNTERS, LossCounter, OPAQUE_KINDS, OpaqueSyscall, PAGE_KEY, PROCESS_STATS, readU64 } from './events.js';
 import { ProcessGoneError, TrackingCapacityError, TrackingError, TrackingObjectMissingError, TrackingStateError } from './errors.js';
-import { childrenOf, fileMappings, findOpenPath, hasExited, threadGroupOf } from './procfs.js';
+import { childrenOf, hasExited } from '../../sys/proc.js';
+import { fileMappings, findOpenPath, threadGroupOf } from './procfs.js';
 import { PAGE_SIZE } from '../../codec/limits.js';
 import { RangeSet } from './ranges.js';
 import {

@@ -1,12 +1,7 @@
 // What the job tracker reads from /proc: process trees, open files, file mappings.
 import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { isGone } from '../../sys/proc.js';
 import type { FileIdentity } from './events.js';
-
-/** ENOENT and ESRCH: the process or fd went away while we looked. */
-function isGone(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException).code;
-  return code === 'ENOENT' || code === 'ESRCH';
-}
 
 /** The thread group (process) a pid belongs to; null when it does not exist. */
 export function threadGroupOf(pid: number): number | null {
@@ -18,41 +13,6 @@ export function threadGroupOf(pid: number): number | null {
     if (isGone(error)) return null;
     throw error;
   }
-}
-
-/** Whether the process has exited and waits to be reaped (or is gone). */
-export function hasExited(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // pid (comm) state …: comm may hold spaces and parentheses; the state follows the last ')'.
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state === 'Z' || state === 'X';
-  } catch (error) {
-    if (isGone(error)) return true;
-    throw error;
-  }
-}
-
-/** The children of every thread of a process (empty when it is gone). */
-export function childrenOf(tgid: number): number[] {
-  const children: number[] = [];
-  let threads: string[];
-  try {
-    threads = readdirSync(`/proc/${tgid}/task`);
-  } catch (error) {
-    if (isGone(error)) return children;
-    throw error;
-  }
-  for (const tid of threads) {
-    try {
-      for (const child of readFileSync(`/proc/${tgid}/task/${tid}/children`, 'utf8').split(' ')) {
-        if (child.trim() !== '') children.push(Number(child));
-      }
-    } catch (error) {
-      if (!isGone(error)) throw error;
-    }
-  }
-  return children;
 }
 
 /** st_dev as stat(2) reports it (glibc's makedev) for the kernel's dev_t (major << 20 | minor). */
