@@ -38,6 +38,10 @@ const LOOKUP_BATCH = 500;
 const KNOWN_PRELOAD_MAX_IDS = 8 * 1024 * 1024;
 /** Locating chunks scans the whole table when it holds at most this many times the ids wanted. */
 const LOCATE_SCAN_FACTOR = 4;
+/** Chunk rows per INSERT at commit: a statement per row costs about twice as much. */
+const COMMIT_ROWS_PER_INSERT = 64;
+/** Columns of a chunks row. */
+const CHUNK_COLUMNS = 6;
 
 export interface ChunkLocations {
   pack: string[];
@@ -129,6 +133,9 @@ export class JobLock {
     this.fd = -1;
   }
 }
+
+const CHUNK_LOCATION_COLUMNS = 'id, pack, offset, stored_length, raw_length, compression';
+type ChunkLocationRow = [id: Buffer, pack: number, offset: number, storedLength: number, rawLength: number, compression: number];
 
 interface ChunkRow {
   pack: string;
@@ -332,28 +339,38 @@ export class Repository {
       unique.add(ids, i * CHUNK_ID_BYTES);
       slot[i] = unique.indexOf(ids, i * CHUNK_ID_BYTES);
     }
+    // Per unique id; packOf 0 = not found (pack ids start at 1).
     const u = unique.size;
-    const found = { row: new Array<ChunkRow | undefined>(u) };
+    const packOf = new Int32Array(u);
+    const offset = new Float64Array(u);
+    const stored = new Uint32Array(u);
+    const raw = new Uint32Array(u);
+    const compression = new Uint8Array(u);
+    const note = (k: number, row: [Buffer, number, number, number, number, number]) => {
+      packOf[k] = row[1];
+      offset[k] = row[2];
+      stored[k] = row[3];
+      raw[k] = row[4];
+      compression[k] = row[5];
+    };
     const total = this.db.prepare('SELECT count(*) FROM chunks').pluck().get() as number;
     if (total <= LOCATE_SCAN_FACTOR * u) {
-      // Most of the store is wanted: one pass over the table beats a lookup per id.
-      const rows = this.db
-        .prepare('SELECT c.id, p.name, c.offset, c.stored_length, c.raw_length, c.compression FROM chunks c JOIN packs p ON p.id = c.pack')
-        .raw()
-        .iterate() as IterableIterator<[Buffer, string, number, number, number, number]>;
-      for (const [id, pack, offset, stored, raw, compression] of rows) {
-        const k = unique.indexOf(id);
-        if (k >= 0) found.row[k] = { pack, offset, stored_length: stored, raw_length: raw, compression };
+      // Most of the store is wanted: one pass over the table beats a lookup per id
+      // (without the join to packs, which costs a string per row).
+      const rows = this.db.prepare(`SELECT ${CHUNK_LOCATION_COLUMNS} FROM chunks`).raw().iterate() as IterableIterator<ChunkLocationRow>;
+      for (const row of rows) {
+        const k = unique.indexOf(row[0]);
+        if (k >= 0) note(k, row);
       }
     } else {
       for (let b = 0; b < u; b += LOOKUP_BATCH) {
         const count = Math.min(LOOKUP_BATCH, u - b);
         const params = Array.from({ length: count }, (_, k) => unique.idAt(b + k));
-        for (const row of this.locateStmt(count).all(...params) as (ChunkRow & { id: Buffer })[]) {
-          found.row[unique.indexOf(row.id)] = row;
-        }
+        for (const row of this.locateStmt(count).raw().all(...params) as ChunkLocationRow[]) note(unique.indexOf(row[0]), row);
       }
     }
+    const packNames = new Map<number, string>();
+    for (const [id, name] of this.db.prepare('SELECT id, name FROM packs').raw().iterate() as IterableIterator<[number, string]>) packNames.set(id, name);
     const out: ChunkLocations = {
       pack: new Array<string>(n),
       offset: new Float64Array(n),
@@ -362,13 +379,14 @@ export class Repository {
       compression: new Uint8Array(n),
     };
     for (let i = 0; i < n; i++) {
-      const row = found.row[slot[i]!];
-      if (!row) throw new ChunkMissingError(idHex(ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES)));
-      out.pack[i] = row.pack;
-      out.offset[i] = row.offset;
-      out.storedLength[i] = row.stored_length;
-      out.rawLength[i] = row.raw_length;
-      out.compression[i] = row.compression;
+      const k = slot[i]!;
+      const pack = packNames.get(packOf[k]!);
+      if (pack === undefined) throw new ChunkMissingError(idHex(ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES)));
+      out.pack[i] = pack;
+      out.offset[i] = offset[k]!;
+      out.storedLength[i] = stored[k]!;
+      out.rawLength[i] = raw[k]!;
+      out.compression[i] = compression[k]!;
     }
     return out;
   }
@@ -382,9 +400,7 @@ export class Repository {
   }
 
   private locateStmt(n: number): Database.Statement {
-    return this.statement(
-      `SELECT c.id, p.name AS pack, c.offset, c.stored_length, c.raw_length, c.compression FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id IN (${'?,'.repeat(n - 1)}?)`,
-    );
+    return this.statement(`SELECT ${CHUNK_LOCATION_COLUMNS} FROM chunks WHERE id IN (${'?,'.repeat(n - 1)}?)`);
   }
 
   private statement(sql: string): Database.Statement {
@@ -443,9 +459,12 @@ export class Repository {
       throw e;
     }
     const insPack = this.db.prepare('INSERT INTO packs (name, bytes, created_at) VALUES (?, ?, ?)');
-    const insChunk = this.db.prepare(
-      'INSERT OR IGNORE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES (?, ?, ?, ?, ?, ?)',
-    );
+    const insChunks = (rows: number) =>
+      this.statement(
+        'INSERT OR IGNORE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES ' +
+          Array.from({ length: rows }, () => '(?, ?, ?, ?, ?, ?)').join(', '),
+      );
+    const params = new Array<unknown>(COMMIT_ROWS_PER_INSERT * CHUNK_COLUMNS);
     const insCheckpoint = this.db.prepare(
       `INSERT INTO checkpoints (job, kind, taken_at, mode, root_pid, image_bytes, stored_bytes, pages_total, pages_hashed,
          pages_clean, duration_ms, freeze_ms, note)
@@ -461,8 +480,20 @@ export class Repository {
       for (const pack of packs) {
         const packId = insPack.run(pack.name, pack.bytes, now).lastInsertRowid;
         const c = pack.chunks;
-        for (let i = 0; i < c.count; i++) {
-          insChunk.run(c.id(i), packId, c.offsets[i], c.storedLengths[i], c.rawLengths[i], c.compressions[i]);
+        for (let first = 0; first < c.count; first += COMMIT_ROWS_PER_INSERT) {
+          const rows = Math.min(COMMIT_ROWS_PER_INSERT, c.count - first);
+          params.length = rows * CHUNK_COLUMNS;
+          for (let r = 0; r < rows; r++) {
+            const i = first + r;
+            const at = r * CHUNK_COLUMNS;
+            params[at] = c.id(i);
+            params[at + 1] = packId;
+            params[at + 2] = c.offsets[i];
+            params[at + 3] = c.storedLengths[i];
+            params[at + 4] = c.rawLengths[i];
+            params[at + 5] = c.compressions[i];
+          }
+          insChunks(rows).run(params);
         }
       }
       const checkpointId = Number(insCheckpoint.run({ ...meta, storedBytes: writer.storedBytes }).lastInsertRowid);
