@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { dump } from '../criu/criu.js';
 import { readDumpStats } from '../criu/images.js';
 import type { CheckpointRecord, FileManifest, Repository } from '../store/repository.js';
+import type { ArrayRecycler } from './array-recycler.js';
 import type { Codecs } from './codecs.js';
 import { JobNotRunningError } from './errors.js';
 import { Ingest, NO_CLEAN_PAGES, type PageIndex, TrackingMissError } from './ingest.js';
@@ -67,6 +68,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
       const record = await commitImages(repo, codecs, {
         jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs,
         verify: Boolean(options.verifyTracking),
+        arrays: tracking?.arrays,
       });
       tracking?.committed(record.pageIndex);
       if (options.keepImagesDir) cpSync(imagesDir, join(options.keepImagesDir, String(record.checkpoint.id)), { recursive: true });
@@ -93,6 +95,7 @@ interface CommitInput {
   started: number;
   frozenWorkMs: number;
   verify: boolean;
+  arrays: ArrayRecycler | undefined;
 }
 
 /** Ingest of the dumped images and captured files, then the commit. */
@@ -100,7 +103,7 @@ async function commitImages(repo: Repository, codecs: Codecs, input: CommitInput
   const { jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs } = input;
   const stats = readDumpStats(workDir);
   const writer = repo.newChunkWriter(codecs.chunks);
-  const ingest = new Ingest(codecs, repo, writer, input.verify && frozen !== undefined);
+  const ingest = new Ingest(codecs, repo, writer, input.verify && frozen !== undefined, input.arrays);
   const clean = frozen?.clean ?? NO_CLEAN_PAGES;
   let images: FileManifest[];
   let jobFiles: FileManifest[];
