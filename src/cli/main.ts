@@ -95,7 +95,7 @@ Signals:
   SIGINT (Ctrl-C)   stop checkpointing, leave the job running (see --kill-on-exit); exit 0
 
 Exit codes:
-  ${EXIT_CHECKPOINTED}       checkpointed and stopped: run the same command again to resume
+  ${EXIT_CHECKPOINTED}         checkpointed and stopped: run the same command again to resume
   job's own  the job ended by itself: its exit code, or 128+N when signal N killed it
   0          stopped by Ctrl-C
   1          crinc failed (the message says why; e.g. resume or final checkpoint failed)`)
