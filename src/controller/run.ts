@@ -8,6 +8,7 @@ import { join, resolve } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { becomeChildSubreaper, lastErrno, waitpidRaw } from '../sys/libc.js';
+import { parentOf } from '../sys/proc.js';
 import { WNOHANG } from '../tracking/uffd-abi.js';
 import { JobBusyError } from '../store/errors.js';
 import { type CheckpointRecord, type Repository, validateJobName } from '../store/repository.js';
@@ -190,7 +191,7 @@ async function resumeJob(repo: Repository, codecs: Codecs, opts: RunOptions, che
     );
   }
   const { pid } = restore;
-  const parent = Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
+  const parent = parentOf(pid);
   if (parent !== process.pid) throw new ControllerError(`the restored job (pid ${pid}) is a child of ${parent}, not of this controller: cannot watch it`);
   repo.saveJob({ ...repo.requireJob(opts.job), controllerPid: process.pid, updatedAt: Date.now() });
   let poll: NodeJS.Timeout | undefined;
