@@ -5,6 +5,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { expect } from 'vitest';
 import { packPath } from '../src/store/pack.js';
 
 export const ROOT = resolve(import.meta.dirname, '..');
@@ -202,4 +203,20 @@ export function damageStoredPage(store: string): { id: string; pack: string; rep
   };
   flip();
   return { id: row.id.toLowerCase(), pack: row.pack, repair: flip };
+}
+
+/**
+ * Asserts that the counter's log (run with --ticks total) is one process history, however
+ * often the job was stopped and resumed: one start, every tick from 1 to total once and
+ * in order, the region verified at the end. Returns the longest pause between two ticks
+ * (a resume shows as one) and the tick it followed.
+ */
+export function expectOneHistory(log: string, total: number): { after: number; ms: number } {
+  expect(log.match(/^start /gm)).toHaveLength(1);
+  const t = ticks(log);
+  expect(t.map((x) => x.tick)).toEqual(Array.from({ length: total }, (_, i) => i + 1));
+  expect(log).toMatch(new RegExp(`verify ok tick ${total}\\ndone tick ${total}\\n$`));
+  let pause = { after: 0, ms: 0 };
+  for (let i = 1; i < t.length; i++) if (t[i]!.at - t[i - 1]!.at > pause.ms) pause = { after: t[i - 1]!.tick, ms: t[i]!.at - t[i - 1]!.at };
+  return pause;
 }

@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, COUNTER, lastTick, ROOT, Sandbox, ticks, waitFor } from './helpers.js';
+import { CLI, COUNTER, expectOneHistory, lastTick, ROOT, Sandbox, waitFor } from './helpers.js';
 
 const SLURM_SCRIPT = join(ROOT, 'scripts', 'services', 'slurm.sh');
 const SBATCH_SCRIPT = join(ROOT, 'examples', 'slurm', 'crinc-job.sbatch');
@@ -73,17 +73,6 @@ describe('crinc on a real Slurm: requeued jobs resume from their checkpoint', ()
       `Slurm job ${id} to complete`,
       JOB_TIMEOUT_MS,
     );
-  }
-
-  /** The job ran as one process history: one start, every tick once, the right end; returns the longest pause. */
-  function expectOneHistory(log: string, total: number): { after: number; ms: number } {
-    expect(log.match(/^start /gm)).toHaveLength(1);
-    const t = ticks(log);
-    expect(t.map((x) => x.tick)).toEqual(Array.from({ length: total }, (_, i) => i + 1));
-    expect(log).toMatch(new RegExp(`verify ok tick ${total}\\ndone tick ${total}\\n$`));
-    let pause = { after: 0, ms: 0 };
-    for (let i = 1; i < t.length; i++) if (t[i]!.at - t[i - 1]!.at > pause.ms) pause = { after: t[i - 1]!.tick, ms: t[i]!.at - t[i - 1]!.at };
-    return pause;
   }
 
   it.concurrent('scontrol requeue (SIGTERM): final checkpoint, requeue, the next run resumes and finishes', async () => {

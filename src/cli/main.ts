@@ -100,19 +100,20 @@ Exit codes:
   0          stopped by Ctrl-C
   1          crinc failed (the message says why; e.g. resume or final checkpoint failed)`)
     .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; fresh?: boolean; tracking: boolean; store?: string }) => {
-      const repo = openStore(o.store, true);
-      criuVersion();
-      const codecs = await openCodecs(repo);
-      const job = o.job ?? cmd[0]!.split('/').pop()!.replace(/[^A-Za-z0-9._-]/g, '_');
-      const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
       const abort = new AbortController();
-      // The first request wins; later signals (a scheduler repeats SIGTERM) are ignored.
+      // Installed first, so that no early signal is lost. The first request wins; later
+      // signals (a scheduler repeats SIGTERM) are ignored.
       const requestStop = (request: StopRequest) => () => {
         if (!abort.signal.aborted) abort.abort(request);
       };
       process.on('SIGINT', requestStop('leave-running'));
       process.on('SIGTERM', requestStop('checkpoint-and-stop'));
       process.on('SIGUSR1', requestStop('checkpoint-and-stop'));
+      const repo = openStore(o.store, true);
+      criuVersion();
+      const codecs = await openCodecs(repo);
+      const job = o.job ?? cmd[0]!.split('/').pop()!.replace(/[^A-Za-z0-9._-]/g, '_');
+      const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
       const outcome = await runJob(repo, codecs, {
         job,
         command: cmd,
