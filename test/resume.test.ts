@@ -3,9 +3,11 @@
 // from that checkpoint and its counter goes on to the end; --fresh starts anew; a
 // resume that cannot work says why and changes nothing. (The same under a real Slurm:
 // test/slurm.test.ts.)
+import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
-import { alive, type CheckpointJson, COUNTER, damageStoredPage, exitOf, expectOneHistory, type JobInfo, killAndWait, lastTick, Sandbox, ticks, waitFor } from './helpers.js';
+import { childrenOf } from '../src/sys/proc.js';
+import { alive, type CheckpointJson, COUNTER, damageStoredPage, exitOf, expectOneHistory, type JobInfo, killAndWait, killQuietly, lastTick, Sandbox, ticks, waitFor } from './helpers.js';
 
 /** `crinc run`'s documented exit code for "checkpointed and stopped: run me again" (README, --help). */
 const EXIT_CHECKPOINTED = 75;
@@ -116,6 +118,44 @@ describe('crinc run: final checkpoint on SIGUSR1/SIGTERM, resume from it', () =>
     const resumed = await sb.run('broken', cmd, ['--interval', '1h', '--kill-on-exit']);
     await waitFor(() => resumed.output().includes(`resumed job broken from checkpoint ${finalId}`), `the resume\n${resumed.output()}`);
     await waitFor(() => lastTick(sb.jobLog('broken')) > lastTick(logBefore), 'the resumed job to tick on');
+    resumed.controller.kill('SIGINT');
+    expect(await exitOf(resumed.controller)).toBe(0);
+  });
+
+  it('a final checkpoint that fails: exit 1, the job stopped, the earlier checkpoint named and resumable', async () => {
+    const cmd = counter(1_000_000);
+    const { controller, output, pid } = await sb.run('crash', cmd, ['--interval', '1h']);
+    await waitFor(() => lastTick(sb.jobLog('crash')) >= 10, 'the job to tick 10 times');
+    const earlier = sb.json<CheckpointJson>(['checkpoint', 'crash']);
+    // CRIU dies during the final dump: the controller's `criu` child is killed on sight.
+    let criuKilled = false;
+    const watcher = setInterval(() => {
+      for (const child of childrenOf(controller.pid!)) {
+        try {
+          if (readFileSync(`/proc/${child}/comm`, 'utf8').trim() === 'criu') {
+            killQuietly(child);
+            criuKilled = true;
+          }
+        } catch {
+          // gone meanwhile
+        }
+      }
+    }, 5);
+    try {
+      controller.kill('SIGUSR1');
+      expect(await exitOf(controller)).toBe(1);
+    } finally {
+      clearInterval(watcher);
+    }
+    expect(criuKilled).toBe(true);
+    expect(output()).toContain('job "crash": the final checkpoint failed');
+    expect(output()).toContain(`resumes from checkpoint ${earlier.id} (taken ${earlier.takenAt}), losing the work since then`);
+    expect(alive(pid)).toBe(false);
+    // Nothing of the failed checkpoint was committed.
+    expect(sb.json<CheckpointJson[]>(['list', 'crash']).map((c) => c.id)).toEqual([earlier.id]);
+
+    const resumed = await sb.run('crash', cmd, ['--interval', '1h', '--kill-on-exit']);
+    await waitFor(() => resumed.output().includes(`resumed job crash from checkpoint ${earlier.id}`), `the resume\n${resumed.output()}`);
     resumed.controller.kill('SIGINT');
     expect(await exitOf(resumed.controller)).toBe(0);
   });
