@@ -5,7 +5,7 @@
 // test/slurm.test.ts.)
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { childrenOf } from '../src/sys/proc.js';
 import { alive, type CheckpointJson, COUNTER, damageStoredPage, exitOf, expectOneHistory, type JobInfo, killAndWait, killQuietly, lastTick, Sandbox, ticks, waitFor } from './helpers.js';
 
@@ -98,6 +98,9 @@ describe('crinc run: final checkpoint on SIGUSR1/SIGTERM, resume from it', () =>
   });
 
   it('a resume that fails says why, exits 1 and loses nothing; repaired, it resumes', async () => {
+    // A store of its own: every chunk in it is this job's, so the damaged one is too.
+    const sb = new Sandbox();
+    onTestFinished(() => sb.cleanup());
     const cmd = counter(1_000_000);
     const first = await sb.run('broken', cmd, ['--interval', '1h']);
     await waitFor(() => lastTick(sb.jobLog('broken')) >= 10, 'the job to tick 10 times');
