@@ -18,7 +18,7 @@ import { ControlError, controlSocketPath, serveControl } from './control.js';
 import { jobStatus } from './status.js';
 import { TrackingSession } from './tracking-session.js';
 import type { JobTracker } from '../tracking/bpf/job-tracker.js';
-import { ControllerError, FinalCheckpointError, JobExistsError, JobStartError, ResumeError } from './errors.js';
+import { ControllerError, FinalCheckpointError, JobExistsError, JobNotRunningError, JobStartError, ResumeError } from './errors.js';
 import { isRunning } from './procfs.js';
 import { restoreJob, type RestoreResult } from './restore.js';
 
@@ -263,11 +263,12 @@ async function superviseJob(
     // A restore may have given the job a new process meanwhile: only mark our own.
     if (job.pid === pid) repo.saveJob({ ...job, state: 'stopped', controllerPid: null, updatedAt: Date.now() });
   };
-  if (ended || !isRunning(pid)) {
+  const jobExited = async (): Promise<RunOutcome> => {
     await jobEnded;
     markStopped();
     return { pid, reason: 'job-exited', exitCode: ended?.code ?? null, exitSignal: ended?.signal ?? null, finalCheckpoint: null };
-  }
+  };
+  if (ended || !isRunning(pid)) return jobExited();
   if ((opts.signal.reason as StopRequest) === 'checkpoint-and-stop') {
     // The job is stopped even when the final checkpoint fails: the scheduler ends it
     // anyway, and its earlier checkpoints stay restorable.
@@ -278,7 +279,9 @@ async function superviseJob(
     } catch (e) {
       failure = e;
     }
-    if (!ended) process.kill(pid, 'SIGKILL');
+    // The job ended by itself before the final dump began: its own exit is the outcome.
+    if (failure instanceof JobNotRunningError) return jobExited();
+    process.kill(pid, 'SIGKILL');
     await jobEnded;
     markStopped();
     if (failure) throw new FinalCheckpointError(opts.job, repo.latestCheckpoint(opts.job) ?? null, failure as Error);
