@@ -39,7 +39,8 @@ write_config() {
   node=$(slurmd -C | head -n1)
   cat >"$CONF" <<CONF
 ClusterName=crinc
-SlurmctldHost=$(hostname -s)
+# Addresses given, so that nothing depends on the host name resolving.
+SlurmctldHost=$(hostname -s)(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -70,7 +71,7 @@ KillWait=$KILL_WAIT_S
 # Schedule every second, not every minute: a requeued job starts again at once.
 SchedulerParameters=sched_interval=1,bf_interval=1
 MinJobAge=300
-$node State=UNKNOWN
+$node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=crinc Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
   chmod 0600 "$CONF"
