@@ -28,7 +28,7 @@ die() { printf '[slurm] error: %s\n' "$*" >&2; exit 1; }
 pid_alive() { # pidfile: the process it names runs and is not a zombie
   local pid state
   [ -s "$1" ] || return 1
-  pid=$(cat "$1")
+  pid=$(cat "$1" 2>/dev/null) || return 1 # removed meanwhile: the daemon exited
   state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
   [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
 }
