@@ -122,7 +122,7 @@ start() {
 stop_pidfile() {
   local file=$1 pid i
   pid_alive "$file" || return 0
-  pid=$(cat "$file")
+  pid=$(cat "$file" 2>/dev/null) || return 0
   kill "$pid"
   for i in $(seq 50); do pid_alive "$file" || return 0; sleep 0.2; done
   kill -9 "$pid" 2>/dev/null || true
