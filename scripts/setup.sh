@@ -14,7 +14,12 @@ ROOT=$(pwd)
 # README: bookworm's 3.17 fails on the vDSO, trixie's 4.1.1 hangs curing the parasite).
 CRIU_MIN_VERSION=4.2
 SYSTEM_PACKAGES=(clang llvm libbpf-dev bpftool gcc make libc6-dev linux-libc-dev
-  libxxhash-dev lz4 util-linux iproute2 procps)
+  libxxhash-dev lz4 util-linux iproute2 procps
+  slurmctld slurmd slurm-client munge)
+# Slurm and munge run only when scripts/services/slurm.sh starts them, with their own
+# config; their package scripts must not start them as system services (slurmd's init
+# script fails without /etc/slurm/slurm.conf, and the install with it).
+POLICY_RC=/usr/sbin/policy-rc.d
 UNSTABLE_SOURCE=/etc/apt/sources.list.d/crinc-unstable.sources
 UNSTABLE_PIN=/etc/apt/preferences.d/crinc-unstable
 
@@ -83,7 +88,15 @@ EOF
   apt-get update -qq
   if [ -n "$missing" ]; then
     log "installing: $(echo $missing)"
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    if [ -e "$POLICY_RC" ]; then
+      apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    else
+      # Exit code 101 of policy-rc.d: "action forbidden", so no service starts.
+      printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC"
+      chmod 0755 "$POLICY_RC"
+      apt-get install -y -qq --no-install-recommends $missing >/dev/null || { rm -f "$POLICY_RC"; die "apt-get install failed"; }
+      rm -f "$POLICY_RC"
+    fi
   fi
   if ! criu_ok; then
     log "installing CRIU from unstable"

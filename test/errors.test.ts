@@ -1,13 +1,11 @@
 // Every bad input or broken precondition ends with a clear message and a non-zero exit,
 // and changes nothing.
-import Database from 'better-sqlite3';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { packPath } from '../src/store/pack.js';
 import { Repository } from '../src/store/repository.js';
-import { type CheckpointJson, CLI, COUNTER, type JobInfo, killAndWait, lastTick, Sandbox, waitFor } from './helpers.js';
+import { type CheckpointJson, CLI, COUNTER, damageStoredPage, type JobInfo, killAndWait, lastTick, Sandbox, waitFor } from './helpers.js';
 
 describe('errors', () => {
   const sb = new Sandbox();
@@ -107,24 +105,13 @@ describe('errors', () => {
 
   it('refuses a damaged pack: names the chunk and the pack, restores nothing', () => {
     // Flip one byte inside a stored page of the first checkpoint.
-    const db = new Database(join(sb.store, 'index.sqlite'), { readonly: true });
-    const row = db
-      .prepare('SELECT hex(c.id) AS id, p.name AS pack, c.offset, c.stored_length AS len FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.raw_length = 4096 AND c.compression = 0 LIMIT 1')
-      .get() as { id: string; pack: string; offset: number; len: number };
-    db.close();
-    const path = packPath(sb.store, row.pack);
-    const fd = openSync(path, 'r+');
-    const b = Buffer.alloc(1);
-    readSync(fd, b, 0, 1, row.offset + 100);
-    b[0] = b[0]! ^ 0x40;
-    writeSync(fd, b, 0, 1, row.offset + 100);
-    closeSync(fd);
+    const damaged = damageStoredPage(sb.store);
 
     const logPath = join(sb.store, 'jobs', 'err', 'stdout.log');
     const logBefore = readFileSync(logPath, 'utf8');
     const r = sb.cli(['restore', 'err', '--id', String(first.id)]);
     expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain(`chunk ${row.id.toLowerCase()} in pack ${row.pack} is damaged`);
+    expect(r.stderr).toContain(`chunk ${damaged.id} in pack ${damaged.pack} is damaged`);
     // Nothing restored: no process, the job's log (newer than the checkpoint) untouched.
     expect(readFileSync(logPath, 'utf8')).toBe(logBefore);
     expect(sb.json<JobInfo[]>(['jobs']).find((j) => j.job === 'err')!.state).toBe('stopped');

@@ -1,9 +1,12 @@
 // Helpers for tests that drive the real `crinc` command line (built into dist/ by
 // `npm test`'s set-up), real CRIU and real processes.
+import Database from 'better-sqlite3';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { expect } from 'vitest';
+import { packPath } from '../src/store/pack.js';
 
 export const ROOT = resolve(import.meta.dirname, '..');
 export const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -156,6 +159,14 @@ export function alive(pid: number): boolean {
   }
 }
 
+/** The exit code of a child process, once it has exited (null when a signal ended it). */
+export function exitOf(child: ChildProcess): Promise<number | null> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode);
+    else child.once('exit', (code) => resolve(code));
+  });
+}
+
 export async function killAndWait(pid: number): Promise<void> {
   killQuietly(pid);
   await waitFor(() => !alive(pid), `pid ${pid} to die`);
@@ -169,4 +180,43 @@ export function ticks(log: string): { tick: number; at: number }[] {
 export function lastTick(log: string): number {
   const t = ticks(log);
   return t.length ? t[t.length - 1]!.tick : 0;
+}
+
+/**
+ * Flips one byte inside a stored, uncompressed page chunk of the store (the first the
+ * index lists). Returns the chunk and pack it damaged, and a repair that flips it back.
+ */
+export function damageStoredPage(store: string): { id: string; pack: string; repair: () => void } {
+  const db = new Database(join(store, 'index.sqlite'), { readonly: true });
+  const row = db
+    .prepare('SELECT hex(c.id) AS id, p.name AS pack, c.offset FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.raw_length = 4096 AND c.compression = 0 LIMIT 1')
+    .get() as { id: string; pack: string; offset: number } | undefined;
+  db.close();
+  if (!row) throw new Error(`no uncompressed page chunk in ${store} to damage`);
+  const flip = () => {
+    const fd = openSync(packPath(store, row.pack), 'r+');
+    const b = Buffer.alloc(1);
+    readSync(fd, b, 0, 1, row.offset + 100);
+    b[0] = b[0]! ^ 0x40;
+    writeSync(fd, b, 0, 1, row.offset + 100);
+    closeSync(fd);
+  };
+  flip();
+  return { id: row.id.toLowerCase(), pack: row.pack, repair: flip };
+}
+
+/**
+ * Asserts that the counter's log (run with --ticks total) is one process history, however
+ * often the job was stopped and resumed: one start, every tick from 1 to total once and
+ * in order, the region verified at the end. Returns the longest pause between two ticks
+ * (a resume shows as one) and the tick it followed.
+ */
+export function expectOneHistory(log: string, total: number): { after: number; ms: number } {
+  expect(log.match(/^start /gm)).toHaveLength(1);
+  const t = ticks(log);
+  expect(t.map((x) => x.tick)).toEqual(Array.from({ length: total }, (_, i) => i + 1));
+  expect(log).toMatch(new RegExp(`verify ok tick ${total}\\ndone tick ${total}\\n$`));
+  let pause = { after: 0, ms: 0 };
+  for (let i = 1; i < t.length; i++) if (t[i]!.at - t[i - 1]!.at > pause.ms) pause = { after: t[i - 1]!.tick, ms: t[i]!.at - t[i - 1]!.at };
+  return pause;
 }

@@ -1,14 +1,8 @@
 // `crinc run` as a controller: periodic checkpoints, Ctrl-C, --kill-on-exit, a job that ends.
+// (SIGTERM and SIGUSR1, final checkpoint and resume: test/resume.test.ts.)
 import { readdirSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { alive, type CheckpointJson, COUNTER, type JobInfo, Sandbox, waitFor } from './helpers.js';
-
-function exitOf(child: import('node:child_process').ChildProcess): Promise<number | null> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null) resolve(child.exitCode);
-    else child.once('exit', (code) => resolve(code));
-  });
-}
+import { alive, type CheckpointJson, COUNTER, exitOf, type JobInfo, Sandbox, waitFor } from './helpers.js';
 
 describe('crinc run', () => {
   const sb = new Sandbox();
@@ -26,17 +20,17 @@ describe('crinc run', () => {
     expect(sb.json<CheckpointJson>(['checkpoint', 'periodic']).job).toBe('periodic');
   });
 
-  it('--kill-on-exit ends the job too', async () => {
+  it('--kill-on-exit: Ctrl-C ends the job too', async () => {
     const { controller, pid } = await sb.run('killed', [COUNTER, '--region-mib', '4'], ['--interval', '1h', '--kill-on-exit']);
-    controller.kill('SIGTERM');
+    controller.kill('SIGINT');
     expect(await exitOf(controller)).toBe(0);
     await waitFor(() => !alive(pid), 'the job to end');
     expect(sb.json<JobInfo[]>(['jobs']).find((j) => j.job === 'killed')!.state).toBe('stopped');
   });
 
-  it('ends when the job ends, and says so', async () => {
+  it('ends when the job ends, says so, and exits with its code', async () => {
     const { controller, output } = await sb.run('short', ['sh', '-c', 'echo hello; sleep 0.3; exit 3'], ['--interval', '1h'], false);
-    await exitOf(controller);
+    expect(await exitOf(controller)).toBe(3);
     expect(output()).toMatch(/job short \(pid \d+\) exited with code 3/);
     expect(sb.jobLog('short')).toBe('hello\n');
   });

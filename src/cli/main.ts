@@ -2,6 +2,7 @@
 // crinc's command line: thin commands over the controller.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
 import { packageRoot } from '../sys/package-root.js';
 import { criuVersion } from '../criu/criu.js';
@@ -12,7 +13,7 @@ import { NoCheckpointError, NotRootError } from '../controller/errors.js';
 import { exportCheckpoint } from '../controller/materialize.js';
 import { isRunning } from '../controller/procfs.js';
 import { resolveCheckpoint, restoreJob, type RestoreTarget } from '../controller/restore.js';
-import { runJob } from '../controller/run.js';
+import { runJob, type StopRequest } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
 import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
 import { type CheckpointRecord, Repository } from '../store/repository.js';
@@ -24,6 +25,14 @@ const DEFAULT_INTERVAL = '5m';
 const KEEP_IMAGES_ENV = 'CRINC_KEEP_IMAGES';
 /** Verification mode: every page hashed anyway; a page tracking called clean that changed fails the checkpoint. */
 const VERIFY_TRACKING_ENV = 'CRINC_VERIFY_TRACKING';
+/**
+ * `crinc run`'s exit code after SIGTERM or SIGUSR1: the final checkpoint is committed and
+ * the job stopped; running the same command again resumes it (a batch script requeues
+ * itself on it). EX_TEMPFAIL of sysexits.h: "try again later".
+ */
+export const EXIT_CHECKPOINTED = 75;
+/** The shell's convention for a job killed by a signal: 128 + its number. */
+const SIGNALED_EXIT_BASE = 128;
 
 function storeDir(opt: string | undefined): string {
   return resolve(opt ?? process.env.CRINC_STORE ?? DEFAULT_STORE);
@@ -65,7 +74,8 @@ export function buildProgram(): Command {
     .description('start CMD as a job (own PID namespace, detached from the terminal, output in the job\'s log files) and checkpoint it every interval')
     .addOption(new Option('--job <name>', 'job name (default: the command\'s base name)'))
     .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
-    .option('--kill-on-exit', 'when crinc stops (Ctrl-C, SIGTERM), kill the job too instead of leaving it running')
+    .option('--kill-on-exit', 'when Ctrl-C (SIGINT) stops crinc, kill the job too instead of leaving it running')
+    .option('--fresh', 'start CMD anew even when the job has checkpoints (they stay in the store)')
     .option('--no-tracking', 'no dirty tracking: every checkpoint reads and hashes all pages')
     .addOption(storeOption())
     .argument('<cmd...>', 'the command and its arguments (put them after --)')
@@ -73,24 +83,52 @@ export function buildProgram(): Command {
 Examples:
   crinc run --job sim --interval 10m -- ./simulate --steps 1000000
   crinc run --job web --interval 30s --kill-on-exit -- python3 -m http.server
+  crinc run --job sim --fresh -- ./simulate --steps 1000000    (ignore sim's checkpoints)
 
+When the job has a checkpoint, crinc run resumes it from the newest one instead of
+starting CMD (same command required; --fresh starts anew). It says which on stdout.
 The job's stdout and stderr go to <store>/jobs/<job>/{stdout,stderr}.log.
-Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
-    .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; tracking: boolean; store?: string }) => {
+
+Signals:
+  SIGTERM, SIGUSR1  final checkpoint, then the job is killed; exit code ${EXIT_CHECKPOINTED}
+                    (Slurm: --signal=B:USR1@N, preemption, scontrol requeue)
+  SIGINT (Ctrl-C)   stop checkpointing, leave the job running (see --kill-on-exit); exit 0
+
+Exit codes:
+  ${EXIT_CHECKPOINTED}         checkpointed and stopped: run the same command again to resume
+  job's own  the job ended by itself: its exit code, or 128+N when signal N killed it
+  0          stopped by Ctrl-C
+  1          crinc failed (the message says why; e.g. resume or final checkpoint failed)`)
+    .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; fresh?: boolean; tracking: boolean; store?: string }) => {
+      const abort = new AbortController();
+      // Installed first, so that no early signal is lost. The first request wins; later
+      // signals (a scheduler repeats SIGTERM) are ignored.
+      const requestStop = (request: StopRequest) => () => {
+        if (!abort.signal.aborted) abort.abort(request);
+      };
+      process.on('SIGINT', requestStop('leave-running'));
+      process.on('SIGTERM', requestStop('checkpoint-and-stop'));
+      process.on('SIGUSR1', requestStop('checkpoint-and-stop'));
       const repo = openStore(o.store, true);
       criuVersion();
       const codecs = await openCodecs(repo);
       const job = o.job ?? cmd[0]!.split('/').pop()!.replace(/[^A-Za-z0-9._-]/g, '_');
       const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
-      const abort = new AbortController();
-      const stop = () => abort.abort();
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
       const outcome = await runJob(repo, codecs, {
         job,
         command: cmd,
         intervalMs,
         killOnExit: Boolean(o.killOnExit),
+        fresh: Boolean(o.fresh),
+        onStart: (start) => {
+          if (start.how === 'started') {
+            console.log(`started job ${job} as pid ${start.pid}` + (start.freshRequested ? ' (--fresh: its checkpoints are ignored)' : ' (no checkpoint to resume from)'));
+            return;
+          }
+          const { checkpoint, rolledBack } = start.restore;
+          console.log(`resumed job ${job} from checkpoint ${checkpoint.id} (taken ${new Date(checkpoint.takenAt).toISOString()}) as pid ${start.pid}`);
+          for (const f of rolledBack) console.log(`  rolled back ${f}`);
+        },
         tracking: o.tracking,
         verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1',
         cwd: process.cwd(),
@@ -102,6 +140,10 @@ Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
       });
       if (outcome.reason === 'job-exited') {
         console.log(`job ${job} (pid ${outcome.pid}) exited` + (outcome.exitSignal ? ` on ${outcome.exitSignal}` : ` with code ${outcome.exitCode}`));
+        process.exitCode = outcome.exitSignal ? SIGNALED_EXIT_BASE + osConstants.signals[outcome.exitSignal] : (outcome.exitCode ?? 1);
+      } else if (outcome.reason === 'checkpointed') {
+        console.log(`checkpointed and stopped: job ${job} saved as checkpoint ${outcome.finalCheckpoint!.id}; run the same command again to resume it (exit code ${EXIT_CHECKPOINTED})`);
+        process.exitCode = EXIT_CHECKPOINTED;
       } else {
         console.log(o.killOnExit ? `stopped; job ${job} killed` : `stopped checkpointing; job ${job} goes on as pid ${outcome.pid}`);
       }

@@ -43,3 +43,26 @@ export class NoCheckpointError extends ControllerError {
 export class JobStartError extends ControllerError {
   override name = 'JobStartError';
 }
+
+/** `crinc run` found checkpoints of the job but could not resume from them. */
+export class ResumeError extends ControllerError {
+  override name = 'ResumeError';
+}
+
+/** Asked to checkpoint and stop, the final checkpoint failed; the job was stopped anyway. */
+export class FinalCheckpointError extends ControllerError {
+  override name = 'FinalCheckpointError';
+  constructor(
+    readonly job: string,
+    readonly newest: { id: number; takenAt: number } | null,
+    cause: Error,
+  ) {
+    super(
+      `job "${job}": the final checkpoint failed (${cause.message}); the job was stopped. ` +
+        (newest
+          ? `Running the same \`crinc run\` again resumes from checkpoint ${newest.id} (taken ${new Date(newest.takenAt).toISOString()}), losing the work since then.`
+          : 'It has no checkpoint: running the same `crinc run` again starts it anew.'),
+      { cause },
+    );
+  }
+}

@@ -1,9 +1,15 @@
 // `crinc run`: start a command as a job in its own PID namespace, detached from the
-// terminal, and checkpoint it every interval while it runs.
+// terminal — or resume it from its newest checkpoint — and checkpoint it every interval
+// while it runs. Asked to, it takes a final checkpoint and stops the job (batch
+// schedulers' preemption and requeue).
 import { spawn } from 'node:child_process';
 import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { becomeChildSubreaper, lastErrno, waitpidRaw } from '../sys/libc.js';
+import { parentOf } from '../sys/proc.js';
+import { WNOHANG } from '../tracking/uffd-abi.js';
 import { JobBusyError } from '../store/errors.js';
 import { type CheckpointRecord, type Repository, validateJobName } from '../store/repository.js';
 import { takeCheckpoint } from './checkpoint.js';
@@ -12,13 +18,29 @@ import { ControlError, controlSocketPath, serveControl } from './control.js';
 import { jobStatus } from './status.js';
 import { TrackingSession } from './tracking-session.js';
 import type { JobTracker } from '../tracking/bpf/job-tracker.js';
-import { JobExistsError, JobStartError } from './errors.js';
+import { ControllerError, FinalCheckpointError, JobExistsError, JobNotRunningError, JobStartError, ResumeError } from './errors.js';
 import { isRunning } from './procfs.js';
+import { restoreJob, type RestoreResult } from './restore.js';
 
 /** How long the namespace's init may take to appear after `unshare` starts. */
 const JOB_START_TIMEOUT_MS = 5000;
 const JOB_START_POLL_MS = 10;
 const JOB_EXEC_SCRIPT = 'out=$1; err=$2; shift 2; exec "$@" </dev/null >>"$out" 2>>"$err"';
+/** How often the controller looks whether a restored job (its child by subreaping) ended. */
+const RESTORED_EXIT_POLL_MS = 100;
+/** How long the final checkpoint waits for a checkpoint already under way (crinc checkpoint). */
+const FINAL_CHECKPOINT_BUSY_WAIT_MS = 30_000;
+const FINAL_CHECKPOINT_BUSY_POLL_MS = 200;
+
+/**
+ * What a stop request asks for (the reason of RunOptions.signal): leave the job running
+ * (Ctrl-C), or take a final checkpoint and stop the job so that a later `crinc run`
+ * resumes it (SIGTERM, SIGUSR1: preemption, requeue, wall-time warning).
+ */
+export type StopRequest = 'leave-running' | 'checkpoint-and-stop';
+
+/** How the job came to run: started from its command, or restored from a checkpoint. */
+export type JobStart = { how: 'started'; pid: number; freshRequested: boolean } | { how: 'restored'; pid: number; restore: RestoreResult };
 
 export interface RunOptions {
   job: string;
@@ -30,8 +52,11 @@ export interface RunOptions {
   tracking: boolean;
   /** Verification mode: hash clean pages anyway and fail on any that changed. */
   verifyTracking: boolean;
-  /** Stops the checkpoint loop (Ctrl-C, SIGTERM). */
+  /** Start CMD even when the job has checkpoints (which stay in the store). */
+  fresh: boolean;
+  /** Stops the checkpoint loop; its reason is a StopRequest. */
   signal: AbortSignal;
+  onStart: (start: JobStart) => void;
   onCheckpoint: (cp: CheckpointRecord) => void;
   onSkip: (reason: string) => void;
   onError: (e: Error) => void;
@@ -40,11 +65,18 @@ export interface RunOptions {
 
 export interface RunOutcome {
   pid: number;
-  /** Why the controller stopped: the job ended, or it was asked to stop. */
-  reason: 'job-exited' | 'stopped';
+  /**
+   * Why the controller stopped: the job ended; it was asked to stop and left the job
+   * running (or killed it, --kill-on-exit); it took a final checkpoint and stopped the job.
+   */
+  reason: 'job-exited' | 'stopped' | 'checkpointed';
   exitCode: number | null;
   exitSignal: NodeJS.Signals | null;
+  /** With 'checkpointed': the final checkpoint, from which the next `crinc run` resumes. */
+  finalCheckpoint: CheckpointRecord | null;
 }
+
+type JobExit = { code: number | null; signal: NodeJS.Signals | null };
 
 /** The host PID of the process that `unshare --fork` made the namespace's init. */
 async function namespaceInit(unsharePid: number): Promise<number> {
@@ -94,9 +126,7 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
     state: 'running',
     updatedAt: now,
   });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
+  const exited = new Promise<JobExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   /** Lets this process end while the job goes on. */
   const release = () => child.unref();
   return { pid, exited, jobDir, release };
@@ -105,7 +135,9 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
 export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions): Promise<RunOutcome> {
   // A long-lived controller keeps every chunk id in memory: new ids need no query.
   repo.preloadKnown();
-  const { pid, exited, jobDir, release } = await startJob(repo, opts);
+  const latest = opts.fresh ? undefined : repo.latestCheckpoint(opts.job);
+  const { pid, exited, jobDir, release, start } = latest ? await resumeJob(repo, codecs, opts, latest) : await startFresh(repo, opts);
+  opts.onStart(start);
   const tracking = opts.tracking ? await startTracking(pid, opts.onNotice) : undefined;
   const checkpoint = async (keepImagesDir?: string) => {
     const cp = await takeCheckpoint(repo, codecs, opts.job, { keepImagesDir, tracking, verifyTracking: opts.verifyTracking });
@@ -129,6 +161,60 @@ export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions)
   }
 }
 
+async function startFresh(repo: Repository, opts: RunOptions) {
+  const started = await startJob(repo, opts);
+  return { ...started, start: { how: 'started', pid: started.pid, freshRequested: opts.fresh } satisfies JobStart };
+}
+
+/**
+ * Restores the job's newest checkpoint through the restore pipeline and adopts the
+ * restored process: `criu restore -d` leaves it to the nearest subreaper, this process.
+ */
+async function resumeJob(repo: Repository, codecs: Codecs, opts: RunOptions, checkpoint: CheckpointRecord) {
+  const job = repo.requireJob(opts.job);
+  if (job.pid !== null && isRunning(job.pid)) throw new JobExistsError(opts.job, job.pid);
+  if (JSON.stringify(job.command) !== JSON.stringify(opts.command)) {
+    throw new ResumeError(
+      `job "${opts.job}" has checkpoints of another command (${job.command.join(' ')}); ` +
+        `resuming them would not run "${opts.command.join(' ')}". Use another --job name, or --fresh to start this command anew`,
+    );
+  }
+  becomeChildSubreaper();
+  let restore: RestoreResult;
+  try {
+    restore = await restoreJob(repo, codecs, opts.job, { id: checkpoint.id });
+  } catch (e) {
+    throw new ResumeError(
+      `cannot resume job "${opts.job}" from its checkpoint ${checkpoint.id}: ${(e as Error).message}\n` +
+        `Its checkpoints and files are as they were. --fresh starts the command anew instead.`,
+      { cause: e },
+    );
+  }
+  const { pid } = restore;
+  const parent = parentOf(pid);
+  if (parent !== process.pid) throw new ControllerError(`the restored job (pid ${pid}) is a child of ${parent}, not of this controller: cannot watch it`);
+  repo.saveJob({ ...repo.requireJob(opts.job), controllerPid: process.pid, updatedAt: Date.now() });
+  let poll: NodeJS.Timeout | undefined;
+  const exited = new Promise<JobExit>((resolve, reject) => {
+    poll = setInterval(() => {
+      const [r, status] = waitpidRaw(pid, WNOHANG);
+      if (r === 0) return;
+      clearInterval(poll);
+      if (r !== pid) reject(new ControllerError(`waitpid(${pid}) failed with errno ${lastErrno()}: cannot tell how the restored job ended`));
+      else resolve(decodeWaitStatus(status));
+    }, RESTORED_EXIT_POLL_MS);
+  });
+  const release = () => clearInterval(poll);
+  return { pid, exited, jobDir: repo.jobDir(opts.job), release, start: { how: 'restored', pid, restore } satisfies JobStart };
+}
+
+function decodeWaitStatus(status: number): JobExit {
+  const termSignal = status & 0x7f;
+  if (termSignal === 0) return { code: (status >> 8) & 0xff, signal: null };
+  const name = Object.entries(osConstants.signals).find(([, n]) => n === termSignal)?.[0] as NodeJS.Signals | undefined;
+  return { code: null, signal: name ?? null };
+}
+
 /** Loads the eBPF programs and arms write protection; without them checkpoints are full, and say why. */
 async function startTracking(pid: number, notice: (m: string) => void): Promise<TrackingSession | undefined> {
   let tracker: JobTracker | undefined;
@@ -147,11 +233,15 @@ async function superviseJob(
   repo: Repository,
   opts: RunOptions,
   pid: number,
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>,
+  exited: Promise<JobExit>,
   checkpoint: () => Promise<CheckpointRecord>,
 ): Promise<RunOutcome> {
-  let ended: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  const jobEnded = exited.then((e) => (ended = e));
+  let ended: JobExit | undefined;
+  let watchError: Error | undefined;
+  const jobEnded = exited.then(
+    (e) => (ended = e),
+    (e: Error) => (watchError = e, ended = { code: null, signal: null }),
+  );
   // Ends the pending wait between checkpoints when the job ends first.
   const waits = new AbortController();
   void jobEnded.then(() => waits.abort());
@@ -167,21 +257,57 @@ async function superviseJob(
       else opts.onError(e as Error);
     }
   }
-  const job = repo.requireJob(opts.job);
-  if (ended || !isRunning(pid)) {
-    await jobEnded;
+  if (watchError) throw watchError;
+  const markStopped = () => {
+    const job = repo.requireJob(opts.job);
     // A restore may have given the job a new process meanwhile: only mark our own.
     if (job.pid === pid) repo.saveJob({ ...job, state: 'stopped', controllerPid: null, updatedAt: Date.now() });
-    return { pid, reason: 'job-exited', exitCode: ended?.code ?? null, exitSignal: ended?.signal ?? null };
+  };
+  const jobExited = async (): Promise<RunOutcome> => {
+    await jobEnded;
+    markStopped();
+    return { pid, reason: 'job-exited', exitCode: ended?.code ?? null, exitSignal: ended?.signal ?? null, finalCheckpoint: null };
+  };
+  if (ended || !isRunning(pid)) return jobExited();
+  if ((opts.signal.reason as StopRequest) === 'checkpoint-and-stop') {
+    // The job is stopped even when the final checkpoint fails: the scheduler ends it
+    // anyway, and its earlier checkpoints stay restorable.
+    let finalCheckpoint: CheckpointRecord | undefined;
+    let failure: unknown;
+    try {
+      finalCheckpoint = await finalCheckpointOf(checkpoint);
+    } catch (e) {
+      failure = e;
+    }
+    // The job ended by itself before the final dump began: its own exit is the outcome.
+    if (failure instanceof JobNotRunningError) return jobExited();
+    process.kill(pid, 'SIGKILL');
+    await jobEnded;
+    markStopped();
+    if (failure) throw new FinalCheckpointError(opts.job, repo.latestCheckpoint(opts.job) ?? null, failure as Error);
+    return { pid, reason: 'checkpointed', exitCode: null, exitSignal: null, finalCheckpoint: finalCheckpoint! };
   }
   if (opts.killOnExit) {
     process.kill(pid, 'SIGKILL');
     await jobEnded;
-    repo.saveJob({ ...job, state: 'stopped', controllerPid: null, updatedAt: Date.now() });
+    markStopped();
   } else {
-    repo.saveJob({ ...job, controllerPid: null, updatedAt: Date.now() });
+    repo.saveJob({ ...repo.requireJob(opts.job), controllerPid: null, updatedAt: Date.now() });
   }
-  return { pid, reason: 'stopped', exitCode: null, exitSignal: null };
+  return { pid, reason: 'stopped', exitCode: null, exitSignal: null, finalCheckpoint: null };
+}
+
+/** One more checkpoint; waits for one already under way (`crinc checkpoint` through the controller). */
+async function finalCheckpointOf(checkpoint: () => Promise<CheckpointRecord>): Promise<CheckpointRecord> {
+  const deadline = Date.now() + FINAL_CHECKPOINT_BUSY_WAIT_MS;
+  for (;;) {
+    try {
+      return await checkpoint();
+    } catch (e) {
+      if (!(e instanceof JobBusyError) || Date.now() > deadline) throw e;
+    }
+    await sleep(FINAL_CHECKPOINT_BUSY_POLL_MS);
+  }
 }
 
 function findExecutable(cmd: string, cwd: string): string | undefined {

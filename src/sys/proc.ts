@@ -1,4 +1,4 @@
-// What /proc says about any process: whether it has exited, and its children. One
+// What /proc says about any process: whether it has exited, its parent, its children. One
 // place for the parsing (the state follows the last ')' of /proc/PID/stat, since the
 // command name may hold spaces and parentheses).
 import { readdirSync, readFileSync } from 'node:fs';
@@ -9,17 +9,27 @@ export function isGone(error: unknown): boolean {
   return code === 'ENOENT' || code === 'ESRCH';
 }
 
+/** The fields of /proc/PID/stat after the command name: state, ppid, pgrp, … */
+function statFields(pid: number): string[] {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // pid (comm) state …: comm may hold spaces and parentheses; the state follows the last ')'.
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
 /** Whether the process has exited and waits to be reaped (or is gone). */
 export function hasExited(pid: number): boolean {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // pid (comm) state …: comm may hold spaces and parentheses; the state follows the last ')'.
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    const state = statFields(pid)[0];
     return state === 'Z' || state === 'X';
   } catch (error) {
     if (isGone(error)) return true;
     throw error;
   }
+}
+
+/** The PID of the process's parent (throws when the process is gone). */
+export function parentOf(pid: number): number {
+  return Number(statFields(pid)[1]);
 }
 
 /** The children of every thread of a process (empty when it is gone). */

@@ -7,9 +7,11 @@
  * checks every page of the region against the counter and logs "verify ok tick N" or
  * "verify FAIL ...": a restored process proves its memory came back intact.
  *
- *   counter [--region-mib N] [--window-pages W] [--tick-ms T] [--out FILE]
+ *   counter [--region-mib N] [--window-pages W] [--tick-ms T] [--out FILE] [--ticks N]
  *
  * --tick-ms 0 ticks only on SIGUSR2, so a test controls exactly what changes.
+ * --ticks N ends the run after tick N: it verifies the region, logs "done tick N" and
+ * exits 0 (1 when the region is wrong), so a resumed job shows it finished its work.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,7 +51,7 @@ static long long now_ms(void) {
 }
 
 int main(int argc, char **argv) {
-    uint64_t region_mib = 32, window = 64;
+    uint64_t region_mib = 32, window = 64, last_tick = 0;
     long tick_ms = 100;
     const char *out_path = NULL;
     for (int i = 1; i < argc; i++) {
@@ -57,7 +59,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--window-pages") && i + 1 < argc) window = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--tick-ms") && i + 1 < argc) tick_ms = strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
-        else { dprintf(2, "usage: counter [--region-mib N] [--window-pages W] [--tick-ms T] [--out FILE]\n"); return 2; }
+        else if (!strcmp(argv[i], "--ticks") && i + 1 < argc) last_tick = strtoull(argv[++i], NULL, 10);
+        else { dprintf(2, "usage: counter [--region-mib N] [--window-pages W] [--tick-ms T] [--out FILE] [--ticks N]\n"); return 2; }
     }
     uint64_t pages = region_mib * 1024 * 1024 / PAGE;
     if (window == 0 || window > pages || pages % window) { dprintf(2, "window must divide the region's %lu pages\n", (unsigned long)pages); return 2; }
@@ -93,7 +96,8 @@ int main(int argc, char **argv) {
 
     uint64_t tick = 0;
     for (;;) {
-        if (verify_requested) {
+        int done = last_tick > 0 && tick >= last_tick;
+        if (verify_requested || done) {
             verify_requested = 0;
             uint64_t bad = 0, first_bad = 0;
             for (uint64_t p = 0; p < pages; p++) {
@@ -106,6 +110,10 @@ int main(int argc, char **argv) {
             }
             if (bad) dprintf(1, "verify FAIL tick %lu bad pages %lu first %lu\n", (unsigned long)tick, (unsigned long)bad, (unsigned long)first_bad);
             else dprintf(1, "verify ok tick %lu\n", (unsigned long)tick);
+            if (done) {
+                dprintf(1, "done tick %lu\n", (unsigned long)tick);
+                return bad ? 1 : 0;
+            }
         }
         if (tick_ms > 0) {
             struct timespec ts = { tick_ms / 1000, (tick_ms % 1000) * 1000000L };
