@@ -15,6 +15,8 @@ ROOT=$(pwd)
 CRIU_MIN_VERSION=4.2
 SYSTEM_PACKAGES=(clang llvm libbpf-dev bpftool gcc make libc6-dev linux-libc-dev
   libxxhash-dev lz4 util-linux iproute2 procps)
+# The S3 tests' endpoint: a local Ceph radosgw (scripts/services/ceph-rgw.sh), from bookworm.
+CEPH_PACKAGES=(ceph-mon ceph-osd radosgw ceph-common curl uuid-runtime)
 UNSTABLE_SOURCE=/etc/apt/sources.list.d/crinc-unstable.sources
 UNSTABLE_PIN=/etc/apt/preferences.d/crinc-unstable
 
@@ -92,6 +94,22 @@ EOF
   criu_ok || die "CRIU >= $CRIU_MIN_VERSION is still not installed (criu --version: $(criu --version 2>&1 | head -n1))"
 }
 
+install_ceph() {
+  local p missing=()
+  for p in "${CEPH_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  [ "$(id -u)" = 0 ] || die "Ceph packages are missing (${missing[*]}) and only root can install them: run this as root"
+  # CRIU's install took libnl from unstable; Ceph's RDMA libraries need libnl-route of
+  # the very same version, which then comes from there too (nothing else does).
+  local libnl
+  libnl=$(dpkg-query -W -f='${Version}' libnl-3-200 2>/dev/null || true)
+  log "installing Ceph (mon, memstore OSD, radosgw) for the S3 tests"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    ${libnl:+"libnl-route-3-200=$libnl"} >/dev/null
+}
+
 npm_dependencies() {
   local stamp=node_modules/.crinc-lock-sha
   local want
@@ -136,6 +154,7 @@ build() {
 
 if [ $build_only = 0 ]; then
   install_system_packages
+  install_ceph
   npm_dependencies
 fi
 build
