@@ -16,6 +16,7 @@ import { runJob } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
 import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
 import { type CheckpointRecord, Repository } from '../store/repository.js';
+import { DEFAULT_CACHE_ROOT, isS3Url, openS3Store } from '../store/s3.js';
 import { formatBytes, formatCheckpoint, printStatus, printTable } from './format.js';
 
 export const DEFAULT_STORE = '/var/lib/crinc';
@@ -25,21 +26,33 @@ const KEEP_IMAGES_ENV = 'CRINC_KEEP_IMAGES';
 /** Verification mode: every page hashed anyway; a page tracking called clean that changed fails the checkpoint. */
 const VERIFY_TRACKING_ENV = 'CRINC_VERIFY_TRACKING';
 
-function storeDir(opt: string | undefined): string {
-  return resolve(opt ?? process.env.CRINC_STORE ?? DEFAULT_STORE);
-}
 
 function requireRoot(): void {
   if (process.getuid?.() !== 0) throw new NotRootError();
 }
 
-function openStore(opt: string | undefined, create = false): Repository {
+interface StoreOptions {
+  store?: string;
+  cache?: string;
+}
+
+/** A store directory, or an S3 store (s3://bucket/prefix) with its local index in the cache. */
+async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   requireRoot();
-  return Repository.open(storeDir(opt), { create });
+  const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
+  if (!isS3Url(spec)) return Repository.open(resolve(spec), { create });
+  const cache = o.cache ?? process.env.CRINC_CACHE;
+  return openS3Store(spec, {
+    create,
+    cacheDir: cache === undefined ? undefined : resolve(cache),
+    onWarning: (m) => console.error(`crinc: warning: ${m}`),
+  });
 }
 
 const storeOption = () =>
-  new Option('--store <dir>', `store directory (default: $CRINC_STORE or ${DEFAULT_STORE})`);
+  new Option('--store <dir|s3-url>', `store directory, or s3://BUCKET/PREFIX for a store in S3 (default: $CRINC_STORE or ${DEFAULT_STORE})`);
+const cacheOption = () =>
+  new Option('--cache <dir>', `with an s3:// store: directory of its local index, job logs and locks (default: $CRINC_CACHE or ${DEFAULT_CACHE_ROOT}/<hash of the URL>)`);
 
 function durationArg(v: string): number {
   try {
@@ -68,6 +81,7 @@ export function buildProgram(): Command {
     .option('--kill-on-exit', 'when crinc stops (Ctrl-C, SIGTERM), kill the job too instead of leaving it running')
     .option('--no-tracking', 'no dirty tracking: every checkpoint reads and hashes all pages')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .argument('<cmd...>', 'the command and its arguments (put them after --)')
     .addHelpText('after', `
 Examples:
@@ -76,8 +90,8 @@ Examples:
 
 The job's stdout and stderr go to <store>/jobs/<job>/{stdout,stderr}.log.
 Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
-    .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; tracking: boolean; store?: string }) => {
-      const repo = openStore(o.store, true);
+    .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; tracking: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o, true);
       criuVersion();
       const codecs = await openCodecs(repo);
       const job = o.job ?? cmd[0]!.split('/').pop()!.replace(/[^A-Za-z0-9._-]/g, '_');
@@ -114,9 +128,10 @@ Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
     .argument('<job>', 'job name')
     .option('--json', 'print the checkpoint as JSON')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .addHelpText('after', '\nExample:\n  crinc checkpoint sim')
-    .action(async (job: string, o: { json?: boolean; store?: string }) => {
-      const repo = openStore(o.store);
+    .action(async (job: string, o: { json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       criuVersion();
       repo.requireJob(job);
       const keepImagesDir = process.env[KEEP_IMAGES_ENV] ? resolve(process.env[KEEP_IMAGES_ENV]) : undefined;
@@ -134,9 +149,10 @@ Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
     .argument('[job]', 'only this job')
     .option('--json', 'print a JSON array')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc list\n  crinc list sim --json')
-    .action((job: string | undefined, o: { json?: boolean; store?: string }) => {
-      const repo = openStore(o.store);
+    .action(async (job: string | undefined, o: { json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       if (job) repo.requireJob(job);
       const cps = repo.listCheckpoints(job);
       if (o.json) {
@@ -165,14 +181,15 @@ Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
     .addOption(new Option('--id <id>', 'this checkpoint id (see crinc list)').argParser(intArg))
     .option('--json', 'print {"pid":…, "checkpoint":…} as JSON')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .addHelpText('after', `
 Examples:
   crinc restore sim                      the newest checkpoint
   crinc restore sim --at "10m ago"
   crinc restore sim --at 2026-11-28T14:00:00Z
   crinc restore sim --id 42`)
-    .action(async (job: string, o: { at?: string; id?: number; json?: boolean; store?: string }) => {
-      const repo = openStore(o.store);
+    .action(async (job: string, o: { at?: string; id?: number; json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       let target: RestoreTarget;
       if (o.id !== undefined) target = { id: o.id };
       else target = { at: parseTimeSpec(o.at ?? 'now') };
@@ -195,9 +212,10 @@ Examples:
     .argument('<job>', 'job name')
     .option('--json', 'print JSON')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .addHelpText('after', '\nExample:\n  crinc status sim --json')
-    .action(async (job: string, o: { json?: boolean; store?: string }) => {
-      const repo = openStore(o.store);
+    .action(async (job: string, o: { json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       repo.requireJob(job);
       const status =
         ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'status' })) as JobStatus | undefined) ??
@@ -212,8 +230,9 @@ Examples:
     .description('list known jobs, their process and last checkpoint')
     .option('--json', 'print a JSON array')
     .addOption(storeOption())
-    .action((o: { json?: boolean; store?: string }) => {
-      const repo = openStore(o.store);
+    .addOption(cacheOption())
+    .action(async (o: { json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       const rows = repo.listJobs().map((j) => {
         const last = repo.latestCheckpoint(j.name);
         const running = j.pid !== null && isRunning(j.pid);
@@ -243,9 +262,10 @@ Examples:
     .addOption(new Option('--id <id>', 'checkpoint id, also of a pre-restore snapshot (see crinc list)').argParser(intArg))
     .requiredOption('--to <dir>', 'directory to write into (created; must be empty)')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc export sim --id 42 --to /tmp/sim-42 && criu restore -D /tmp/sim-42 -d\n  crinc export sim --id 43 --to /tmp/before-restore    (a pre-restore snapshot: files only)')
-    .action(async (job: string, o: { at?: string; id?: number; to: string; store?: string }) => {
-      const repo = openStore(o.store);
+    .action(async (job: string, o: { at?: string; id?: number; to: string; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       const cp = o.id !== undefined ? repo.getCheckpoint(o.id) : resolveCheckpoint(repo, job, { at: parseTimeSpec(o.at ?? 'now') });
       if (cp.job !== job) throw new NoCheckpointError(`checkpoint ${cp.id} belongs to job "${cp.job}", not "${job}"`);
       const codecs = await openCodecs(repo);

@@ -97,7 +97,7 @@ export async function materializeFile(repo: Repository, manifest: FileManifest, 
       const taken: number[] = [];
       // Fill the batch with the next blocks in file order, reading neighbouring chunks together.
       while (k < blocks.length && batch.freeChunks > 0 && batch.freeBytes >= where.storedLength[k]!) {
-        k = readSpan(repo, where, ids, k, batch, taken);
+        k = await readSpan(repo, where, ids, k, batch, taken);
       }
       if (taken.length === 0) throw new Error(`chunk of ${where.storedLength[k]} bytes does not fit a codec batch`);
       inFlight.push({ batch: pool.decodeAndVerify(batch), blocks: taken });
@@ -119,7 +119,7 @@ export async function materializeFile(repo: Repository, manifest: FileManifest, 
  * Reads chunk k and its successors in the same pack while they lie close together and
  * fit the batch; adds them to the batch. Returns the index after the last one taken.
  */
-function readSpan(repo: Repository, where: ChunkLocations, ids: Uint8Array, k: number, batch: ChunkBatch, taken: number[]): number {
+async function readSpan(repo: Repository, where: ChunkLocations, ids: Uint8Array, k: number, batch: ChunkBatch, taken: number[]): Promise<number> {
   const pack = where.pack[k]!;
   const start = where.offset[k]!;
   let end = k + 1;
@@ -137,7 +137,7 @@ function readSpan(repo: Repository, where: ChunkLocations, ids: Uint8Array, k: n
     end++;
   }
   const span = spanBuffer(spanBytes);
-  const got = repo.readPackInto(pack, start, span);
+  const got = await repo.readPackInto(pack, start, span);
   for (let i = k; i < end; i++) {
     const id = ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
     const from = where.offset[i]! - start;
@@ -180,7 +180,7 @@ export class ExportTargetError extends Error {
 export async function exportCheckpoint(repo: Repository, codecs: Codecs, cp: CheckpointRecord, dir: string): Promise<{ images: number; files: number }> {
   if (existsSync(dir) && readdirSync(dir).length > 0) throw new ExportTargetError(`${dir} is not empty: export into a new or empty directory`);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const all = repo.checkpointFiles(cp.id, codecs.chunks);
+  const all = await repo.checkpointFiles(cp.id, codecs.chunks);
   const images = all.filter((f) => f.role === 'image');
   await materializeImages(repo, images, codecs, dir);
   const jobFiles = all.filter((f) => f.role === 'job-file');
