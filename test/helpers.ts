@@ -1,7 +1,8 @@
 // Helpers for tests that drive the real `crinc` command line (built into dist/ by
 // `npm test`'s set-up), real CRIU and real processes.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -56,23 +57,34 @@ export interface CheckpointJson {
   note: string | null;
 }
 
-/** A temporary store (root-only, like a real one) and the processes a test started in it. */
+/**
+ * A temporary store (root-only, like a real one) and the processes a test started in it:
+ * a directory, or, given an s3:// URL, that store with its local cache in the sandbox.
+ */
 export class Sandbox {
   readonly dir = mkdtempSync('/tmp/crinc-test-');
-  readonly store = join(this.dir, 'store');
+  /** What CRINC_STORE names. */
+  readonly store: string;
+  /** Where the index, the job logs and the locks are: the store directory, or the S3 store's cache (CRINC_CACHE). */
+  readonly local: string;
   private readonly children: ChildProcess[] = [];
   private readonly pids = new Set<number>();
 
+  constructor(s3Url?: string) {
+    this.store = s3Url ?? join(this.dir, 'store');
+    this.local = s3Url ? join(this.dir, 'cache') : this.store;
+  }
+
   cli(args: string[], env: NodeJS.ProcessEnv = {}): CliResult {
-    return crinc(this.store, args, env);
+    return crinc(this.store, args, { CRINC_CACHE: this.local, ...env });
   }
 
   ok(args: string[], env: NodeJS.ProcessEnv = {}): string {
-    return crincOk(this.store, args, env);
+    return crincOk(this.store, args, { CRINC_CACHE: this.local, ...env });
   }
 
   json<T>(args: string[], env: NodeJS.ProcessEnv = {}): T {
-    return crincJson<T>(this.store, args, env);
+    return crincJson<T>(this.store, args, { CRINC_CACHE: this.local, ...env });
   }
 
   /** `crinc run` in the background; resolves once the job is registered. */
@@ -85,7 +97,7 @@ export class Sandbox {
   ): Promise<{ controller: ChildProcess; pid: number; output: () => string }> {
     let output = '';
     const controller = spawn(process.execPath, [CLI, 'run', '--job', job, ...extra, '--', ...cmd], {
-      env: { ...process.env, CRINC_STORE: this.store, ...env },
+      env: { ...process.env, CRINC_STORE: this.store, CRINC_CACHE: this.local, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     controller.stdout!.on('data', (d: Buffer) => (output += d.toString()));
@@ -93,7 +105,7 @@ export class Sandbox {
     this.children.push(controller);
     if (!waitRunning) return { controller, pid: 0, output: () => output };
     const pid = await waitFor(() => {
-      if (!existsSync(join(this.store, 'index.sqlite'))) return undefined;
+      if (!existsSync(join(this.local, 'index.sqlite'))) return undefined;
       const r = this.cli(['jobs', '--json']);
       if (r.code !== 0) return undefined;
       const j = (JSON.parse(r.stdout) as JobInfo[]).find((x) => x.job === job && x.state === 'running');
@@ -113,7 +125,7 @@ export class Sandbox {
   }
 
   jobLog(job: string, stream: 'stdout' | 'stderr' = 'stdout'): string {
-    return readFileSync(join(this.store, 'jobs', job, `${stream}.log`), 'utf8');
+    return readFileSync(join(this.local, 'jobs', job, `${stream}.log`), 'utf8');
   }
 
   jobPid(job: string): number {
@@ -169,4 +181,13 @@ export function ticks(log: string): { tick: number; at: number }[] {
 export function lastTick(log: string): number {
   const t = ticks(log);
   return t.length ? t[t.length - 1]!.tick : 0;
+}
+
+/** sha256 of each regular file directly in dir. */
+export function sha256Dir(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    if (e.isFile()) out[e.name] = createHash('sha256').update(readFileSync(join(dir, e.name))).digest('hex');
+  }
+  return out;
 }

@@ -87,8 +87,9 @@ export function buildProgram(): Command {
 Examples:
   crinc run --job sim --interval 10m -- ./simulate --steps 1000000
   crinc run --job web --interval 30s --kill-on-exit -- python3 -m http.server
+  crinc run --store s3://checkpoints/sim --job sim -- ./simulate    (store in S3: see AWS_* variables)
 
-The job's stdout and stderr go to <store>/jobs/<job>/{stdout,stderr}.log.
+The job's stdout and stderr go to <store>/jobs/<job>/{stdout,stderr}.log (an S3 store: <cache>/jobs/…).
 Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
     .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; tracking: boolean; store?: string; cache?: string }) => {
       const repo = await openStore(o, true);
@@ -187,7 +188,8 @@ Examples:
   crinc restore sim                      the newest checkpoint
   crinc restore sim --at "10m ago"
   crinc restore sim --at 2026-11-28T14:00:00Z
-  crinc restore sim --id 42`)
+  crinc restore sim --id 42
+  crinc restore sim --store s3://checkpoints/sim    on any node that reaches the bucket`)
     .action(async (job: string, o: { at?: string; id?: number; json?: boolean; store?: string; cache?: string }) => {
       const repo = await openStore(o);
       let target: RestoreTarget;
