@@ -183,6 +183,37 @@ export function lastTick(log: string): number {
   return t.length ? t[t.length - 1]!.tick : 0;
 }
 
+/** A checkpoint and the counter job's tick just before and just after it. */
+export interface CheckpointAround {
+  before: number;
+  after: number;
+  cp: CheckpointJson;
+}
+
+/** n checkpoints of a ticking counter job, gapMs apart, each with the ticks around it. */
+export async function checkpointsAround(sb: Sandbox, job: string, n: number, env: NodeJS.ProcessEnv = {}, gapMs = 1200): Promise<CheckpointAround[]> {
+  const around: CheckpointAround[] = [];
+  for (let i = 0; i < n; i++) {
+    const before = lastTick(sb.jobLog(job));
+    const cp = sb.json<CheckpointJson>(['checkpoint', job], env);
+    const after = lastTick(sb.jobLog(job));
+    around.push({ before, after, cp });
+    await sleep(gapMs);
+  }
+  return around;
+}
+
+/**
+ * Waits for a restored counter job to tick after `since`; returns its log and where the
+ * restored process took over: the last tick saved by the checkpoint, then the new ones.
+ */
+export async function resumedLog(sb: Sandbox, job: string, since: number): Promise<{ log: { tick: number; at: number }[]; resumedAt: number; lastSaved: number }> {
+  await waitFor(() => ticks(sb.jobLog(job)).some((t) => t.at > since), 'the restored job to tick');
+  const log = ticks(sb.jobLog(job));
+  const resumedAt = log.findIndex((t) => t.at > since);
+  return { log, resumedAt, lastSaved: log[resumedAt - 1]!.tick };
+}
+
 /** sha256 of each regular file directly in dir. */
 export function sha256Dir(dir: string): Record<string, string> {
   const out: Record<string, string> = {};

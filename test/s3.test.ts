@@ -12,11 +12,11 @@ import {
 } from '@aws-sdk/client-s3';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CheckpointJson, CLI, COUNTER, killAndWait, lastTick, ROOT, Sandbox, sha256Dir, ticks, waitFor } from './helpers.js';
+import { STAGING_ROOT } from '../src/controller/checkpoint.js';
+import { type CheckpointAround, type CheckpointJson, checkpointsAround, CLI, COUNTER, killAndWait, lastTick, resumedLog, ROOT, Sandbox, sha256Dir, waitFor } from './helpers.js';
 
 const RGW_SCRIPT = join(ROOT, 'scripts', 'services', 'ceph-rgw.sh');
 const BUCKET = 'crinc-test';
@@ -78,7 +78,7 @@ describe('a job checkpointed to S3, restored from a wiped local cache', () => {
   const { sb, prefix } = s3Sandbox();
   const kept = join(sb.dir, 'kept-images');
   afterAll(() => sb.cleanup());
-  const around: { before: number; after: number; cp: CheckpointJson }[] = [];
+  const around: CheckpointAround[] = [];
   let jobPid = 0;
   let listed: CheckpointJson[] = [];
 
@@ -87,13 +87,7 @@ describe('a job checkpointed to S3, restored from a wiped local cache', () => {
     const { pid, controller } = await sb.run('counter', [COUNTER, '--region-mib', '24', '--window-pages', '96', '--tick-ms', '50']);
     jobPid = pid;
     await waitFor(() => lastTick(sb.jobLog('counter')) >= 5, 'the job to tick');
-    for (let i = 0; i < 2; i++) {
-      const before = lastTick(sb.jobLog('counter'));
-      const cp = sb.json<CheckpointJson>(['checkpoint', 'counter'], { CRINC_KEEP_IMAGES: kept });
-      const after = lastTick(sb.jobLog('counter'));
-      around.push({ before, after, cp });
-      await sleep(1200);
-    }
+    around.push(...(await checkpointsAround(sb, 'counter', 2, { CRINC_KEEP_IMAGES: kept })));
     listed = sb.json<CheckpointJson[]>(['list', 'counter']);
     // This node goes away: controller, job and the whole local cache.
     await killAndWait(controller.pid!);
@@ -132,17 +126,14 @@ describe('a job checkpointed to S3, restored from a wiped local cache', () => {
   });
 
   it('restores --at a time before the 2nd checkpoint: the job goes on from the 1st one\'s counter', async () => {
-    const [first, second] = around as [(typeof around)[0], (typeof around)[0]];
+    const [first, second] = around as [CheckpointAround, CheckpointAround];
     const at = new Date((Date.parse(first.cp.takenAt) + Date.parse(second.cp.takenAt)) / 2).toISOString();
     const restoredAt = Date.now();
     const r = sb.json<{ pid: number; checkpoint: number }>(['restore', 'counter', '--at', at]);
     sb.track(r.pid);
     expect(r.checkpoint).toBe(first.cp.id);
     // The log came back from the store too: it ends at the 1st checkpoint, new ticks follow.
-    await waitFor(() => ticks(sb.jobLog('counter')).some((t) => t.at > restoredAt), 'the restored job to tick');
-    const log = ticks(sb.jobLog('counter'));
-    const resumedAt = log.findIndex((t) => t.at > restoredAt);
-    const lastSaved = log[resumedAt - 1]!.tick;
+    const { log, resumedAt, lastSaved } = await resumedLog(sb, 'counter', restoredAt);
     expect(lastSaved).toBeGreaterThanOrEqual(first.before);
     expect(lastSaved).toBeLessThanOrEqual(first.after);
     expect(log[resumedAt]!.tick).toBe(lastSaved + 1);
@@ -198,6 +189,10 @@ describe('a checkpoint killed while its packs upload', () => {
       if (!killed) {
         complete.push(JSON.parse(out) as CheckpointJson);
         continue;
+      }
+      // Its staging on tmpfs (crinc-checkpoint-<pid>-…) outlives it; the store never depends on it.
+      for (const name of readdirSync(STAGING_ROOT)) {
+        if (name.startsWith(`crinc-checkpoint-${writer.pid}-`)) rmSync(join(STAGING_ROOT, name), { recursive: true, force: true });
       }
       // Parts were in the bucket, the checkpoint object never was.
       expect((await multipartUploads(prefix)).length).toBeGreaterThan(0);

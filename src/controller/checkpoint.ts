@@ -16,7 +16,7 @@ import { isRunning } from './procfs.js';
 export const STAGING_ROOT = '/dev/shm';
 
 export function makeStaging(kind: string): string {
-  const dir = mkdtempSync(join(STAGING_ROOT, `crinc-${kind}-`));
+  const dir = mkdtempSync(join(STAGING_ROOT, `crinc-${kind}-${process.pid}-`));
   return dir; // mkdtemp creates it 0700
 }
 

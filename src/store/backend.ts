@@ -4,38 +4,16 @@
 import { rmSync } from 'node:fs';
 import type { PackWriter } from './pack.js';
 import { PackReader, packPath } from './pack.js';
+import type { CheckpointRecord, FileManifest, JobRecord } from './repository.js';
 
 /** What a commit adds, as the index stores it; an S3 store writes it out as the commit point. */
 export interface CommitRecord {
-  job: { name: string; command: string[]; cwd: string; createdAt: number };
-  checkpoint: {
-    kind: string;
-    takenAt: number;
-    mode: string;
-    rootPid: number | null;
-    imageBytes: number;
-    storedBytes: number;
-    pagesTotal: number;
-    pagesHashed: number;
-    pagesClean: number;
-    durationMs: number;
-    freezeMs: number;
-    note: string | null;
-  };
+  job: Pick<JobRecord, 'name' | 'command' | 'cwd' | 'createdAt'>;
+  checkpoint: Omit<CheckpointRecord, 'id' | 'job'>;
   /** Names of the packs this commit wrote. */
   packs: string[];
-  files: {
-    role: string;
-    path: string;
-    size: number;
-    mode: number;
-    uid: number;
-    gid: number;
-    blockBytes: number;
-    manifest: Buffer;
-    indirect: boolean;
-    identity: string | null;
-  }[];
+  /** The files rows: manifests as stored (inline ids, or the ids of indirect parts). */
+  files: (Omit<FileManifest, 'ids'> & { manifest: Buffer; indirect: boolean })[];
 }
 
 export interface StoreBackend {
