@@ -67,24 +67,27 @@ export class Sandbox {
   readonly store: string;
   /** Where the index, the job logs and the locks are: the store directory, or the S3 store's cache (CRINC_CACHE). */
   readonly local: string;
+  /** What every crinc of this sandbox gets in its environment besides CRINC_STORE. */
+  readonly env: NodeJS.ProcessEnv;
   private readonly children: ChildProcess[] = [];
   private readonly pids = new Set<number>();
 
   constructor(s3Url?: string) {
     this.store = s3Url ?? join(this.dir, 'store');
     this.local = s3Url ? join(this.dir, 'cache') : this.store;
+    this.env = s3Url ? { CRINC_CACHE: this.local } : {};
   }
 
   cli(args: string[], env: NodeJS.ProcessEnv = {}): CliResult {
-    return crinc(this.store, args, { CRINC_CACHE: this.local, ...env });
+    return crinc(this.store, args, { ...this.env, ...env });
   }
 
   ok(args: string[], env: NodeJS.ProcessEnv = {}): string {
-    return crincOk(this.store, args, { CRINC_CACHE: this.local, ...env });
+    return crincOk(this.store, args, { ...this.env, ...env });
   }
 
   json<T>(args: string[], env: NodeJS.ProcessEnv = {}): T {
-    return crincJson<T>(this.store, args, { CRINC_CACHE: this.local, ...env });
+    return crincJson<T>(this.store, args, { ...this.env, ...env });
   }
 
   /** `crinc run` in the background; resolves once the job is registered. */
@@ -97,7 +100,7 @@ export class Sandbox {
   ): Promise<{ controller: ChildProcess; pid: number; output: () => string }> {
     let output = '';
     const controller = spawn(process.execPath, [CLI, 'run', '--job', job, ...extra, '--', ...cmd], {
-      env: { ...process.env, CRINC_STORE: this.store, CRINC_CACHE: this.local, ...env },
+      env: { ...process.env, CRINC_STORE: this.store, ...this.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     controller.stdout!.on('data', (d: Buffer) => (output += d.toString()));

@@ -171,7 +171,7 @@ describe('a checkpoint killed while its packs upload', () => {
       await waitFor(() => lastTick(sb.jobLog('big')) === tick + 1, 'a tick');
       const before = await keys(prefix);
       const writer = spawn(process.execPath, [CLI, 'checkpoint', 'big', '--json'], {
-        env: { ...process.env, CRINC_STORE: sb.store, CRINC_CACHE: sb.local },
+        env: { ...process.env, CRINC_STORE: sb.store, ...sb.env },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       let out = '';

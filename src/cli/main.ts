@@ -40,7 +40,10 @@ interface StoreOptions {
 async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   requireRoot();
   const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
-  if (!isS3Url(spec)) return Repository.open(resolve(spec), { create });
+  if (!isS3Url(spec)) {
+    if (o.cache !== undefined) throw new InvalidArgumentError(`--cache is for s3:// stores; the store directory ${spec} keeps its own index`);
+    return Repository.open(resolve(spec), { create });
+  }
   const cache = o.cache ?? process.env.CRINC_CACHE;
   return openS3Store(spec, {
     create,
