@@ -215,11 +215,6 @@ export class Repository {
     return repo;
   }
 
-  /** Where the store is: its directory, or s3://bucket/prefix for a remote store. */
-  get location(): string {
-    return this.backend.location;
-  }
-
   close(): void {
     this.backend.close();
     this.db.close();
