@@ -3,7 +3,8 @@
 # monitor, one memstore OSD (data in memory), cephx on, no systemd, no mgr. Idempotent.
 #
 #   bash scripts/services/ceph-rgw.sh start   start it (or find it running); prints the
-#                                             AWS_* variables to export for a client
+#                                             AWS_* variables to export for a client.
+#                                             A cluster with a dead daemon is made anew.
 #   bash scripts/services/ceph-rgw.sh env     print them again
 #   bash scripts/services/ceph-rgw.sh stop    stop it and delete its state
 #
@@ -103,35 +104,29 @@ create_cluster() {
 }
 
 start_mon() {
-  pid_alive "$DIR/run/mon.a.pid" && return
   ceph-mon -c "$CONF" -i a
   wait_until "the monitor" ceph_quiet mon stat
 }
 
 start_osd() {
-  pid_alive "$DIR/run/osd.0.pid" && return
-  if [ ! -f "$DIR/osd/keyring" ]; then
-    local uuid key
-    uuid=$(uuidgen)
-    key=$(ceph-authtool --gen-print-key)
-    printf '{"cephx_secret": "%s"}' "$key" >"$DIR/osd-secret.json"
-    [ "$(ceph_ osd new "$uuid" -i "$DIR/osd-secret.json")" = 0 ] || die "the monitor did not give the OSD id 0"
-    ceph-osd -c "$CONF" -i 0 --mkfs --no-mon-config --key "$key" --osd-uuid "$uuid" 2>>"$DIR/log/osd-mkfs.log"
-    printf '[osd.0]\n\tkey = %s\n' "$key" >"$DIR/osd/keyring"
-  fi
+  local uuid key
+  uuid=$(uuidgen)
+  key=$(ceph-authtool --gen-print-key)
+  printf '{"cephx_secret": "%s"}' "$key" >"$DIR/osd-secret.json"
+  [ "$(ceph_ osd new "$uuid" -i "$DIR/osd-secret.json")" = 0 ] || die "the monitor did not give the OSD id 0"
+  ceph-osd -c "$CONF" -i 0 --mkfs --no-mon-config --key "$key" --osd-uuid "$uuid" 2>>"$DIR/log/osd-mkfs.log"
+  printf '[osd.0]\n\tkey = %s\n' "$key" >"$DIR/osd/keyring"
   ceph-osd -c "$CONF" -i 0 2>>"$DIR/log/osd-start.log"
   wait_until "the OSD to come up" sh -c "ceph -c '$CONF' -n client.admin -k '$DIR/admin.keyring' osd dump 2>/dev/null | grep -q '^osd.0 up'"
 }
 
 start_rgw() {
-  pid_alive "$DIR/run/$RGW_NAME.pid" && return
-  [ -f "$DIR/rgw.keyring" ] || ceph_ auth get-or-create "$RGW_NAME" mon 'allow rw' osd 'allow rwx' -o "$DIR/rgw.keyring" >/dev/null
+  ceph_ auth get-or-create "$RGW_NAME" mon 'allow rw' osd 'allow rwx' -o "$DIR/rgw.keyring" >/dev/null
   radosgw -c "$CONF" -n "$RGW_NAME"
   wait_until "radosgw on $(endpoint)" rgw_answers
 }
 
 create_user() {
-  [ -f "$ENV_FILE" ] && return
   local access secret
   access=$(head -c 10 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr a-f A-F)
   secret=$(head -c 30 /dev/urandom | base64 | tr -d '/+=\n')
@@ -146,10 +141,21 @@ EOF
   mv "$ENV_FILE.tmp" "$ENV_FILE"
 }
 
+running() {
+  pid_alive "$DIR/run/mon.a.pid" && pid_alive "$DIR/run/osd.0.pid" && pid_alive "$DIR/run/$RGW_NAME.pid" && [ -f "$ENV_FILE" ] && rgw_answers
+}
+
+# A cluster that is not whole (a daemon died; memstore lost its data with it) is made anew:
+# it only ever holds test data.
 start() {
   command -v ceph-mon >/dev/null && command -v radosgw >/dev/null || die "Ceph is not installed: run scripts/setup.sh"
-  [ -f "$DIR/mon/keyring" ] || create_cluster
+  if running; then
+    cat "$ENV_FILE"
+    return
+  fi
+  stop_daemons
   local t0=$SECONDS
+  create_cluster
   start_mon
   start_osd
   start_rgw
@@ -158,7 +164,7 @@ start() {
   cat "$ENV_FILE"
 }
 
-stop() {
+stop_daemons() {
   local name pidfile pid
   for name in "$RGW_NAME" osd.0 mon.a; do
     pidfile="$DIR/run/$name.pid"
@@ -166,16 +172,20 @@ stop() {
       pid=$(cat "$pidfile")
       kill "$pid"
       for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+      if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
     fi
   done
+}
+
+stop() {
+  stop_daemons
   rm -rf "$DIR"
   log "stopped"
 }
 
 case "${1:-}" in
   start) start ;;
-  env) [ -f "$ENV_FILE" ] || die "not started"; cat "$ENV_FILE" ;;
+  env) running || die "not running"; cat "$ENV_FILE" ;;
   stop) stop ;;
   *) echo "usage: $0 start|env|stop" >&2; exit 2 ;;
 esac
