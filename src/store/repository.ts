@@ -588,21 +588,18 @@ export class Repository {
         ? this.db.prepare('SELECT * FROM files WHERE checkpoint = ? AND role = ? ORDER BY path').all(checkpointId, role)
         : this.db.prepare('SELECT * FROM files WHERE checkpoint = ? ORDER BY role, path').all(checkpointId)
     ) as Record<string, unknown>[];
-    const out: FileManifest[] = [];
-    for (const r of rows) {
-      out.push({
-        role: r.role as FileRole,
-        path: r.path as string,
-        size: r.size as number,
-        mode: r.mode as number,
-        uid: r.uid as number,
-        gid: r.gid as number,
-        blockBytes: r.block_bytes as number,
-        ids: await this.loadManifest(r.manifest as Buffer, (r.manifest_indirect as number) === 1, codec),
-        identity: (r.identity as string | null) ?? null,
-      });
-    }
-    return out;
+    // Files' indirect manifests load side by side: on an S3 store each part is a GET.
+    return Promise.all(rows.map(async (r) => ({
+      role: r.role as FileRole,
+      path: r.path as string,
+      size: r.size as number,
+      mode: r.mode as number,
+      uid: r.uid as number,
+      gid: r.gid as number,
+      blockBytes: r.block_bytes as number,
+      ids: await this.loadManifest(r.manifest as Buffer, (r.manifest_indirect as number) === 1, codec),
+      identity: (r.identity as string | null) ?? null,
+    })));
   }
 
   private async loadManifest(data: Buffer, indirect: boolean, codec: ChunkCodec): Promise<Uint8Array> {
