@@ -75,7 +75,7 @@ async function main(): Promise<void> {
     const t1 = performance.now();
     const memory = memoryMiB();
     const s = ingest.stats;
-    const record = repo.commitCheckpoint(
+    const record = await repo.commitCheckpoint(
       {
         job: BENCH_JOB,
         kind: 'checkpoint',
@@ -112,7 +112,7 @@ async function main(): Promise<void> {
     if (profiler) {
       profiler.wrapFs({ readSync: 'pack reads (readSync)', writeSync: 'image writes (writeSync)', fsyncSync: 'fsync', ftruncateSync: 'ftruncate' });
       profiler.wrap(repo, 'readChunk', 'readChunk itself: SQLite lookup per chunk, checks');
-      profiler.wrap(PackReader.prototype, 'read', 'pack read (Buffer alloc per chunk)');
+      profiler.wrap(PackReader.prototype, 'readInto', 'pack reads (PackReader.readInto)');
       profiler.wrap(codecs.chunks, 'decompress', 'LZ4 decompress (decompressChunk)');
       profiler.wrap(codecs.pages as PageCodec, 'chunkId', 'verify: chunk id of every chunk read (chunkId)');
       profiler.wrap(repo, 'checkpointFiles', 'load manifests (checkpointFiles)');
@@ -121,7 +121,7 @@ async function main(): Promise<void> {
     const t0 = performance.now();
     const cp = repo.latestCheckpoint(BENCH_JOB);
     if (!cp) throw new Error(`no checkpoint in ${args.store}`);
-    const files = repo.checkpointFiles(cp.id, codecs.chunks, 'image');
+    const files = await repo.checkpointFiles(cp.id, codecs.chunks, 'image');
     const t1 = performance.now();
     await materializeImages(repo, files, codecs, args.dest!);
     const t2 = performance.now();

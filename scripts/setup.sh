@@ -18,8 +18,11 @@ SYSTEM_PACKAGES=(clang llvm libbpf-dev bpftool gcc make libc6-dev linux-libc-dev
   slurmctld slurmd slurm-client munge)
 # Slurm and munge run only when scripts/services/slurm.sh starts them, with their own
 # config; their package scripts must not start them as system services (slurmd's init
-# script fails without /etc/slurm/slurm.conf, and the install with it).
+# script fails without /etc/slurm/slurm.conf, and the install with it): see
+# apt_install_without_services.
 POLICY_RC=/usr/sbin/policy-rc.d
+# The S3 tests' endpoint: a local Ceph radosgw (scripts/services/ceph-rgw.sh), from bookworm.
+CEPH_PACKAGES=(ceph-mon ceph-osd radosgw ceph-common curl uuid-runtime)
 UNSTABLE_SOURCE=/etc/apt/sources.list.d/crinc-unstable.sources
 UNSTABLE_PIN=/etc/apt/preferences.d/crinc-unstable
 
@@ -57,6 +60,20 @@ debian_mirror() {
   echo "$uri"
 }
 
+# apt-get install, with no package's script starting its service (Slurm, munge, Ceph
+# run only when the test scripts start them, with their own configuration).
+apt_install_without_services() {
+  if [ -e "$POLICY_RC" ]; then
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    return
+  fi
+  # Exit code 101 of policy-rc.d: "action forbidden", so no service starts.
+  printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC"
+  chmod 0755 "$POLICY_RC"
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null || { rm -f "$POLICY_RC"; die "apt-get install $* failed"; }
+  rm -f "$POLICY_RC"
+}
+
 install_system_packages() {
   local missing
   missing=$(missing_system_packages)
@@ -88,21 +105,28 @@ EOF
   apt-get update -qq
   if [ -n "$missing" ]; then
     log "installing: $(echo $missing)"
-    if [ -e "$POLICY_RC" ]; then
-      apt-get install -y -qq --no-install-recommends $missing >/dev/null
-    else
-      # Exit code 101 of policy-rc.d: "action forbidden", so no service starts.
-      printf '#!/bin/sh\nexit 101\n' >"$POLICY_RC"
-      chmod 0755 "$POLICY_RC"
-      apt-get install -y -qq --no-install-recommends $missing >/dev/null || { rm -f "$POLICY_RC"; die "apt-get install failed"; }
-      rm -f "$POLICY_RC"
-    fi
+    apt_install_without_services $missing
   fi
   if ! criu_ok; then
     log "installing CRIU from unstable"
     apt-get install -y -qq --no-install-recommends -t unstable criu >/dev/null
   fi
   criu_ok || die "CRIU >= $CRIU_MIN_VERSION is still not installed (criu --version: $(criu --version 2>&1 | head -n1))"
+}
+
+install_ceph() {
+  local p missing=()
+  for p in "${CEPH_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  [ "$(id -u)" = 0 ] || die "Ceph packages are missing (${missing[*]}) and only root can install them: run this as root"
+  # CRIU's install took libnl from unstable; Ceph's RDMA libraries need libnl-route of
+  # the very same version, which then comes from there too (nothing else does).
+  local libnl
+  libnl=$(dpkg-query -W -f='${Version}' libnl-3-200 2>/dev/null || true)
+  log "installing Ceph (mon, memstore OSD, radosgw) for the S3 tests"
+  DEBIAN_FRONTEND=noninteractive apt_install_without_services "${missing[@]}" ${libnl:+"libnl-route-3-200=$libnl"}
 }
 
 npm_dependencies() {
@@ -149,6 +173,7 @@ build() {
 
 if [ $build_only = 0 ]; then
   install_system_packages
+  install_ceph
   npm_dependencies
 fi
 build

@@ -1,20 +1,9 @@
 // End to end, with real CRIU and real processes: a job under `crinc run`, checkpoints
 // taken beside it, killed, restored at a time between two checkpoints.
-import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CheckpointJson, COUNTER, killAndWait, lastTick, Sandbox, ticks, waitFor } from './helpers.js';
-
-/** sha256 of each regular file directly in dir. */
-function sha256Dir(dir: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    if (e.isFile()) out[e.name] = createHash('sha256').update(readFileSync(join(dir, e.name))).digest('hex');
-  }
-  return out;
-}
+import { type CheckpointAround, type CheckpointJson, checkpointsAround, COUNTER, killAndWait, lastTick, resumedLog, Sandbox, sha256Dir, waitFor } from './helpers.js';
 
 describe('checkpoint a running job, kill it, restore it --at a time', () => {
   const sb = new Sandbox();
@@ -22,7 +11,7 @@ describe('checkpoint a running job, kill it, restore it --at a time', () => {
   afterAll(() => sb.cleanup());
 
   // The counter's value around each checkpoint: read from its log just before and after.
-  const around: { before: number; after: number; cp: CheckpointJson }[] = [];
+  const around: CheckpointAround[] = [];
   let jobPid = 0;
 
   beforeAll(async () => {
@@ -30,13 +19,7 @@ describe('checkpoint a running job, kill it, restore it --at a time', () => {
     const { pid } = await sb.run('counter', [COUNTER, '--region-mib', '24', '--window-pages', '96', '--tick-ms', '50']);
     jobPid = pid;
     await waitFor(() => lastTick(sb.jobLog('counter')) >= 5, 'the job to tick');
-    for (let i = 0; i < 3; i++) {
-      const before = lastTick(sb.jobLog('counter'));
-      const cp = sb.json<CheckpointJson>(['checkpoint', 'counter'], { CRINC_KEEP_IMAGES: kept });
-      const after = lastTick(sb.jobLog('counter'));
-      around.push({ before, after, cp });
-      await sleep(1200);
-    }
+    around.push(...(await checkpointsAround(sb, 'counter', 3, { CRINC_KEEP_IMAGES: kept })));
   });
 
   it('takes checkpoints beside a running `crinc run`, and lists them', () => {
@@ -80,10 +63,7 @@ describe('checkpoint a running job, kill it, restore it --at a time', () => {
     expect(r.pid).not.toBe(jobPid);
 
     // The restored log ends where the 2nd checkpoint was; new ticks follow it.
-    await waitFor(() => ticks(sb.jobLog('counter')).some((t) => t.at > killedAt), 'the restored job to tick');
-    const log = ticks(sb.jobLog('counter'));
-    const resumedAt = log.findIndex((t) => t.at > killedAt);
-    const lastSaved = log[resumedAt - 1]!.tick;
+    const { log, resumedAt, lastSaved } = await resumedLog(sb, 'counter', killedAt);
     expect(lastSaved).toBeGreaterThanOrEqual(second.before);
     expect(lastSaved).toBeLessThanOrEqual(second.after);
     expect(lastSaved).toBeLessThan(third.before);

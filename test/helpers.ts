@@ -2,7 +2,8 @@
 // `npm test`'s set-up), real CRIU and real processes.
 import Database from 'better-sqlite3';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { expect } from 'vitest';
@@ -59,23 +60,37 @@ export interface CheckpointJson {
   note: string | null;
 }
 
-/** A temporary store (root-only, like a real one) and the processes a test started in it. */
+/**
+ * A temporary store (root-only, like a real one) and the processes a test started in it:
+ * a directory, or, given an s3:// URL, that store with its local cache in the sandbox.
+ */
 export class Sandbox {
   readonly dir = mkdtempSync('/tmp/crinc-test-');
-  readonly store = join(this.dir, 'store');
+  /** What CRINC_STORE names. */
+  readonly store: string;
+  /** Where the index, the job logs and the locks are: the store directory, or the S3 store's cache (CRINC_CACHE). */
+  readonly local: string;
+  /** What every crinc of this sandbox gets in its environment besides CRINC_STORE. */
+  readonly env: NodeJS.ProcessEnv;
   private readonly children: ChildProcess[] = [];
   private readonly pids = new Set<number>();
 
+  constructor(s3Url?: string) {
+    this.store = s3Url ?? join(this.dir, 'store');
+    this.local = s3Url ? join(this.dir, 'cache') : this.store;
+    this.env = s3Url ? { CRINC_CACHE: this.local } : {};
+  }
+
   cli(args: string[], env: NodeJS.ProcessEnv = {}): CliResult {
-    return crinc(this.store, args, env);
+    return crinc(this.store, args, { ...this.env, ...env });
   }
 
   ok(args: string[], env: NodeJS.ProcessEnv = {}): string {
-    return crincOk(this.store, args, env);
+    return crincOk(this.store, args, { ...this.env, ...env });
   }
 
   json<T>(args: string[], env: NodeJS.ProcessEnv = {}): T {
-    return crincJson<T>(this.store, args, env);
+    return crincJson<T>(this.store, args, { ...this.env, ...env });
   }
 
   /** `crinc run` in the background; resolves once the job is registered. */
@@ -88,7 +103,7 @@ export class Sandbox {
   ): Promise<{ controller: ChildProcess; pid: number; output: () => string }> {
     let output = '';
     const controller = spawn(process.execPath, [CLI, 'run', '--job', job, ...extra, '--', ...cmd], {
-      env: { ...process.env, CRINC_STORE: this.store, ...env },
+      env: { ...process.env, CRINC_STORE: this.store, ...this.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     controller.stdout!.on('data', (d: Buffer) => (output += d.toString()));
@@ -96,7 +111,7 @@ export class Sandbox {
     this.children.push(controller);
     if (!waitRunning) return { controller, pid: 0, output: () => output };
     const pid = await waitFor(() => {
-      if (!existsSync(join(this.store, 'index.sqlite'))) return undefined;
+      if (!existsSync(join(this.local, 'index.sqlite'))) return undefined;
       const r = this.cli(['jobs', '--json']);
       if (r.code !== 0) return undefined;
       const j = (JSON.parse(r.stdout) as JobInfo[]).find((x) => x.job === job && x.state === 'running');
@@ -116,7 +131,7 @@ export class Sandbox {
   }
 
   jobLog(job: string, stream: 'stdout' | 'stderr' = 'stdout'): string {
-    return readFileSync(join(this.store, 'jobs', job, `${stream}.log`), 'utf8');
+    return readFileSync(join(this.local, 'jobs', job, `${stream}.log`), 'utf8');
   }
 
   jobPid(job: string): number {
@@ -219,4 +234,44 @@ export function expectOneHistory(log: string, total: number): { after: number; m
   let pause = { after: 0, ms: 0 };
   for (let i = 1; i < t.length; i++) if (t[i]!.at - t[i - 1]!.at > pause.ms) pause = { after: t[i - 1]!.tick, ms: t[i]!.at - t[i - 1]!.at };
   return pause;
+}
+
+/** A checkpoint and the counter job's tick just before and just after it. */
+export interface CheckpointAround {
+  before: number;
+  after: number;
+  cp: CheckpointJson;
+}
+
+/** n checkpoints of a ticking counter job, gapMs apart, each with the ticks around it. */
+export async function checkpointsAround(sb: Sandbox, job: string, n: number, env: NodeJS.ProcessEnv = {}, gapMs = 1200): Promise<CheckpointAround[]> {
+  const around: CheckpointAround[] = [];
+  for (let i = 0; i < n; i++) {
+    const before = lastTick(sb.jobLog(job));
+    const cp = sb.json<CheckpointJson>(['checkpoint', job], env);
+    const after = lastTick(sb.jobLog(job));
+    around.push({ before, after, cp });
+    await sleep(gapMs);
+  }
+  return around;
+}
+
+/**
+ * Waits for a restored counter job to tick after `since`; returns its log and where the
+ * restored process took over: the last tick saved by the checkpoint, then the new ones.
+ */
+export async function resumedLog(sb: Sandbox, job: string, since: number): Promise<{ log: { tick: number; at: number }[]; resumedAt: number; lastSaved: number }> {
+  await waitFor(() => ticks(sb.jobLog(job)).some((t) => t.at > since), 'the restored job to tick');
+  const log = ticks(sb.jobLog(job));
+  const resumedAt = log.findIndex((t) => t.at > since);
+  return { log, resumedAt, lastSaved: log[resumedAt - 1]!.tick };
+}
+
+/** sha256 of each regular file directly in dir. */
+export function sha256Dir(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    if (e.isFile()) out[e.name] = createHash('sha256').update(readFileSync(join(dir, e.name))).digest('hex');
+  }
+  return out;
 }

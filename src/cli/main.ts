@@ -17,6 +17,7 @@ import { runJob, type StopRequest } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
 import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
 import { type CheckpointRecord, Repository } from '../store/repository.js';
+import { DEFAULT_CACHE_ROOT, isS3Url, openS3Store } from '../store/s3.js';
 import { formatBytes, formatCheckpoint, printStatus, printTable } from './format.js';
 
 export const DEFAULT_STORE = '/var/lib/crinc';
@@ -34,21 +35,36 @@ export const EXIT_CHECKPOINTED = 75;
 /** The shell's convention for a job killed by a signal: 128 + its number. */
 const SIGNALED_EXIT_BASE = 128;
 
-function storeDir(opt: string | undefined): string {
-  return resolve(opt ?? process.env.CRINC_STORE ?? DEFAULT_STORE);
-}
 
 function requireRoot(): void {
   if (process.getuid?.() !== 0) throw new NotRootError();
 }
 
-function openStore(opt: string | undefined, create = false): Repository {
+interface StoreOptions {
+  store?: string;
+  cache?: string;
+}
+
+/** A store directory, or an S3 store (s3://bucket/prefix) with its local index in the cache. */
+async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   requireRoot();
-  return Repository.open(storeDir(opt), { create });
+  const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
+  if (!isS3Url(spec)) {
+    if (o.cache !== undefined) throw new InvalidArgumentError(`--cache is for s3:// stores; the store directory ${spec} keeps its own index`);
+    return Repository.open(resolve(spec), { create });
+  }
+  const cache = o.cache ?? process.env.CRINC_CACHE;
+  return openS3Store(spec, {
+    create,
+    cacheDir: cache === undefined ? undefined : resolve(cache),
+    onWarning: (m) => console.error(`crinc: warning: ${m}`),
+  });
 }
 
 const storeOption = () =>
-  new Option('--store <dir>', `store directory (default: $CRINC_STORE or ${DEFAULT_STORE})`);
+  new Option('--store <dir|s3-url>', `store directory, or s3://BUCKET/PREFIX for a store in S3 (default: $CRINC_STORE or ${DEFAULT_STORE})`);
+const cacheOption = () =>
+  new Option('--cache <dir>', `with an s3:// store: directory of its local index, job logs and locks (default: $CRINC_CACHE or ${DEFAULT_CACHE_ROOT}/<hash of the URL>)`);
 
 function durationArg(v: string): number {
   try {
@@ -78,16 +94,18 @@ export function buildProgram(): Command {
     .option('--fresh', 'start CMD anew even when the job has checkpoints (they stay in the store)')
     .option('--no-tracking', 'no dirty tracking: every checkpoint reads and hashes all pages')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .argument('<cmd...>', 'the command and its arguments (put them after --)')
     .addHelpText('after', `
 Examples:
   crinc run --job sim --interval 10m -- ./simulate --steps 1000000
   crinc run --job web --interval 30s --kill-on-exit -- python3 -m http.server
   crinc run --job sim --fresh -- ./simulate --steps 1000000    (ignore sim's checkpoints)
+  crinc run --store s3://checkpoints/sim --job sim -- ./simulate    (store in S3: see AWS_* variables)
 
 When the job has a checkpoint, crinc run resumes it from the newest one instead of
 starting CMD (same command required; --fresh starts anew). It says which on stdout.
-The job's stdout and stderr go to <store>/jobs/<job>/{stdout,stderr}.log.
+The job's stdout and stderr go to <store>/jobs/<job>/{stdout,stderr}.log (an S3 store: <cache>/jobs/…).
 
 Signals:
   SIGTERM, SIGUSR1  final checkpoint, then the job is killed; exit code ${EXIT_CHECKPOINTED}
@@ -99,7 +117,7 @@ Exit codes:
   job's own  the job ended by itself: its exit code, or 128+N when signal N killed it
   0          stopped by Ctrl-C
   1          crinc failed (the message says why; e.g. resume or final checkpoint failed)`)
-    .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; fresh?: boolean; tracking: boolean; store?: string }) => {
+    .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; fresh?: boolean; tracking: boolean; store?: string; cache?: string }) => {
       const abort = new AbortController();
       // Installed first, so that no early signal is lost. The first request wins; later
       // signals (a scheduler repeats SIGTERM) are ignored.
@@ -109,7 +127,7 @@ Exit codes:
       process.on('SIGINT', requestStop('leave-running'));
       process.on('SIGTERM', requestStop('checkpoint-and-stop'));
       process.on('SIGUSR1', requestStop('checkpoint-and-stop'));
-      const repo = openStore(o.store, true);
+      const repo = await openStore(o, true);
       criuVersion();
       const codecs = await openCodecs(repo);
       const job = o.job ?? cmd[0]!.split('/').pop()!.replace(/[^A-Za-z0-9._-]/g, '_');
@@ -156,9 +174,10 @@ Exit codes:
     .argument('<job>', 'job name')
     .option('--json', 'print the checkpoint as JSON')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .addHelpText('after', '\nExample:\n  crinc checkpoint sim')
-    .action(async (job: string, o: { json?: boolean; store?: string }) => {
-      const repo = openStore(o.store);
+    .action(async (job: string, o: { json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       criuVersion();
       repo.requireJob(job);
       const keepImagesDir = process.env[KEEP_IMAGES_ENV] ? resolve(process.env[KEEP_IMAGES_ENV]) : undefined;
@@ -176,9 +195,10 @@ Exit codes:
     .argument('[job]', 'only this job')
     .option('--json', 'print a JSON array')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc list\n  crinc list sim --json')
-    .action((job: string | undefined, o: { json?: boolean; store?: string }) => {
-      const repo = openStore(o.store);
+    .action(async (job: string | undefined, o: { json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       if (job) repo.requireJob(job);
       const cps = repo.listCheckpoints(job);
       if (o.json) {
@@ -207,14 +227,16 @@ Exit codes:
     .addOption(new Option('--id <id>', 'this checkpoint id (see crinc list)').argParser(intArg))
     .option('--json', 'print {"pid":…, "checkpoint":…} as JSON')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .addHelpText('after', `
 Examples:
   crinc restore sim                      the newest checkpoint
   crinc restore sim --at "10m ago"
   crinc restore sim --at 2026-11-28T14:00:00Z
-  crinc restore sim --id 42`)
-    .action(async (job: string, o: { at?: string; id?: number; json?: boolean; store?: string }) => {
-      const repo = openStore(o.store);
+  crinc restore sim --id 42
+  crinc restore sim --store s3://checkpoints/sim    on any node that reaches the bucket`)
+    .action(async (job: string, o: { at?: string; id?: number; json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       let target: RestoreTarget;
       if (o.id !== undefined) target = { id: o.id };
       else target = { at: parseTimeSpec(o.at ?? 'now') };
@@ -237,9 +259,10 @@ Examples:
     .argument('<job>', 'job name')
     .option('--json', 'print JSON')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .addHelpText('after', '\nExample:\n  crinc status sim --json')
-    .action(async (job: string, o: { json?: boolean; store?: string }) => {
-      const repo = openStore(o.store);
+    .action(async (job: string, o: { json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       repo.requireJob(job);
       const status =
         ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'status' })) as JobStatus | undefined) ??
@@ -254,8 +277,9 @@ Examples:
     .description('list known jobs, their process and last checkpoint')
     .option('--json', 'print a JSON array')
     .addOption(storeOption())
-    .action((o: { json?: boolean; store?: string }) => {
-      const repo = openStore(o.store);
+    .addOption(cacheOption())
+    .action(async (o: { json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       const rows = repo.listJobs().map((j) => {
         const last = repo.latestCheckpoint(j.name);
         const running = j.pid !== null && isRunning(j.pid);
@@ -285,9 +309,10 @@ Examples:
     .addOption(new Option('--id <id>', 'checkpoint id, also of a pre-restore snapshot (see crinc list)').argParser(intArg))
     .requiredOption('--to <dir>', 'directory to write into (created; must be empty)')
     .addOption(storeOption())
+    .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc export sim --id 42 --to /tmp/sim-42 && criu restore -D /tmp/sim-42 -d\n  crinc export sim --id 43 --to /tmp/before-restore    (a pre-restore snapshot: files only)')
-    .action(async (job: string, o: { at?: string; id?: number; to: string; store?: string }) => {
-      const repo = openStore(o.store);
+    .action(async (job: string, o: { at?: string; id?: number; to: string; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
       const cp = o.id !== undefined ? repo.getCheckpoint(o.id) : resolveCheckpoint(repo, job, { at: parseTimeSpec(o.at ?? 'now') });
       if (cp.job !== job) throw new NoCheckpointError(`checkpoint ${cp.id} belongs to job "${cp.job}", not "${job}"`);
       const codecs = await openCodecs(repo);

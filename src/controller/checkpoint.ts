@@ -17,7 +17,7 @@ import { isRunning } from './procfs.js';
 export const STAGING_ROOT = '/dev/shm';
 
 export function makeStaging(kind: string): string {
-  const dir = mkdtempSync(join(STAGING_ROOT, `crinc-${kind}-`));
+  const dir = mkdtempSync(join(STAGING_ROOT, `crinc-${kind}-${process.pid}-`));
   return dir; // mkdtemp creates it 0700
 }
 
@@ -44,7 +44,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     mkdirSync(workDir, { mode: 0o700 });
 
     const previous = repo.latestCheckpoint(jobName);
-    const previousManifests = previous ? repo.checkpointFiles(previous.id, codecs.chunks) : [];
+    const previousManifests = previous ? await repo.checkpointFiles(previous.id, codecs.chunks) : [];
     // Most chunks of this checkpoint are the previous one's: known without a query.
     for (const f of previousManifests) repo.rememberKnown(f.ids);
     const previousFiles = new Map<string, FileManifest>(previousManifests.filter((f) => f.role === 'job-file').map((f) => [f.path, f]));
@@ -118,7 +118,7 @@ async function commitImages(repo: Repository, codecs: Codecs, input: CommitInput
   }
   const notes = frozen?.notes ?? [];
   if (input.verify && frozen) notes.push('verified: every page hashed, clean pages checked');
-  const checkpoint = repo.commitCheckpoint(
+  const checkpoint = await repo.commitCheckpoint(
     {
       job: jobName,
       kind: 'checkpoint',

@@ -15,6 +15,8 @@ import type { Codecs } from './codecs.js';
 const PACK_SPAN_BYTES = 4 * 1024 * 1024;
 /** Two chunks are read in one span when the bytes between them are at most this. */
 const PACK_SPAN_GAP_BYTES = 64 * 1024;
+/** Spans read ahead of the one being decoded (ranged GETs in flight on an S3 store). */
+const PACK_SPANS_AHEAD = 4;
 /** Output is gathered into writes of this size. */
 const WRITE_BUFFER_BYTES = 4 * 1024 * 1024;
 
@@ -91,18 +93,55 @@ export async function materializeFile(repo: Repository, manifest: FileManifest, 
       }
       pool.release(batch);
     };
-    let k = 0;
-    while (k < blocks.length) {
-      const batch = await pool.acquire();
-      const taken: number[] = [];
-      // Fill the batch with the next blocks in file order, reading neighbouring chunks together.
-      while (k < blocks.length && batch.freeChunks > 0 && batch.freeBytes >= where.storedLength[k]!) {
-        k = readSpan(repo, where, ids, k, batch, taken);
-      }
-      if (taken.length === 0) throw new Error(`chunk of ${where.storedLength[k]} bytes does not fit a codec batch`);
+    // Spans are read ahead of decoding: on an S3 store each is a ranged GET, and several
+    // in flight hide the round trips. Each span's chunks are copied into batches in order.
+    const spans = planSpans(where);
+    const reads = new Map<number, Promise<number>>();
+    if (spanBuffersInUse) throw new Error('materializeFile runs one file at a time: its span buffers are shared');
+    spanBuffersInUse = true;
+    const startRead = (s: number) => {
+      const span = spans[s];
+      if (span) reads.set(s, repo.readPackInto(span.pack, span.start, spanBuffer(s, span.bytes)));
+    };
+    let batch: ChunkBatch | undefined;
+    let taken: number[] = [];
+    const submit = async () => {
+      if (!batch) return;
       inFlight.push({ batch: pool.decodeAndVerify(batch), blocks: taken });
+      batch = undefined;
+      taken = [];
       // Keep one batch free for filling, or acquire() would wait on our own results.
       while (inFlight.length >= pool.batchCount - 1) await finish(inFlight.shift()!);
+    };
+    try {
+      for (let s = 0; s < PACK_SPANS_AHEAD; s++) startRead(s);
+      for (let s = 0; s < spans.length; s++) {
+        const span = spans[s]!;
+        const got = await reads.get(s)!;
+        reads.delete(s);
+        const data = spanBuffer(s, span.bytes);
+        for (let i = span.first; i < span.end; i++) {
+          const id = ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
+          const from = where.offset[i]! - span.start;
+          const len = where.storedLength[i]!;
+          if (from + len > got) throw new ChunkCorruptError(idHex(id), span.pack, `pack is ${from + len - got} bytes short`);
+          if (batch && (batch.freeChunks === 0 || batch.freeBytes < len)) await submit();
+          if (!batch) {
+            batch = await pool.acquire();
+            if (batch.freeBytes < len) throw new Error(`chunk of ${len} bytes does not fit a codec batch`);
+          }
+          batch.addStoredCopy(id, data.subarray(from, from + len), where.rawLength[i]!, where.compression[i] as ChunkCompression);
+          taken.push(i);
+        }
+        // Its chunks are copied out: the buffer takes the span PACK_SPANS_AHEAD further on.
+        startRead(s + PACK_SPANS_AHEAD);
+      }
+      await submit();
+    } finally {
+      if (batch) pool.release(batch);
+      // No read may still write into the shared buffers once this file is done or failed.
+      for (const r of reads.values()) await r.catch(() => undefined);
+      spanBuffersInUse = false;
     }
     while (inFlight.length > 0) await finish(inFlight.shift()!);
     out.flush();
@@ -115,51 +154,48 @@ export async function materializeFile(repo: Repository, manifest: FileManifest, 
   }
 }
 
-/**
- * Reads chunk k and its successors in the same pack while they lie close together and
- * fit the batch; adds them to the batch. Returns the index after the last one taken.
- */
-function readSpan(repo: Repository, where: ChunkLocations, ids: Uint8Array, k: number, batch: ChunkBatch, taken: number[]): number {
-  const pack = where.pack[k]!;
-  const start = where.offset[k]!;
-  let end = k + 1;
-  let spanBytes = where.storedLength[k]!;
-  let room = batch.freeBytes - where.storedLength[k]!;
-  let chunksRoom = batch.freeChunks - 1;
-  while (end < where.offset.length && chunksRoom > 0 && where.pack[end] === pack) {
-    const prevEnd = where.offset[end - 1]! + where.storedLength[end - 1]!;
-    const gap = where.offset[end]! - prevEnd;
-    const len = where.storedLength[end]!;
-    if (gap < 0 || gap > PACK_SPAN_GAP_BYTES || len > room || where.offset[end]! + len - start > PACK_SPAN_BYTES) break;
-    spanBytes = where.offset[end]! + len - start;
-    room -= len;
-    chunksRoom--;
-    end++;
-  }
-  const span = spanBuffer(spanBytes);
-  const got = repo.readPackInto(pack, start, span);
-  for (let i = k; i < end; i++) {
-    const id = ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES);
-    const from = where.offset[i]! - start;
-    const len = where.storedLength[i]!;
-    if (from + len > got) {
-      throw new ChunkCorruptError(idHex(id), pack, `pack is ${from + len - got} bytes short`);
-    }
-    batch.addStoredCopy(id, span.subarray(from, from + len), where.rawLength[i]!, where.compression[i] as ChunkCompression);
-    taken.push(i);
-  }
-  return end;
+/** Neighbouring chunks of one pack, read together. */
+interface Span {
+  pack: string;
+  start: number;
+  bytes: number;
+  /** The chunks [first, end) of the located list. */
+  first: number;
+  end: number;
 }
 
-let spanScratch: Buffer | undefined;
+/** Cuts the located chunks, in file order, into spans of their packs: close together, at most PACK_SPAN_BYTES. */
+function planSpans(where: ChunkLocations): Span[] {
+  const spans: Span[] = [];
+  const n = where.offset.length;
+  for (let k = 0; k < n; ) {
+    const pack = where.pack[k]!;
+    const start = where.offset[k]!;
+    let end = k + 1;
+    while (end < n && where.pack[end] === pack) {
+      const gap = where.offset[end]! - (where.offset[end - 1]! + where.storedLength[end - 1]!);
+      if (gap < 0 || gap > PACK_SPAN_GAP_BYTES || where.offset[end]! + where.storedLength[end]! - start > PACK_SPAN_BYTES) break;
+      end++;
+    }
+    spans.push({ pack, start, bytes: where.offset[end - 1]! + where.storedLength[end - 1]! - start, first: k, end });
+    k = end;
+  }
+  return spans;
+}
+
+const spanBuffers: Buffer[] = [];
+let spanBuffersInUse = false;
 
 /**
- * One read buffer for all spans, kept: a fresh one per read costs a page fault per 4 KiB
- * (12–60 µs in a VM) before any byte is read. Spans are copied out before the next read.
+ * The read buffer of span s: PACK_SPANS_AHEAD of them, kept for the process, since a
+ * fresh one per read costs a page fault per 4 KiB (12–60 µs in a VM) before any byte is
+ * read. Span s + PACK_SPANS_AHEAD reuses span s's, once its chunks are copied out.
  */
-function spanBuffer(bytes: number): Buffer {
-  if (!spanScratch || spanScratch.length < bytes) spanScratch = Buffer.allocUnsafe(Math.max(bytes, PACK_SPAN_BYTES));
-  return spanScratch.subarray(0, bytes);
+function spanBuffer(s: number, bytes: number): Buffer {
+  const slot = s % PACK_SPANS_AHEAD;
+  const buf = spanBuffers[slot];
+  if (!buf || buf.length < bytes) spanBuffers[slot] = Buffer.allocUnsafe(Math.max(bytes, PACK_SPAN_BYTES));
+  return spanBuffers[slot]!.subarray(0, bytes);
 }
 
 /** A checkpoint's CRIU image directory, as CRIU wrote it. */
@@ -180,7 +216,7 @@ export class ExportTargetError extends Error {
 export async function exportCheckpoint(repo: Repository, codecs: Codecs, cp: CheckpointRecord, dir: string): Promise<{ images: number; files: number }> {
   if (existsSync(dir) && readdirSync(dir).length > 0) throw new ExportTargetError(`${dir} is not empty: export into a new or empty directory`);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const all = repo.checkpointFiles(cp.id, codecs.chunks);
+  const all = await repo.checkpointFiles(cp.id, codecs.chunks);
   const images = all.filter((f) => f.role === 'image');
   await materializeImages(repo, images, codecs, dir);
   const jobFiles = all.filter((f) => f.role === 'job-file');

@@ -49,6 +49,8 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
   const checkpoint = resolveCheckpoint(repo, jobName, target);
   const lock = repo.lockJob(jobName, `restore of checkpoint ${checkpoint.id}`);
   const staging = makeStaging('restore');
+  // The job's logs live there; a fresh cache of an S3 store does not have it yet.
+  mkdirSync(repo.jobDir(jobName), { recursive: true, mode: 0o700 });
   try {
     const imagesDir = join(staging, 'images');
     const workDir = join(staging, 'work');
@@ -57,7 +59,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     for (const d of [workDir, wantedDir, currentDir]) mkdirSync(d, { mode: 0o700 });
 
     // 1. Materialize and verify: images, then the files that differ from the checkpoint.
-    const files = repo.checkpointFiles(checkpoint.id, codecs.chunks);
+    const files = await repo.checkpointFiles(checkpoint.id, codecs.chunks);
     await materializeImages(repo, files.filter((f) => f.role === 'image'), codecs, imagesDir);
     const changed: { manifest: FileManifest; wanted: string; current: string | null; facts: FileFacts | null }[] = [];
     for (const [i, m] of files.filter((f) => f.role === 'job-file').entries()) {
@@ -88,7 +90,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
         ids: ingest.blocks(current!, FILE_BLOCK_BYTES),
         ...facts!,
       }));
-      preRestore = repo.commitCheckpoint(
+      preRestore = await repo.commitCheckpoint(
         {
           job: jobName,
           kind: 'pre-restore',

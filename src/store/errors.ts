@@ -62,3 +62,13 @@ export class InvalidJobNameError extends StoreError {
     super(`invalid job name "${job}": use 1–64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
   }
 }
+
+/** A remote (S3) store could not be used: unreachable, no bucket, a damaged object. */
+export class S3StoreError extends StoreError {
+  override name = 'S3StoreError';
+}
+
+/** The S3 service refused the credentials, or none were found. */
+export class S3AccessError extends S3StoreError {
+  override name = 'S3AccessError';
+}

@@ -172,12 +172,6 @@ export class PackReader {
 
   constructor(private readonly storeDir: string) {}
 
-  read(pack: string, offset: number, length: number): Buffer {
-    const out = Buffer.allocUnsafe(length);
-    const done = this.readInto(pack, offset, out);
-    return done === length ? out : out.subarray(0, done);
-  }
-
   /** Reads into target from offset; returns the bytes read (fewer only at the pack's end). */
   readInto(pack: string, offset: number, target: Uint8Array): number {
     let fd = this.fds.get(pack);
@@ -192,6 +186,13 @@ export class PackReader {
       done += n;
     }
     return done;
+  }
+
+  /** Closes the pack's file, if open: it is about to be deleted. */
+  forget(pack: string): void {
+    const fd = this.fds.get(pack);
+    if (fd !== undefined) closeSync(fd);
+    this.fds.delete(pack);
   }
 
   close(): void {

@@ -1,6 +1,7 @@
-// A crinc store on a local filesystem: the SQLite index, the pack files, the per-job
-// locks. Everything a checkpoint adds becomes visible in one SQLite transaction, after
-// its packs are on disk (docs/FORMAT.md, "Commit").
+// A crinc store: the SQLite index, the packs (through a StoreBackend: files in the
+// store's directory, or objects in S3), the per-job locks. Everything a checkpoint adds
+// becomes visible in one SQLite transaction, after its packs are durable and, for a
+// remote store, after its commit object is written (docs/FORMAT.md, "Commit").
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -29,7 +30,8 @@ import {
 } from './errors.js';
 import { SECRET_BYTES } from '../codec/limits.js';
 import { IdSet } from './id-set.js';
-import { PackReader, PackWriter } from './pack.js';
+import { type CommitRecord, LocalBackend, type StoreBackend } from './backend.js';
+import { PackedChunks, PackWriter } from './pack.js';
 import { SCHEMA_V1 } from './schema.js';
 
 /** Ids per lookup query: below SQLite's default limit of 32766 bound parameters, large enough to amortize a query. */
@@ -147,15 +149,38 @@ interface ChunkRow {
 
 export interface OpenOptions {
   create: boolean;
+  /** Where packs and commits live; default: files in the store directory. */
+  backend?: StoreBackend;
+  /** A cache of a remote store: its identity, taken at creation and checked on every open. */
+  identity?: StoreIdentity;
+}
+
+export interface StoreIdentity {
+  storeId: string;
+  secret: Uint8Array;
+  createdAt: string;
+}
+
+/** A pack of a remote store and its chunks, for the local index. */
+export interface RemotePack {
+  name: string;
+  bytes: number;
+  chunks: PackedChunks;
+}
+
+/** A commit of a remote store, for the local index. */
+export interface RemoteCheckpoint {
+  id: number;
+  record: CommitRecord;
 }
 
 export class Repository {
   readonly secret: Uint8Array;
   private readonly db: Database.Database;
-  private readonly packReader: PackReader;
+  private readonly backend: StoreBackend;
   private readonly hasChunkStmt: Database.Statement;
   /** Ids known to be in the index: lookups of them need no query. */
-  private readonly known = new IdSet();
+  private known = new IdSet();
   /** The cache holds every id of the index (as of preloadKnown, plus our own commits). */
   private knownComplete = false;
   private readonly statements = new Map<string, Database.Statement>();
@@ -164,14 +189,15 @@ export class Repository {
   private constructor(
     readonly dir: string,
     isNew: boolean,
+    options: OpenOptions,
   ) {
     this.db = new Database(join(dir, INDEX_FILE));
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 30000');
-    this.packReader = new PackReader(dir);
-    this.ensureSchema(isNew);
+    this.backend = options.backend ?? new LocalBackend(dir);
+    this.ensureSchema(isNew, options.identity);
     const secret = this.db.prepare(`SELECT value FROM meta WHERE key = 'secret'`).pluck().get() as Buffer | undefined;
     if (!secret || secret.length !== SECRET_BYTES) throw new StoreFormatError(`${dir}: the store's secret is missing or damaged`);
     this.secret = new Uint8Array(secret);
@@ -191,17 +217,17 @@ export class Repository {
     checkStoreDirectory(dir);
     // Created 0600 before SQLite opens it: its -wal and -shm files take the same mode.
     if (isNew) closeSync(openSync(index, 'a', 0o600));
-    const repo = new Repository(dir, isNew);
+    const repo = new Repository(dir, isNew, options);
     for (const sub of [PACKS_DIR, JOBS_DIR, LOCKS_DIR]) mkdirSync(join(dir, sub), { recursive: true, mode: 0o700 });
     return repo;
   }
 
   close(): void {
-    this.packReader.close();
+    this.backend.close();
     this.db.close();
   }
 
-  private ensureSchema(isNew: boolean): void {
+  private ensureSchema(isNew: boolean, identity: StoreIdentity | undefined): void {
     const hasMeta = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'`).get();
     if (!hasMeta && !isNew) throw new StoreFormatError(`${this.dir}/${INDEX_FILE} is not a crinc index (no meta table)`);
     if (!hasMeta) {
@@ -209,9 +235,9 @@ export class Repository {
         this.db.exec(SCHEMA_V1);
         const ins = this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)');
         ins.run('format_version', String(STORE_FORMAT_VERSION));
-        ins.run('secret', randomBytes(SECRET_BYTES));
-        ins.run('store_id', randomBytes(16).toString('hex'));
-        ins.run('created_at', new Date().toISOString());
+        ins.run('secret', identity?.secret ?? randomBytes(SECRET_BYTES));
+        ins.run('store_id', identity?.storeId ?? randomBytes(16).toString('hex'));
+        ins.run('created_at', identity?.createdAt ?? new Date().toISOString());
       })();
       return;
     }
@@ -219,6 +245,13 @@ export class Repository {
     if (version !== STORE_FORMAT_VERSION) {
       throw new StoreFormatError(
         `${this.dir} has store format ${version}; this crinc reads format ${STORE_FORMAT_VERSION}. Use the crinc release that wrote it.`,
+      );
+    }
+    const storeId = this.db.prepare(`SELECT value FROM meta WHERE key = 'store_id'`).pluck().get() as string;
+    if (identity && storeId !== identity.storeId) {
+      throw new StoreFormatError(
+        `${this.dir} caches store ${storeId}, but ${this.backend.location} is store ${identity.storeId} (recreated?). ` +
+          `The cache holds nothing that is not in the bucket: delete ${this.dir}, or choose another --cache.`,
       );
     }
   }
@@ -391,8 +424,8 @@ export class Repository {
     return out;
   }
 
-  readPackInto(pack: string, offset: number, target: Uint8Array): number {
-    return this.packReader.readInto(pack, offset, target);
+  readPackInto(pack: string, offset: number, target: Uint8Array): Promise<number> {
+    return this.backend.readPackInto(pack, offset, target);
   }
 
   private lookupStmt(n: number): Database.Statement {
@@ -410,12 +443,13 @@ export class Repository {
   }
 
   /** Reads a chunk, decompresses it and checks it against its id. */
-  readChunk(id: Uint8Array, codec: ChunkCodec): Uint8Array {
+  async readChunk(id: Uint8Array, codec: ChunkCodec): Promise<Uint8Array> {
     const row = this.chunkStmt.get(id) as ChunkRow | undefined;
     if (!row) throw new ChunkMissingError(idHex(id));
-    const stored = this.packReader.read(row.pack, row.offset, row.stored_length);
-    if (stored.length !== row.stored_length) {
-      throw new ChunkCorruptError(idHex(id), row.pack, `pack is ${row.stored_length - stored.length} bytes short`);
+    const stored = Buffer.allocUnsafe(row.stored_length);
+    const got = await this.backend.readPackInto(row.pack, row.offset, stored);
+    if (got !== row.stored_length) {
+      throw new ChunkCorruptError(idHex(id), row.pack, `pack is ${row.stored_length - got} bytes short`);
     }
     let raw: Uint8Array;
     if (row.compression === Compression.Lz4) {
@@ -441,62 +475,48 @@ export class Repository {
   // ---- checkpoints ------------------------------------------------------------------
 
   /**
-   * Makes a checkpoint visible: the writer's packs are finished (fsynced) first, then
-   * its chunks, the checkpoint and its file manifests go in as one transaction.
+   * Makes a checkpoint visible: the writer's packs are finished (fsynced) and stored
+   * first, then a remote store writes its commit object, then its chunks, the checkpoint
+   * and its file manifests go into the index as one transaction.
    */
-  commitCheckpoint(
+  async commitCheckpoint(
     meta: Omit<CheckpointRecord, 'id' | 'storedBytes'>,
     files: FileManifest[],
     writer: ChunkWriter,
-  ): CheckpointRecord {
+  ): Promise<CheckpointRecord> {
     let stored: { f: FileManifest; manifest: { data: Buffer; indirect: boolean } }[];
     let packs: PackWriter[];
+    let remoteId: number | undefined;
     try {
       stored = files.map((f) => ({ f, manifest: writer.storeManifest(f.ids) }));
       packs = writer.finish();
+      await this.backend.storePacks(packs);
+      const { job: jobName, ...checkpoint } = meta;
+      const job = this.requireJob(jobName);
+      remoteId = await this.backend.commit(
+        {
+          job: { name: job.name, command: job.command, cwd: job.cwd, createdAt: job.createdAt },
+          checkpoint: { ...checkpoint, storedBytes: writer.storedBytes },
+          packs: packs.map((p) => p.name),
+          files: stored.map(({ f, manifest }) => ({
+            role: f.role, path: f.path, size: f.size, mode: f.mode, uid: f.uid, gid: f.gid, blockBytes: f.blockBytes,
+            manifest: manifest.data, indirect: manifest.indirect, identity: f.identity,
+          })),
+        },
+        this.firstFreeCheckpointId(),
+      );
     } catch (e) {
       writer.abandon();
       throw e;
     }
-    const insPack = this.db.prepare('INSERT INTO packs (name, bytes, created_at) VALUES (?, ?, ?)');
-    const insChunks = (rows: number) =>
-      this.statement(
-        'INSERT OR IGNORE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES ' +
-          Array.from({ length: rows }, () => '(?, ?, ?, ?, ?, ?)').join(', '),
-      );
-    const params = new Array<unknown>(COMMIT_ROWS_PER_INSERT * CHUNK_COLUMNS);
-    const insCheckpoint = this.db.prepare(
-      `INSERT INTO checkpoints (job, kind, taken_at, mode, root_pid, image_bytes, stored_bytes, pages_total, pages_hashed,
-         pages_clean, duration_ms, freeze_ms, note)
-       VALUES (@job, @kind, @takenAt, @mode, @rootPid, @imageBytes, @storedBytes, @pagesTotal, @pagesHashed,
-         @pagesClean, @durationMs, @freezeMs, @note)`,
-    );
-    const insFile = this.db.prepare(
-      `INSERT INTO files (checkpoint, role, path, size, mode, uid, gid, block_bytes, manifest, manifest_indirect, identity)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-    );
+    const insCheckpoint = this.insertCheckpointStmt();
+    const insFile = this.insertFileStmt();
     const now = Date.now();
     const commit = this.db.transaction(() => {
-      for (const pack of packs) {
-        const packId = insPack.run(pack.name, pack.bytes, now).lastInsertRowid;
-        const c = pack.chunks;
-        for (let first = 0; first < c.count; first += COMMIT_ROWS_PER_INSERT) {
-          const rows = Math.min(COMMIT_ROWS_PER_INSERT, c.count - first);
-          params.length = rows * CHUNK_COLUMNS;
-          for (let r = 0; r < rows; r++) {
-            const i = first + r;
-            const at = r * CHUNK_COLUMNS;
-            params[at] = c.id(i);
-            params[at + 1] = packId;
-            params[at + 2] = c.offsets[i];
-            params[at + 3] = c.storedLengths[i];
-            params[at + 4] = c.rawLengths[i];
-            params[at + 5] = c.compressions[i];
-          }
-          insChunks(rows).run(params);
-        }
-      }
-      const checkpointId = Number(insCheckpoint.run({ ...meta, storedBytes: writer.storedBytes }).lastInsertRowid);
+      for (const pack of packs) this.insertPack(pack.name, pack.bytes, pack.chunks, now);
+      // A catch-up of a remote store (another crinc process) may have brought it in already.
+      if (remoteId !== undefined && this.db.prepare('SELECT 1 FROM checkpoints WHERE id = ?').get(remoteId)) return remoteId;
+      const checkpointId = Number(insCheckpoint.run({ ...meta, id: remoteId ?? null, storedBytes: writer.storedBytes }).lastInsertRowid);
       for (const { f, manifest } of stored) {
         insFile.run(checkpointId, f.role, f.path, f.size, f.mode, f.uid, f.gid, f.blockBytes, manifest.data, manifest.indirect ? 1 : 0, f.identity);
       }
@@ -506,11 +526,66 @@ export class Repository {
     try {
       id = commit();
     } catch (e) {
-      writer.abandon();
+      // After a remote commit point the checkpoint exists: the next open brings it into the index.
+      if (remoteId === undefined) writer.abandon();
       throw e;
     }
+    this.backend.committed(packs);
     for (const pack of packs) for (let i = 0; i < pack.chunks.count; i++) this.known.add(pack.chunks.ids, i * CHUNK_ID_BYTES);
     return this.getCheckpoint(id);
+  }
+
+  /** Indexes a pack and its chunks; a pack indexed already (by a remote catch-up) is left as it is. */
+  private insertPack(name: string, bytes: number, chunks: PackedChunks, now: number): void {
+    const added = this.statement('INSERT OR IGNORE INTO packs (name, bytes, created_at) VALUES (?, ?, ?)').run(name, bytes, now);
+    if (added.changes === 0) return;
+    const params = new Array<unknown>(COMMIT_ROWS_PER_INSERT * CHUNK_COLUMNS);
+    for (let first = 0; first < chunks.count; first += COMMIT_ROWS_PER_INSERT) {
+      const rows = Math.min(COMMIT_ROWS_PER_INSERT, chunks.count - first);
+      params.length = rows * CHUNK_COLUMNS;
+      for (let r = 0; r < rows; r++) {
+        const i = first + r;
+        const at = r * CHUNK_COLUMNS;
+        params[at] = chunks.id(i);
+        params[at + 1] = added.lastInsertRowid;
+        params[at + 2] = chunks.offsets[i];
+        params[at + 3] = chunks.storedLengths[i];
+        params[at + 4] = chunks.rawLengths[i];
+        params[at + 5] = chunks.compressions[i];
+      }
+      this.insertChunksStmt(rows).run(params);
+    }
+  }
+
+  /** INSERT of `rows` chunk rows in one statement. */
+  private insertChunksStmt(rows: number): Database.Statement {
+    return this.statement(
+      'INSERT OR IGNORE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES ' +
+        Array.from({ length: rows }, () => '(?, ?, ?, ?, ?, ?)').join(', '),
+    );
+  }
+
+  private insertCheckpointStmt(): Database.Statement {
+    // A null id lets SQLite number the checkpoint (AUTOINCREMENT); a remote store gives its own.
+    return this.statement(
+      `INSERT INTO checkpoints (id, job, kind, taken_at, mode, root_pid, image_bytes, stored_bytes, pages_total, pages_hashed,
+         pages_clean, duration_ms, freeze_ms, note)
+       VALUES (@id, @job, @kind, @takenAt, @mode, @rootPid, @imageBytes, @storedBytes, @pagesTotal, @pagesHashed,
+         @pagesClean, @durationMs, @freezeMs, @note)`,
+    );
+  }
+
+  private insertFileStmt(): Database.Statement {
+    return this.statement(
+      `INSERT INTO files (checkpoint, role, path, size, mode, uid, gid, block_bytes, manifest, manifest_indirect, identity)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+  }
+
+  /** Above every checkpoint id this index has used (AUTOINCREMENT's rule: ids are never reused). */
+  private firstFreeCheckpointId(): number {
+    const seq = this.db.prepare(`SELECT seq FROM sqlite_sequence WHERE name = 'checkpoints'`).pluck().get() as number | undefined;
+    return (seq ?? 0) + 1;
   }
 
   getCheckpoint(id: number): CheckpointRecord {
@@ -541,13 +616,14 @@ export class Repository {
     return row ? checkpointFromRow(row) : undefined;
   }
 
-  checkpointFiles(checkpointId: number, codec: ChunkCodec, role?: FileRole): FileManifest[] {
+  async checkpointFiles(checkpointId: number, codec: ChunkCodec, role?: FileRole): Promise<FileManifest[]> {
     const rows = (
       role
         ? this.db.prepare('SELECT * FROM files WHERE checkpoint = ? AND role = ? ORDER BY path').all(checkpointId, role)
         : this.db.prepare('SELECT * FROM files WHERE checkpoint = ? ORDER BY role, path').all(checkpointId)
     ) as Record<string, unknown>[];
-    return rows.map((r) => ({
+    // Files' indirect manifests load side by side: on an S3 store each part is a GET.
+    return Promise.all(rows.map(async (r) => ({
       role: r.role as FileRole,
       path: r.path as string,
       size: r.size as number,
@@ -555,18 +631,66 @@ export class Repository {
       uid: r.uid as number,
       gid: r.gid as number,
       blockBytes: r.block_bytes as number,
-      ids: this.loadManifest(r.manifest as Buffer, (r.manifest_indirect as number) === 1, codec),
+      ids: await this.loadManifest(r.manifest as Buffer, (r.manifest_indirect as number) === 1, codec),
       identity: (r.identity as string | null) ?? null,
-    }));
+    })));
   }
 
-  private loadManifest(data: Buffer, indirect: boolean, codec: ChunkCodec): Uint8Array {
+  private async loadManifest(data: Buffer, indirect: boolean, codec: ChunkCodec): Promise<Uint8Array> {
     if (!indirect) return new Uint8Array(data);
     const parts: Uint8Array[] = [];
     for (let i = 0; i < data.length / CHUNK_ID_BYTES; i++) {
-      parts.push(this.readChunk(data.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), codec));
+      parts.push(await this.readChunk(data.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), codec));
     }
     return new Uint8Array(Buffer.concat(parts));
+  }
+
+  // ---- the index as a cache of a remote store -----------------------------------------
+
+  /** The packs and checkpoints the index holds, to compare with the remote store's. */
+  cachedState(): { packs: Set<string>; checkpoints: Set<number> } {
+    return {
+      packs: new Set(this.db.prepare('SELECT name FROM packs').pluck().all() as string[]),
+      checkpoints: new Set(this.db.prepare('SELECT id FROM checkpoints').pluck().all() as number[]),
+    };
+  }
+
+  /**
+   * Brings the index in line with the remote store, in one transaction: packs and
+   * checkpoints gone from it (deleted elsewhere) leave the index, new ones come in. A
+   * checkpoint's job gets a row (stopped, no process) if this index has none.
+   */
+  applyRemote(change: { goneCheckpoints: number[]; gonePacks: string[]; newPacks: RemotePack[]; newCheckpoints: RemoteCheckpoint[] }): void {
+    const now = Date.now();
+    const insJob = this.db.prepare(
+      `INSERT OR IGNORE INTO jobs (name, created_at, command, cwd, pid, controller_pid, state, updated_at) VALUES (?, ?, ?, ?, NULL, NULL, 'stopped', ?)`,
+    );
+    this.db.transaction(() => {
+      for (const id of change.goneCheckpoints) {
+        this.db.prepare('DELETE FROM files WHERE checkpoint = ?').run(id);
+        this.db.prepare('DELETE FROM checkpoints WHERE id = ?').run(id);
+      }
+      for (const name of change.gonePacks) {
+        this.db.prepare('DELETE FROM chunks WHERE pack = (SELECT id FROM packs WHERE name = ?)').run(name);
+        this.db.prepare('DELETE FROM packs WHERE name = ?').run(name);
+      }
+      for (const pack of change.newPacks) this.insertPack(pack.name, pack.bytes, pack.chunks, now);
+      for (const { id, record } of change.newCheckpoints) {
+        // Committed meanwhile by this node's own writer: already indexed.
+        if (this.db.prepare('SELECT 1 FROM checkpoints WHERE id = ?').get(id)) continue;
+        const { job, checkpoint } = record;
+        insJob.run(job.name, job.createdAt, JSON.stringify(job.command), job.cwd, now);
+        this.insertCheckpointStmt().run({ ...checkpoint, id, job: job.name });
+        for (const f of record.files) {
+          this.insertFileStmt().run(id, f.role, f.path, f.size, f.mode, f.uid, f.gid, f.blockBytes, f.manifest, f.indirect ? 1 : 0, f.identity);
+        }
+      }
+    })();
+    // Ids of removed packs may be gone: the cache of known ids starts over.
+    if (change.gonePacks.length > 0) {
+      this.known = new IdSet();
+      this.knownComplete = false;
+    }
   }
 }
 

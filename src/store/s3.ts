@@ -1,0 +1,584 @@
+// A store in S3-compatible object storage (docs/FORMAT.md, "Stores on S3"): packs, their
+// chunk tables, one object per checkpoint (the commit point) and the store's identity
+// with its secret, under s3://bucket/prefix. The SQLite index is a local cache of these
+// objects, brought in line with them on every open and rebuilt when missing, so a job
+// checkpointed on one node restores on another.
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  S3ServiceException,
+  UploadPartCommand,
+} from '@aws-sdk/client-s3';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, openSync, readSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { SECRET_BYTES } from '../codec/limits.js';
+import type { CommitRecord, StoreBackend } from './backend.js';
+import { S3AccessError, S3StoreError, StoreFormatError, StoreNotFoundError } from './errors.js';
+import { CHUNK_ID_BYTES, STORE_FORMAT_VERSION } from './format.js';
+import { PackedChunks, type PackWriter, packPath } from './pack.js';
+import { type RemoteCheckpoint, type RemotePack, Repository, type StoreIdentity } from './repository.js';
+
+export const S3_URL_SCHEME = 's3://';
+/** The local index of an S3 store lives in <this>/<hash of the URL>/ unless --cache says where. */
+export const DEFAULT_CACHE_ROOT = '/var/cache/crinc';
+/** Packs larger than this are uploaded in parts of this size (S3's minimum part is 5 MiB). */
+export const S3_PART_BYTES = 8 * 1024 * 1024;
+/** Parts (or whole small packs) uploaded at once, over all packs of a commit: bounds memory to this × S3_PART_BYTES. */
+export const S3_UPLOAD_CONCURRENCY = 4;
+/** Small objects (chunk tables, checkpoint objects) fetched at once while the index catches up. */
+const S3_FETCH_CONCURRENCY = 8;
+/** A checkpoint id taken by another node meanwhile is skipped; this many in a row is an error. */
+const S3_COMMIT_ATTEMPTS = 8;
+/** Checkpoint keys are zero-padded so that their order is the ids' order. */
+const CHECKPOINT_KEY_DIGITS = 12;
+const STORE_OBJECT = 'store.json';
+const PACKS_PREFIX = 'packs/';
+const CHECKPOINTS_PREFIX = 'checkpoints/';
+const PACK_SUFFIX = '.pack';
+const PACK_INDEX_SUFFIX = '.idx';
+const PACK_INDEX_MAGIC = Buffer.from('CRINCIX1', 'ascii');
+const PACK_INDEX_HEADER_BYTES = 24; // magic(8) + format version u32 + chunk count u32 + pack bytes u64
+const PACK_INDEX_ENTRY_BYTES = 32; // id(16) + data offset u32 + stored length u32 + raw length u32 + compression u8 + reserved(3)
+const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+const PACK_NAME = /^[0-9a-f]{32}$/;
+
+// The SDK's notice that releases from 2027 on want Node 22 concerns crinc's pinned version
+// (see package.json), not its users: it would only clutter every command's stderr.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
+export interface S3Location {
+  bucket: string;
+  /** '' or a key prefix ending in '/'. */
+  prefix: string;
+  /** s3://bucket/prefix, normalized. */
+  url: string;
+}
+
+export function isS3Url(spec: string): boolean {
+  return spec.startsWith(S3_URL_SCHEME);
+}
+
+export function parseS3Url(spec: string): S3Location {
+  const rest = spec.slice(S3_URL_SCHEME.length).replace(/\/+$/, '');
+  const slash = rest.indexOf('/');
+  const bucket = slash < 0 ? rest : rest.slice(0, slash);
+  const path = slash < 0 ? '' : rest.slice(slash + 1);
+  if (!BUCKET_NAME.test(bucket)) throw new S3StoreError(`"${spec}": "${bucket}" is not a bucket name; use s3://BUCKET/PREFIX (bucket: 3–63 lowercase letters, digits, '.', '-')`);
+  if (path && path.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+    throw new S3StoreError(`"${spec}": the prefix "${path}" has an empty, "." or ".." part; use s3://BUCKET/PREFIX`);
+  }
+  return { bucket, prefix: path ? `${path}/` : '', url: `${S3_URL_SCHEME}${bucket}${path ? `/${path}` : ''}` };
+}
+
+/** Where the local index of an S3 store goes when --cache does not say. */
+export function defaultCacheDir(location: S3Location): string {
+  return join(DEFAULT_CACHE_ROOT, createHash('sha256').update(location.url).digest('hex').slice(0, 16));
+}
+
+export interface OpenS3Options {
+  create: boolean;
+  /** The local index's directory (default: defaultCacheDir). */
+  cacheDir?: string;
+  /** Told about objects of the bucket the index leaves out (a checkpoint whose pack is missing). */
+  onWarning: (message: string) => void;
+}
+
+/** Opens (or, with create, makes) the store at an s3:// URL, with its index brought up to date. */
+export async function openS3Store(spec: string, options: OpenS3Options): Promise<Repository> {
+  const location = parseS3Url(spec);
+  const backend = new S3Backend(location, options.cacheDir ?? defaultCacheDir(location));
+  let repo: Repository | undefined;
+  try {
+    const identity = await backend.identity(options.create);
+    // The cache is made whenever it is missing: it holds nothing the bucket does not.
+    repo = Repository.open(backend.cacheDir, { create: true, backend, identity });
+    for (const warning of await backend.catchUp(repo)) options.onWarning(warning);
+    return repo;
+  } catch (e) {
+    if (repo) repo.close();
+    else backend.close();
+    throw e;
+  }
+}
+
+interface ListedObject {
+  key: string;
+  size: number;
+}
+
+interface StoreObject {
+  format: number;
+  storeId: string;
+  createdAt: string;
+  secret: string;
+}
+
+export class S3Backend implements StoreBackend {
+  readonly location: string;
+  private readonly client: S3Client;
+
+  constructor(
+    private readonly where: S3Location,
+    readonly cacheDir: string,
+  ) {
+    this.location = where.url;
+    // Endpoint, region and credentials: the SDK's usual chain (AWS_ENDPOINT_URL, AWS_REGION,
+    // AWS_ACCESS_KEY_ID…, ~/.aws/config and credentials). Path-style requests work on every
+    // S3-compatible service without wildcard DNS. radosgw rejects the newer default checksums.
+    this.client = new S3Client({
+      forcePathStyle: true,
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+    });
+  }
+
+  close(): void {
+    this.client.destroy();
+  }
+
+  // ---- the store's identity -----------------------------------------------------------
+
+  /** The store's id and chunk-id secret, from the bucket; with create, made there if missing. */
+  async identity(create: boolean): Promise<StoreIdentity> {
+    let body = await this.getOptional(STORE_OBJECT);
+    if (!body) {
+      if (!create) throw new StoreNotFoundError(this.location);
+      const made: StoreObject = {
+        format: STORE_FORMAT_VERSION,
+        storeId: randomBytes(16).toString('hex'),
+        createdAt: new Date().toISOString(),
+        secret: randomBytes(SECRET_BYTES).toString('base64'),
+      };
+      // Two nodes creating the store at once: one object wins, both use it.
+      if (!(await this.putIfAbsent(STORE_OBJECT, Buffer.from(JSON.stringify(made))))) body = await this.get(STORE_OBJECT);
+      else body = Buffer.from(JSON.stringify(made));
+    }
+    const store = parseJson<StoreObject>(body, this.key(STORE_OBJECT));
+    if (store.format !== STORE_FORMAT_VERSION) {
+      throw new StoreFormatError(`${this.location} has store format ${store.format}; this crinc reads format ${STORE_FORMAT_VERSION}. Use the crinc release that wrote it.`);
+    }
+    const secret = Buffer.from(store.secret ?? '', 'base64');
+    if (secret.length !== SECRET_BYTES || typeof store.storeId !== 'string') {
+      throw new StoreFormatError(`${this.location}: ${this.key(STORE_OBJECT)} is damaged (no store id or no ${SECRET_BYTES}-byte secret)`);
+    }
+    return { storeId: store.storeId, secret: new Uint8Array(secret), createdAt: store.createdAt };
+  }
+
+  // ---- writing: packs, then the checkpoint object (the commit point) ------------------
+
+  async storePacks(packs: PackWriter[]): Promise<void> {
+    const uploads = packs.map((p) => new PackUpload(this, p.name, packPath(this.cacheDir, p.name), p.bytes));
+    try {
+      await Promise.all(uploads.map((u) => u.begin()));
+      await forEachLimited(uploads.flatMap((u) => u.parts()), S3_UPLOAD_CONCURRENCY, (part) => part());
+      await Promise.all(uploads.map((u) => u.complete()));
+    } catch (e) {
+      await Promise.all(uploads.map((u) => u.abort()));
+      throw e;
+    }
+    // The chunk table goes up only once its pack is complete: a reader that sees it finds the pack.
+    await forEachLimited(packs, S3_UPLOAD_CONCURRENCY, (p) => this.put(packKey(p.name, PACK_INDEX_SUFFIX), encodePackIndex(p.chunks, p.bytes)));
+  }
+
+  async commit(record: CommitRecord, firstFreeId: number): Promise<number> {
+    let id = firstFreeId;
+    for (let attempt = 0; attempt < S3_COMMIT_ATTEMPTS; attempt++) {
+      if (await this.putIfAbsent(checkpointKey(id), encodeCheckpoint(id, record))) return id;
+      // Another node took this id: go past the highest one there is.
+      id = Math.max(id + 1, (await this.highestCheckpointId(id)) + 1);
+    }
+    throw new S3StoreError(`${this.location}: could not take a checkpoint id in ${S3_COMMIT_ATTEMPTS} attempts (other nodes commit as fast); try again`);
+  }
+
+  committed(packs: PackWriter[]): void {
+    // Uploaded: reads go to the bucket, so the local copies are not kept.
+    for (const p of packs) rmSync(packPath(this.cacheDir, p.name), { force: true });
+  }
+
+  async deletePack(name: string): Promise<void> {
+    // The chunk table first: without it no reader takes the pack in.
+    await this.call(`deleting pack ${name}`, () => this.client.send(new DeleteObjectCommand({ Bucket: this.where.bucket, Key: this.key(packKey(name, PACK_INDEX_SUFFIX)) })));
+    await this.call(`deleting pack ${name}`, () => this.client.send(new DeleteObjectCommand({ Bucket: this.where.bucket, Key: this.key(packKey(name, PACK_SUFFIX)) })));
+  }
+
+  // ---- reading --------------------------------------------------------------------------
+
+  async readPackInto(pack: string, offset: number, target: Uint8Array): Promise<number> {
+    if (target.length === 0) return 0;
+    const key = this.key(packKey(pack, PACK_SUFFIX));
+    const range = `bytes=${offset}-${offset + target.length - 1}`;
+    let bytes: Uint8Array;
+    try {
+      const res = await this.client.send(new GetObjectCommand({ Bucket: this.where.bucket, Key: key, Range: range }));
+      bytes = await res.Body!.transformToByteArray();
+    } catch (e) {
+      // A range past the end: the pack is shorter than the index says.
+      if (e instanceof S3ServiceException && e.$metadata.httpStatusCode === 416) return 0;
+      throw this.translate(e, `reading pack ${pack}`);
+    }
+    const n = Math.min(bytes.length, target.length);
+    target.set(bytes.subarray(0, n));
+    return n;
+  }
+
+  /**
+   * Brings the index in line with the bucket: packs whose object and chunk table are both
+   * there, and checkpoints whose object is there and whose packs are. Returns what it left
+   * out, for the person.
+   */
+  async catchUp(repo: Repository): Promise<string[]> {
+    const warnings: string[] = [];
+    // Read before listing: what is indexed now and missing from the listing was deleted
+    // from the bucket (a commit reaches the index only after its objects are written).
+    const cached = repo.cachedState();
+    const [packObjects, checkpointObjects] = await Promise.all([this.list(PACKS_PREFIX), this.list(CHECKPOINTS_PREFIX)]);
+    const packBytes = new Map<string, number>();
+    const tables = new Set<string>();
+    for (const o of packObjects) {
+      const m = /^packs\/[0-9a-f]{2}\/([0-9a-f]{32})(\.pack|\.idx)$/.exec(o.key);
+      if (!m) continue;
+      if (m[2] === PACK_SUFFIX) packBytes.set(m[1]!, o.size);
+      else tables.add(m[1]!);
+    }
+    const complete = (name: string) => packBytes.has(name) && tables.has(name);
+    const bucketIds = new Set<number>();
+    for (const o of checkpointObjects) {
+      const m = /^checkpoints\/(\d+)$/.exec(o.key);
+      if (m) bucketIds.add(Number(m[1]));
+    }
+
+    const newPacks: RemotePack[] = [];
+    await forEachLimited([...packBytes.keys()].filter((n) => complete(n) && !cached.packs.has(n)), S3_FETCH_CONCURRENCY, async (name) => {
+      const table = decodePackIndex(await this.get(packKey(name, PACK_INDEX_SUFFIX)), this.key(packKey(name, PACK_INDEX_SUFFIX)));
+      if (table.packBytes !== packBytes.get(name)) {
+        warnings.push(`pack ${name} holds ${packBytes.get(name)} bytes but its chunk table says ${table.packBytes}: left out`);
+        return;
+      }
+      newPacks.push({ name, bytes: table.packBytes, chunks: table.chunks });
+    });
+    const taken = new Set([...cached.packs, ...newPacks.map((p) => p.name)]);
+    const newCheckpoints: RemoteCheckpoint[] = [];
+    await forEachLimited([...bucketIds].filter((id) => !cached.checkpoints.has(id)), S3_FETCH_CONCURRENCY, async (id) => {
+      const record = decodeCheckpoint(id, await this.get(checkpointKey(id)), this.key(checkpointKey(id)));
+      const missing = record.packs.filter((p) => !taken.has(p));
+      if (missing.length > 0) {
+        warnings.push(`checkpoint ${id} (job ${record.job.name}) needs pack(s) ${missing.join(', ')}, not in ${this.location}: left out`);
+        return;
+      }
+      newCheckpoints.push({ id, record });
+    });
+    newCheckpoints.sort((a, b) => a.id - b.id);
+    repo.applyRemote({
+      goneCheckpoints: [...cached.checkpoints].filter((id) => !bucketIds.has(id)),
+      gonePacks: [...cached.packs].filter((n) => !complete(n)),
+      newPacks,
+      newCheckpoints,
+    });
+    return warnings;
+  }
+
+  // ---- S3 requests ----------------------------------------------------------------------
+
+  key(name: string): string {
+    return this.where.prefix + name;
+  }
+
+  get bucket(): string {
+    return this.where.bucket;
+  }
+
+  private async get(name: string): Promise<Buffer> {
+    const body = await this.getOptional(name);
+    if (!body) throw new S3StoreError(`${this.location}: ${this.key(name)} disappeared while being read (deleted by another node?); try again`);
+    return body;
+  }
+
+  private async getOptional(name: string): Promise<Buffer | undefined> {
+    try {
+      const res = await this.client.send(new GetObjectCommand({ Bucket: this.where.bucket, Key: this.key(name) }));
+      return Buffer.from(await res.Body!.transformToByteArray());
+    } catch (e) {
+      if (e instanceof S3ServiceException && e.name === 'NoSuchKey') return undefined;
+      throw this.translate(e, `reading ${this.key(name)}`);
+    }
+  }
+
+  private async put(name: string, body: Buffer): Promise<void> {
+    await this.call(`writing ${this.key(name)}`, () => this.client.send(new PutObjectCommand({ Bucket: this.where.bucket, Key: this.key(name), Body: body })));
+  }
+
+  /** Writes the object unless it exists (If-None-Match: *, atomic in the service); false when it did. */
+  private async putIfAbsent(name: string, body: Buffer): Promise<boolean> {
+    try {
+      await this.client.send(new PutObjectCommand({ Bucket: this.where.bucket, Key: this.key(name), Body: body, IfNoneMatch: '*' }));
+      return true;
+    } catch (e) {
+      if (e instanceof S3ServiceException && e.$metadata.httpStatusCode === 412) return false;
+      throw this.translate(e, `writing ${this.key(name)}`);
+    }
+  }
+
+  private async list(prefix: string, startAfter?: string): Promise<ListedObject[]> {
+    const out: ListedObject[] = [];
+    let token: string | undefined;
+    do {
+      const res = await this.call(`listing ${this.location}/${prefix}`, () =>
+        this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.where.bucket,
+            Prefix: this.key(prefix),
+            ContinuationToken: token,
+            StartAfter: startAfter === undefined ? undefined : this.key(startAfter),
+          }),
+        ),
+      );
+      for (const o of res.Contents ?? []) out.push({ key: o.Key!.slice(this.where.prefix.length), size: o.Size ?? 0 });
+      token = res.IsTruncated ? res.NextContinuationToken : undefined;
+    } while (token);
+    return out;
+  }
+
+  private async highestCheckpointId(from: number): Promise<number> {
+    let highest = from;
+    for (const o of await this.list(CHECKPOINTS_PREFIX, checkpointKey(from))) {
+      const m = /^checkpoints\/(\d+)$/.exec(o.key);
+      if (m) highest = Math.max(highest, Number(m[1]));
+    }
+    return highest;
+  }
+
+  async call<T>(what: string, request: () => Promise<T>): Promise<T> {
+    try {
+      return await request();
+    } catch (e) {
+      throw this.translate(e, what);
+    }
+  }
+
+  /** An SDK failure as a crinc error that says what to do. */
+  private translate(e: unknown, what: string): Error {
+    if (e instanceof S3StoreError) return e;
+    const err = e as Error & { code?: string; $metadata?: { httpStatusCode?: number } };
+    const endpoint = process.env.AWS_ENDPOINT_URL ?? 'the endpoint of your AWS configuration';
+    if (err.name === 'SignatureDoesNotMatch' || err.name === 'InvalidAccessKeyId' || err.name === 'AccessDenied' || err.$metadata?.httpStatusCode === 403) {
+      const why =
+        err.name === 'SignatureDoesNotMatch'
+          ? 'the request signature does not match: the secret access key is wrong'
+          : err.name === 'InvalidAccessKeyId'
+            ? 'the access key id is unknown to the service'
+            : 'these credentials may not use this bucket';
+      return new S3AccessError(
+        `${endpoint} refused ${what} in ${this.location} (${err.name}: ${why}). ` +
+          'Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile (AWS_PROFILE) in ~/.aws/credentials.',
+      );
+    }
+    if (err.name === 'CredentialsProviderError') {
+      return new S3AccessError(`no S3 credentials for ${this.location}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile in ~/.aws/credentials`);
+    }
+    if (err.name === 'NoSuchBucket') {
+      return new S3StoreError(`bucket "${this.where.bucket}" does not exist at ${endpoint}: create it first (crinc does not), or check --store and AWS_ENDPOINT_URL`);
+    }
+    if (/region is missing/i.test(err.message)) {
+      return new S3StoreError(`no S3 region configured for ${this.location}: set AWS_REGION (for radosgw or MinIO any name they accept, e.g. us-east-1) or region in ~/.aws/config`);
+    }
+    if (err.code === 'ECONNREFUSED' || err.code === 'ENOTFOUND' || err.code === 'ETIMEDOUT' || err.code === 'EHOSTUNREACH') {
+      return new S3StoreError(`cannot reach ${endpoint} for ${what} in ${this.location} (${err.code}): is the S3 service up, and AWS_ENDPOINT_URL right?`);
+    }
+    return new S3StoreError(`${what} in ${this.location} failed: ${err.name}: ${err.message}`);
+  }
+
+  get s3(): S3Client {
+    return this.client;
+  }
+}
+
+/** One pack's upload: a single PUT when it fits one part, else a multipart upload of its file. */
+class PackUpload {
+  private uploadId: string | undefined;
+  private readonly etags: string[] = [];
+  private readonly key: string;
+
+  constructor(
+    private readonly backend: S3Backend,
+    private readonly name: string,
+    private readonly file: string,
+    private readonly bytes: number,
+  ) {
+    this.key = backend.key(packKey(name, PACK_SUFFIX));
+  }
+
+  private get multipart(): boolean {
+    return this.bytes > S3_PART_BYTES;
+  }
+
+  async begin(): Promise<void> {
+    if (!this.multipart) return;
+    const res = await this.backend.call(`starting the upload of pack ${this.name}`, () =>
+      this.backend.s3.send(new CreateMultipartUploadCommand({ Bucket: this.backend.bucket, Key: this.key })),
+    );
+    this.uploadId = res.UploadId!;
+  }
+
+  /** The uploads of its parts, to run in any order. */
+  parts(): (() => Promise<void>)[] {
+    if (!this.multipart) {
+      return [() => this.backend.call(`uploading pack ${this.name}`, async () => {
+        await this.backend.s3.send(new PutObjectCommand({ Bucket: this.backend.bucket, Key: this.key, Body: readRange(this.file, 0, this.bytes) }));
+      })];
+    }
+    const count = Math.ceil(this.bytes / S3_PART_BYTES);
+    return Array.from({ length: count }, (_, i) => async () => {
+      const offset = i * S3_PART_BYTES;
+      const body = readRange(this.file, offset, Math.min(S3_PART_BYTES, this.bytes - offset));
+      const res = await this.backend.call(`uploading part ${i + 1} of pack ${this.name}`, () =>
+        this.backend.s3.send(new UploadPartCommand({ Bucket: this.backend.bucket, Key: this.key, UploadId: this.uploadId, PartNumber: i + 1, Body: body })),
+      );
+      this.etags[i] = res.ETag!;
+    });
+  }
+
+  async complete(): Promise<void> {
+    if (!this.multipart) return;
+    const parts = this.etags.map((ETag, i) => ({ ETag, PartNumber: i + 1 }));
+    await this.backend.call(`finishing the upload of pack ${this.name}`, () =>
+      this.backend.s3.send(new CompleteMultipartUploadCommand({ Bucket: this.backend.bucket, Key: this.key, UploadId: this.uploadId, MultipartUpload: { Parts: parts } })),
+    );
+    this.uploadId = undefined;
+  }
+
+  /** Drops the parts of an upload that will not complete (best effort: the error that got here matters more). */
+  async abort(): Promise<void> {
+    if (this.uploadId === undefined) return;
+    try {
+      await this.backend.s3.send(new AbortMultipartUploadCommand({ Bucket: this.backend.bucket, Key: this.key, UploadId: this.uploadId }));
+    } catch {
+      // Left for the bucket's lifecycle rule on incomplete multipart uploads (README).
+    }
+    this.uploadId = undefined;
+  }
+}
+
+function readRange(file: string, offset: number, length: number): Buffer {
+  const out = Buffer.allocUnsafe(length);
+  const fd = openSync(file, 'r');
+  try {
+    let done = 0;
+    while (done < length) {
+      const n = readSync(fd, out, done, length - done, offset + done);
+      if (n === 0) throw new Error(`${file} ended at ${offset + done}, ${offset + length} expected`);
+      done += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return out;
+}
+
+/** Runs fn over items with at most `limit` at once; the first failure is thrown once all have settled. */
+async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const worker = async () => {
+    while (next < items.length && !failure) {
+      const item = items[next++]!;
+      try {
+        await fn(item);
+      } catch (e) {
+        failure ??= { error: e };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failure) throw failure.error;
+}
+
+function packKey(name: string, suffix: string): string {
+  if (!PACK_NAME.test(name)) throw new Error(`pack name ${name} is not 32 hex digits`);
+  return `${PACKS_PREFIX}${name.slice(0, 2)}/${name}${suffix}`;
+}
+
+function checkpointKey(id: number): string {
+  return `${CHECKPOINTS_PREFIX}${String(id).padStart(CHECKPOINT_KEY_DIGITS, '0')}`;
+}
+
+function parseJson<T>(body: Buffer, key: string): T {
+  try {
+    return JSON.parse(body.toString('utf8')) as T;
+  } catch (e) {
+    throw new StoreFormatError(`${key} is not valid JSON (${(e as Error).message}): the object is damaged`);
+  }
+}
+
+/** A pack's chunk table (docs/FORMAT.md, "Stores on S3"): what its blob headers say, in one small object. */
+function encodePackIndex(chunks: PackedChunks, packBytes: number): Buffer {
+  const out = Buffer.alloc(PACK_INDEX_HEADER_BYTES + chunks.count * PACK_INDEX_ENTRY_BYTES);
+  PACK_INDEX_MAGIC.copy(out, 0);
+  out.writeUInt32LE(STORE_FORMAT_VERSION, 8);
+  out.writeUInt32LE(chunks.count, 12);
+  out.writeBigUInt64LE(BigInt(packBytes), 16);
+  for (let i = 0; i < chunks.count; i++) {
+    const o = PACK_INDEX_HEADER_BYTES + i * PACK_INDEX_ENTRY_BYTES;
+    out.set(chunks.id(i), o);
+    out.writeUInt32LE(chunks.offsets[i]!, o + 16);
+    out.writeUInt32LE(chunks.storedLengths[i]!, o + 20);
+    out.writeUInt32LE(chunks.rawLengths[i]!, o + 24);
+    out.writeUInt8(chunks.compressions[i]!, o + 28);
+  }
+  return out;
+}
+
+function decodePackIndex(body: Buffer, key: string): { packBytes: number; chunks: PackedChunks } {
+  const damaged = (why: string) => new StoreFormatError(`${key} is damaged: ${why}`);
+  if (body.length < PACK_INDEX_HEADER_BYTES || !body.subarray(0, 8).equals(PACK_INDEX_MAGIC)) throw damaged('no CRINCIX1 header');
+  const version = body.readUInt32LE(8);
+  if (version !== STORE_FORMAT_VERSION) throw new StoreFormatError(`${key} has format ${version}; this crinc reads format ${STORE_FORMAT_VERSION}`);
+  const count = body.readUInt32LE(12);
+  if (body.length !== PACK_INDEX_HEADER_BYTES + count * PACK_INDEX_ENTRY_BYTES) throw damaged(`${body.length} bytes for ${count} chunks`);
+  const packBytes = Number(body.readBigUInt64LE(16));
+  const chunks = new PackedChunks();
+  for (let i = 0; i < count; i++) {
+    const o = PACK_INDEX_HEADER_BYTES + i * PACK_INDEX_ENTRY_BYTES;
+    const offset = body.readUInt32LE(o + 16);
+    const stored = body.readUInt32LE(o + 20);
+    if (offset + stored > packBytes) throw damaged(`chunk ${i} lies past the pack's ${packBytes} bytes`);
+    chunks.push(body.subarray(o, o + CHUNK_ID_BYTES), offset, stored, body.readUInt32LE(o + 24), body.readUInt8(o + 28));
+  }
+  return { packBytes, chunks };
+}
+
+interface CheckpointObject extends Omit<CommitRecord, 'files'> {
+  format: number;
+  id: number;
+  files: (Omit<CommitRecord['files'][number], 'manifest'> & { manifest: string })[];
+}
+
+function encodeCheckpoint(id: number, record: CommitRecord): Buffer {
+  const object: CheckpointObject = {
+    format: STORE_FORMAT_VERSION,
+    id,
+    ...record,
+    files: record.files.map((f) => ({ ...f, manifest: f.manifest.toString('base64') })),
+  };
+  return Buffer.from(JSON.stringify(object));
+}
+
+function decodeCheckpoint(id: number, body: Buffer, key: string): CommitRecord {
+  const o = parseJson<CheckpointObject>(body, key);
+  if (o.format !== STORE_FORMAT_VERSION) throw new StoreFormatError(`${key} has format ${o.format}; this crinc reads format ${STORE_FORMAT_VERSION}`);
+  if (o.id !== id || !o.job?.name || !o.checkpoint || !Array.isArray(o.packs) || !Array.isArray(o.files)) {
+    throw new StoreFormatError(`${key} is damaged: not a checkpoint object for id ${id}`);
+  }
+  return {
+    job: o.job,
+    checkpoint: o.checkpoint,
+    packs: o.packs,
+    files: o.files.map((f) => ({ ...f, manifest: Buffer.from(f.manifest, 'base64') })),
+  };
+}
