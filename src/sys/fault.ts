@@ -31,7 +31,18 @@ export const FAULT_POINTS = {
 
 export type FaultPoint = keyof typeof FAULT_POINTS;
 
-/** Dies here, at once and without cleanup, when CRINC_FAULT names this point. */
+const reached = new Map<FaultPoint, number>();
+
+/**
+ * Dies here, at once and without cleanup, when CRINC_FAULT names this point
+ * (`<point>`: the first time it is reached; `<point>:N`: the N-th time).
+ */
 export function faultPoint(point: FaultPoint): void {
-  if (process.env[FAULT_ENV] === point) process.kill(process.pid, 'SIGKILL');
+  const wanted = process.env[FAULT_ENV];
+  if (!wanted?.startsWith(point)) return;
+  const [name, nth] = wanted.split(':');
+  if (name !== point) return;
+  const count = (reached.get(point) ?? 0) + 1;
+  reached.set(point, count);
+  if (count === Number(nth ?? 1)) process.kill(process.pid, 'SIGKILL');
 }
