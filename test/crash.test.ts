@@ -45,8 +45,14 @@ describe('SIGKILL at every fault point and at random times', () => {
     await waitFor(() => lastTick(sb.jobLog(JOB)) === counter, `tick ${counter}`);
   }
 
-  function checkpoints(): CheckpointJson[] {
-    return sb.json<CheckpointJson[]>(['list', JOB]).filter((c) => c.kind === 'checkpoint');
+  /** The committed process checkpoints, read from the index (as `crinc list` does, without a process start). */
+  function checkpoints(): { id: number }[] {
+    const db = new Database(join(sb.store, 'index.sqlite'), { readonly: true });
+    try {
+      return db.prepare(`SELECT id FROM checkpoints WHERE job = ? AND kind = 'checkpoint' ORDER BY taken_at, id`).all(JOB) as { id: number }[];
+    } finally {
+      db.close();
+    }
   }
 
   /** A checkpoint that is not killed. */
