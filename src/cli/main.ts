@@ -16,9 +16,14 @@ import { resolveCheckpoint, restoreJob, type RestoreTarget } from '../controller
 import { runJob, type StopRequest } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
 import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
+import { pruneJob } from '../controller/retention.js';
+import { recoverStore } from '../controller/recovery.js';
+import { verifyStore } from '../controller/verify.js';
+import { collectGarbage } from '../store/gc.js';
 import { type CheckpointRecord, Repository } from '../store/repository.js';
 import { DEFAULT_CACHE_ROOT, isS3Url, openS3Store } from '../store/s3.js';
 import { formatBytes, formatCheckpoint, printStatus, printTable } from './format.js';
+import { addRetentionOptions, RETENTION_HELP, type RetentionFlags, retentionFromOptions } from './retention-options.js';
 
 export const DEFAULT_STORE = '/var/lib/crinc';
 const DEFAULT_INTERVAL = '5m';
@@ -49,16 +54,22 @@ interface StoreOptions {
 async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   requireRoot();
   const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
+  let repo: Repository;
   if (!isS3Url(spec)) {
     if (o.cache !== undefined) throw new InvalidArgumentError(`--cache is for s3:// stores; the store directory ${spec} keeps its own index`);
-    return Repository.open(resolve(spec), { create });
+    repo = Repository.open(resolve(spec), { create });
+  } else {
+    const cache = o.cache ?? process.env.CRINC_CACHE;
+    repo = await openS3Store(spec, {
+      create,
+      cacheDir: cache === undefined ? undefined : resolve(cache),
+      onWarning: (m) => console.error(`crinc: warning: ${m}`),
+    });
   }
-  const cache = o.cache ?? process.env.CRINC_CACHE;
-  return openS3Store(spec, {
-    create,
-    cacheDir: cache === undefined ? undefined : resolve(cache),
-    onWarning: (m) => console.error(`crinc: warning: ${m}`),
-  });
+  const recovered = recoverStore(repo);
+  const count = recovered.packFiles.length + recovered.stagingDirs.length;
+  if (count > 0) console.error(`crinc: removed ${count} leftover file(s) of interrupted checkpoints, restores or GCs: ${[...recovered.packFiles, ...recovered.stagingDirs].join(', ')}`);
+  return repo;
 }
 
 const storeOption = () =>
@@ -85,8 +96,8 @@ export function buildProgram(): Command {
     .version(JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')).version as string)
     .showHelpAfterError('(run with --help for usage)');
 
-  program
-    .command('run')
+  addRetentionOptions(program
+    .command('run'))
     .description('start CMD as a job (own PID namespace, detached from the terminal, output in the job\'s log files) and checkpoint it every interval')
     .addOption(new Option('--job <name>', 'job name (default: the command\'s base name)'))
     .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
@@ -102,6 +113,7 @@ Examples:
   crinc run --job web --interval 30s --kill-on-exit -- python3 -m http.server
   crinc run --job sim --fresh -- ./simulate --steps 1000000    (ignore sim's checkpoints)
   crinc run --store s3://checkpoints/sim --job sim -- ./simulate    (store in S3: see AWS_* variables)
+  crinc run --job sim --interval 1m --keep-last 10 --keep-hourly 24 -- ./simulate
 
 When the job has a checkpoint, crinc run resumes it from the newest one instead of
 starting CMD (same command required; --fresh starts anew). It says which on stdout.
@@ -116,8 +128,9 @@ Exit codes:
   ${EXIT_CHECKPOINTED}         checkpointed and stopped: run the same command again to resume
   job's own  the job ended by itself: its exit code, or 128+N when signal N killed it
   0          stopped by Ctrl-C
-  1          crinc failed (the message says why; e.g. resume or final checkpoint failed)`)
-    .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; fresh?: boolean; tracking: boolean; store?: string; cache?: string }) => {
+  1          crinc failed (the message says why; e.g. resume or final checkpoint failed)
+${RETENTION_HELP}`)
+    .action(async (cmd: string[], o: RetentionFlags & { job?: string; interval: number | string; killOnExit?: boolean; fresh?: boolean; tracking: boolean; store?: string; cache?: string }) => {
       const abort = new AbortController();
       // Installed first, so that no early signal is lost. The first request wins; later
       // signals (a scheduler repeats SIGTERM) are ignored.
@@ -131,6 +144,8 @@ Exit codes:
       criuVersion();
       const codecs = await openCodecs(repo);
       const job = o.job ?? cmd[0]!.split('/').pop()!.replace(/[^A-Za-z0-9._-]/g, '_');
+      const retention = retentionFromOptions(o);
+      if (retention) repo.setJobRetention(job, retention);
       const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
       const outcome = await runJob(repo, codecs, {
         job,
@@ -168,18 +183,20 @@ Exit codes:
       repo.close();
     });
 
-  program
+  addRetentionOptions(program
     .command('checkpoint')
     .description('take one checkpoint of a job now; the job keeps running')
     .argument('<job>', 'job name')
-    .option('--json', 'print the checkpoint as JSON')
+    .option('--json', 'print the checkpoint as JSON'))
     .addOption(storeOption())
     .addOption(cacheOption())
-    .addHelpText('after', '\nExample:\n  crinc checkpoint sim')
-    .action(async (job: string, o: { json?: boolean; store?: string; cache?: string }) => {
+    .addHelpText('after', `\nExamples:\n  crinc checkpoint sim\n  crinc checkpoint sim --keep-last 5     (and from now on after each checkpoint of sim)\n${RETENTION_HELP}`)
+    .action(async (job: string, o: RetentionFlags & { json?: boolean; store?: string; cache?: string }) => {
       const repo = await openStore(o);
       criuVersion();
       repo.requireJob(job);
+      const retention = retentionFromOptions(o);
+      if (retention) repo.setJobRetention(job, retention);
       const keepImagesDir = process.env[KEEP_IMAGES_ENV] ? resolve(process.env[KEEP_IMAGES_ENV]) : undefined;
       // A running controller takes it, so that its dirty tracking stays continuous.
       const cp =
@@ -318,6 +335,103 @@ Examples:
       const codecs = await openCodecs(repo);
       const written = await exportCheckpoint(repo, codecs, cp, o.to);
       console.log(`checkpoint ${cp.id}: ${written.images} image files and ${written.files} job files written to ${o.to}`);
+      repo.close();
+    });
+
+  addRetentionOptions(program
+    .command('prune')
+    .description("forget checkpoints by retention policy: the one given, else each job's stored policy (jobs without one keep everything)")
+    .argument('[job]', 'only this job')
+    .option('--dry-run', 'only say what would be forgotten')
+    .option('--json', 'print a JSON array, one entry per job'))
+    .addOption(storeOption())
+    .addOption(cacheOption())
+    .addHelpText('after', `
+Examples:
+  crinc prune                                 every job, by its stored policy
+  crinc prune sim --keep-daily 7 --dry-run    what this policy would forget of sim
+  crinc prune sim --keep-last 3 && crinc gc   forget, then free the space
+${RETENTION_HELP}`)
+    .action(async (job: string | undefined, o: RetentionFlags & { dryRun?: boolean; json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
+      const given = retentionFromOptions(o);
+      const jobs = job ? [repo.requireJob(job).name] : repo.listJobs().map((j) => j.name);
+      const out = [];
+      for (const name of jobs) {
+        const policy = given ?? repo.jobRetention(name);
+        if (!policy) {
+          if (!o.json) console.log(`job ${name}: no retention policy, every checkpoint is kept`);
+          continue;
+        }
+        const d = await pruneJob(repo, name, policy, { dryRun: Boolean(o.dryRun) });
+        out.push({
+          job: name,
+          policy,
+          dryRun: Boolean(o.dryRun),
+          keep: d.keep.map((k) => ({ id: k.checkpoint.id, takenAt: new Date(k.checkpoint.takenAt).toISOString(), reasons: k.reasons })),
+          forget: d.forget.map((c) => ({ id: c.id, takenAt: new Date(c.takenAt).toISOString() })),
+        });
+        if (o.json) continue;
+        console.log(`job ${name}: keep ${d.keep.length}, ${o.dryRun ? 'would forget' : 'forgot'} ${d.forget.length}`);
+        for (const k of d.keep) console.log(`  keep    ${k.checkpoint.id}  ${new Date(k.checkpoint.takenAt).toISOString()}  (${k.reasons.join(', ')})`);
+        for (const c of d.forget) console.log(`  forget  ${c.id}  ${new Date(c.takenAt).toISOString()}`);
+      }
+      if (o.json) console.log(JSON.stringify(out));
+      else if (!o.dryRun && out.some((r) => r.forget.length > 0)) console.log('run crinc gc to free the space of forgotten checkpoints');
+      repo.close();
+    });
+
+  program
+    .command('gc')
+    .description('free the space of forgotten checkpoints: delete chunks no checkpoint names, repack packs that are mostly dead, remove leftovers of interrupted work; safe while checkpoints run')
+    .option('--dry-run', 'only say what would be freed')
+    .option('--json', 'print the figures as JSON')
+    .addOption(storeOption())
+    .addOption(cacheOption())
+    .addHelpText('after', '\nExamples:\n  crinc gc\n  crinc gc --dry-run --json')
+    .action(async (o: { dryRun?: boolean; json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
+      const codecs = await openCodecs(repo);
+      const r = await collectGarbage(repo, codecs.chunks, { dryRun: Boolean(o.dryRun) });
+      if (o.json) {
+        console.log(JSON.stringify(r));
+      } else {
+        console.log(
+          `${r.dryRun ? 'would free' : 'freed'} ${formatBytes(r.bytesFreed)} (${formatBytes(r.bytesBefore)} → ${formatBytes(r.bytesAfter)} of packs): ` +
+            `${r.liveChunks} chunks live, ${r.deadChunks} dead; ${r.deadPacks} packs deleted, ${r.repackedPacks} repacked into ${r.newPacks}, ${r.orphanFiles} leftover files removed`,
+        );
+      }
+      await codecs.pool.close();
+      repo.close();
+    });
+
+  program
+    .command('verify')
+    .description("check the store: every pack the index names exists whole, every checkpoint's chunks are indexed; with --read-data every chunk is read, decompressed and checked against its id. Exits 1 naming the damaged checkpoints")
+    .option('--read-data', 'read and check every chunk (reads the whole store)')
+    .option('--json', 'print the report as JSON')
+    .addOption(storeOption())
+    .addOption(cacheOption())
+    .addHelpText('after', '\nExamples:\n  crinc verify\n  crinc verify --read-data --json')
+    .action(async (o: { readData?: boolean; json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
+      const codecs = await openCodecs(repo);
+      const r = await verifyStore(repo, codecs, { readData: Boolean(o.readData) });
+      if (o.json) {
+        console.log(JSON.stringify({ ...r, damaged: r.damaged.map((d) => ({ ...d, takenAt: new Date(d.takenAt).toISOString() })) }));
+      } else {
+        console.log(
+          `${r.checkpoints} checkpoints, ${r.packs} packs, ${r.chunks} chunks` + (r.readData ? `, ${formatBytes(r.bytesRead)} read and checked` : '') + `: ${r.ok ? 'ok' : 'DAMAGED'}`,
+        );
+        for (const p of r.packProblems) console.log(`pack ${p.pack}: ${p.problem}`);
+        for (const c of r.badChunks) console.log(`chunk ${c.chunk} in pack ${c.pack}: ${c.problem}`);
+        for (const d of r.damaged) {
+          console.log(`checkpoint ${d.id} of ${d.job} (${d.kind}, taken ${new Date(d.takenAt).toISOString()}) is damaged:`);
+          for (const p of d.problems) console.log(`  ${p}`);
+        }
+      }
+      if (!r.ok) process.exitCode = 1;
+      await codecs.pool.close();
       repo.close();
     });
 

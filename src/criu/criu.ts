@@ -72,10 +72,16 @@ function logTail(path: string): string {
 // CRIU runs the action script for every stage; crinc acts on post-dump only, when the
 // tree is still frozen. The script tells the controller through one FIFO and waits for
 // its answer on another; a non-zero exit makes CRIU fail the dump (the job goes on).
+// The controller may die meanwhile (SIGKILL): then a watcher stands in for it, reading
+// the notice and answering "fail", so CRIU thaws the job instead of waiting forever.
 const HOOK_SCRIPT = `#!/bin/sh
 [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
+( while kill -0 "$CRINC_HOOK_PID" 2>/dev/null; do sleep 0.05; done
+  exec 3<>"$CRINC_HOOK_NOTIFY" 4<>"$CRINC_HOOK_ACK"; echo fail >&4; sleep 5 ) &
+watcher=$!
 echo post-dump > "$CRINC_HOOK_NOTIFY" || exit 1
-read -r reply < "$CRINC_HOOK_ACK" || exit 1
+read -r reply < "$CRINC_HOOK_ACK"
+kill "$watcher" 2>/dev/null
 [ "$reply" = ok ]
 `;
 
@@ -106,7 +112,7 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
     'criu',
     ['dump', '-t', String(req.pid), '-D', req.imagesDir, '-W', req.workDir, '-o', 'dump.log', '-v4',
       '--leave-running', '--action-script', hook, ...COMMON_OPTIONS],
-    { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, CRINC_HOOK_NOTIFY: notify, CRINC_HOOK_ACK: ack } },
+    { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, CRINC_HOOK_NOTIFY: notify, CRINC_HOOK_ACK: ack, CRINC_HOOK_PID: String(process.pid) } },
   );
   let stderr = '';
   criu.stderr.on('data', (d: Buffer) => (stderr += d.toString()));

@@ -33,11 +33,18 @@ export interface StoreBackend {
   readPackInto(pack: string, offset: number, target: Uint8Array): Promise<number>;
   /** Removes a pack that nothing references any more. */
   deletePack(name: string): Promise<void>;
+  /** Removes the record of forgotten checkpoints (retention), before the index forgets them. */
+  forgetCheckpoints(ids: number[]): Promise<void>;
+  /** Closes open pack files (a GC may have deleted them); they reopen when read. */
+  closePacks(): void;
+  /** Whether packs live elsewhere than the store directory (GC and verify work on local stores only). */
+  readonly remote: boolean;
   close(): void;
 }
 
 /** Packs as files under <store>/packs/; the index is the only record of commits. */
 export class LocalBackend implements StoreBackend {
+  readonly remote = false;
   private readonly reader: PackReader;
 
   constructor(readonly location: string) {
@@ -61,6 +68,14 @@ export class LocalBackend implements StoreBackend {
   async deletePack(name: string): Promise<void> {
     this.reader.forget(name);
     rmSync(packPath(this.location, name), { force: true });
+  }
+
+  async forgetCheckpoints(): Promise<void> {
+    // The index is the only record.
+  }
+
+  closePacks(): void {
+    this.reader.close();
   }
 
   close(): void {

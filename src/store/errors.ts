@@ -72,3 +72,11 @@ export class S3StoreError extends StoreError {
 export class S3AccessError extends S3StoreError {
   override name = 'S3AccessError';
 }
+
+/** An operation that works on a store directory only (its packs must be local files). */
+export class RemoteStoreUnsupportedError extends S3StoreError {
+  override name = 'RemoteStoreUnsupportedError';
+  constructor(location: string, what: string, whyAndInstead: string) {
+    super(`crinc ${what} of an S3 store (${location}) is not supported yet: ${whyAndInstead}`);
+  }
+}

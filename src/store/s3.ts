@@ -121,6 +121,7 @@ interface StoreObject {
 }
 
 export class S3Backend implements StoreBackend {
+  readonly remote = true;
   readonly location: string;
   private readonly client: S3Client;
 
@@ -206,6 +207,17 @@ export class S3Backend implements StoreBackend {
     // The chunk table first: without it no reader takes the pack in.
     await this.call(`deleting pack ${name}`, () => this.client.send(new DeleteObjectCommand({ Bucket: this.where.bucket, Key: this.key(packKey(name, PACK_INDEX_SUFFIX)) })));
     await this.call(`deleting pack ${name}`, () => this.client.send(new DeleteObjectCommand({ Bucket: this.where.bucket, Key: this.key(packKey(name, PACK_SUFFIX)) })));
+  }
+
+  async forgetCheckpoints(ids: number[]): Promise<void> {
+    // Gone from the bucket first: a cache rebuilt later must not bring them back.
+    await forEachLimited(ids, S3_FETCH_CONCURRENCY, (id) =>
+      this.call(`forgetting checkpoint ${id}`, () => this.client.send(new DeleteObjectCommand({ Bucket: this.where.bucket, Key: this.key(checkpointKey(id)) }))).then(() => undefined),
+    );
+  }
+
+  closePacks(): void {
+    // Nothing is held open: every read is a ranged GET.
   }
 
   // ---- reading --------------------------------------------------------------------------
