@@ -288,12 +288,3 @@ export async function resumedLog(sb: Sandbox, job: string, since: number): Promi
   const resumedAt = log.findIndex((t) => t.at > since);
   return { log, resumedAt, lastSaved: log[resumedAt - 1]!.tick };
 }
-
-/** sha256 of each regular file directly in dir. */
-export function sha256Dir(dir: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    if (e.isFile()) out[e.name] = createHash('sha256').update(readFileSync(join(dir, e.name))).digest('hex');
-  }
-  return out;
-}
