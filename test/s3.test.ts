@@ -150,6 +150,25 @@ describe('a job checkpointed to S3, restored from a wiped local cache', () => {
     expect(r.stderr).toMatch(/Check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY/);
     expect(r.stderr).not.toMatch(/unexpected error/);
   });
+
+  it('prune forgets in the bucket too: a rebuilt cache does not bring forgotten checkpoints back; gc and verify are refused', async () => {
+    const before = sb.json<CheckpointJson[]>(['list', 'counter']);
+    const checkpoints = before.filter((c) => c.kind === 'checkpoint').map((c) => c.id);
+    expect(checkpoints.length).toBeGreaterThanOrEqual(2);
+    const newest = Math.max(...checkpoints);
+    sb.ok(['prune', 'counter', '--keep-last', '1']);
+    const after = sb.json<CheckpointJson[]>(['list', 'counter']);
+    expect(after).toEqual(before.filter((c) => c.kind !== 'checkpoint' || c.id === newest));
+    const objects = (await keys(prefix)).filter((k) => k.startsWith('checkpoints/'));
+    expect(objects).toEqual(after.map((c) => `checkpoints/${String(c.id).padStart(12, '0')}`));
+    rmSync(sb.local, { recursive: true, force: true });
+    expect(sb.json<CheckpointJson[]>(['list', 'counter'])).toEqual(after);
+    for (const command of ['gc', 'verify']) {
+      const r = sb.cli([command]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`crinc ${command} of an S3 store \\(s3://${BUCKET}/${prefix}\\) is not supported yet: `));
+    }
+  });
 });
 
 describe('a checkpoint killed while its packs upload', () => {
