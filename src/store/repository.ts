@@ -42,10 +42,6 @@ const LOOKUP_BATCH = 500;
 const KNOWN_PRELOAD_MAX_IDS = 8 * 1024 * 1024;
 /** Locating chunks scans the whole table when it holds at most this many times the ids wanted. */
 const LOCATE_SCAN_FACTOR = 4;
-/** Chunk rows per INSERT at commit: a statement per row costs about twice as much. */
-const COMMIT_ROWS_PER_INSERT = 64;
-/** Columns of a chunks row. */
-const CHUNK_COLUMNS = 6;
 
 export interface ChunkLocations {
   pack: string[];
@@ -626,30 +622,12 @@ export class Repository {
   private insertPack(name: string, bytes: number, chunks: PackedChunks, now: number): void {
     const added = this.statement('INSERT OR IGNORE INTO packs (name, bytes, created_at) VALUES (?, ?, ?)').run(name, bytes, now);
     if (added.changes === 0) return;
-    const params = new Array<unknown>(COMMIT_ROWS_PER_INSERT * CHUNK_COLUMNS);
-    for (let first = 0; first < chunks.count; first += COMMIT_ROWS_PER_INSERT) {
-      const rows = Math.min(COMMIT_ROWS_PER_INSERT, chunks.count - first);
-      params.length = rows * CHUNK_COLUMNS;
-      for (let r = 0; r < rows; r++) {
-        const i = first + r;
-        const at = r * CHUNK_COLUMNS;
-        params[at] = chunks.id(i);
-        params[at + 1] = added.lastInsertRowid;
-        params[at + 2] = chunks.offsets[i];
-        params[at + 3] = chunks.storedLengths[i];
-        params[at + 4] = chunks.rawLengths[i];
-        params[at + 5] = chunks.compressions[i];
-      }
-      this.insertChunksStmt(rows).run(params);
-    }
-  }
-
-  /** INSERT of `rows` chunk rows in one statement. */
-  private insertChunksStmt(rows: number): Database.Statement {
-    return this.statement(
-      'INSERT OR IGNORE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES ' +
-        Array.from({ length: rows }, () => '(?, ?, ?, ?, ?, ?)').join(', '),
+    const insChunk = this.statement(
+      'INSERT OR IGNORE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES (?, ?, ?, ?, ?, ?)',
     );
+    for (let i = 0; i < chunks.count; i++) {
+      insChunk.run(chunks.id(i), added.lastInsertRowid, chunks.offsets[i], chunks.storedLengths[i], chunks.rawLengths[i], chunks.compressions[i]);
+    }
   }
 
   private insertCheckpointStmt(): Database.Statement {
