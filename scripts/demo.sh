@@ -24,7 +24,9 @@ cleanup() {
 last_tick() { grep -o '^tick [0-9]*' "$LOG" | tail -n1 | cut -d' ' -f2; }
 
 step "start a sample workload (a counter with a 64 MiB memory region) as job $JOB in store $STORE"
-node dist/src/cli/main.js run --job "$JOB" --interval 1h -- "$WORKLOAD" --region-mib 64 --tick-ms 100 &
+# The controller's own lines are marked, to tell them from the commands' output.
+node dist/src/cli/main.js run --job "$JOB" --interval 1h -- "$WORKLOAD" --region-mib 64 --tick-ms 100 \
+  > >(sed -u 's/^/  [crinc run] /') 2>&1 &
 CONTROLLER=$!
 trap cleanup EXIT
 for _ in $(seq 100); do [ -s "$LOG" ] && grep -q '^tick' "$LOG" && break; sleep 0.1; done
@@ -60,4 +62,4 @@ grep '^verify' "$LOG" | tail -n1
 step "crinc jobs"
 crinc jobs
 echo
-echo "The demo job is stopped now; its checkpoints stay in $STORE."
+echo "The restored demo job is stopped as the demo ends; its checkpoints stay in $STORE."
