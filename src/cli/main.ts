@@ -7,16 +7,19 @@ import { packageRoot } from '../sys/package-root.js';
 import { criuVersion } from '../criu/criu.js';
 import { takeCheckpoint } from '../controller/checkpoint.js';
 import { openCodecs } from '../controller/codecs.js';
+import { attachedJob, attachTarget, jobNameFor, registerAttached } from '../controller/attach.js';
 import { askController, controlSocketPath } from '../controller/control.js';
+import { askDaemon, Daemon, type Registered } from '../controller/daemon.js';
+import { type JobRow, jobRows } from '../controller/jobs.js';
+import { Logger } from '../controller/log.js';
 import { NoCheckpointError, NotRootError } from '../controller/errors.js';
 import { exportCheckpoint } from '../controller/materialize.js';
-import { isRunning } from '../controller/procfs.js';
 import { resolveCheckpoint, restoreJob, type RestoreTarget } from '../controller/restore.js';
-import { runJob } from '../controller/run.js';
+import { controlJob, runJob, type RunOptions, type RunOutcome } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
 import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
 import { type CheckpointRecord, Repository } from '../store/repository.js';
-import { formatBytes, formatCheckpoint, printStatus, printTable } from './format.js';
+import { formatBytes, formatCheckpoint, formatDuration, printStatus, printTable } from './format.js';
 
 export const DEFAULT_STORE = '/var/lib/crinc';
 const DEFAULT_INTERVAL = '5m';
@@ -61,6 +64,31 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)');
 
   program
+    .command('daemon')
+    .description('serve the store: checkpoint every managed job on its own schedule, watch their processes, answer the other crinc commands on <store>/daemon.sock')
+    .addOption(storeOption())
+    .addHelpText('after', `
+Examples:
+  crinc daemon --store /var/lib/crinc
+  systemctl start crinc            (examples/systemd/crinc.service)
+
+While it runs, crinc run and crinc attach hand their job to it and return; crinc jobs,
+status and checkpoint ask it. Jobs keep running when it stops; when it starts again it
+resumes their schedules and marks jobs whose process died meanwhile "dead".
+Logs: one JSON object per line on stderr (time, level, job, msg, fields); readable
+lines when stderr is a terminal.`)
+    .action(async (o: { store?: string }) => {
+      requireRoot();
+      criuVersion();
+      const daemon = await Daemon.start(storeDir(o.store), { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1' });
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await daemon.stop();
+    });
+
+  program
     .command('run')
     .description('start CMD as a job (own PID namespace, detached from the terminal, output in the job\'s log files) and checkpoint it every interval')
     .addOption(new Option('--job <name>', 'job name (default: the command\'s base name)'))
@@ -75,35 +103,59 @@ Examples:
   crinc run --job web --interval 30s --kill-on-exit -- python3 -m http.server
 
 The job's stdout and stderr go to <store>/jobs/<job>/{stdout,stderr}.log.
-Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
+When a daemon serves the store (crinc daemon), it starts the job (with this command's
+environment and working directory) and checkpoints it; crinc run prints the job's pid and
+returns. Otherwise crinc run stays in the foreground: Ctrl-C stops checkpointing and
+leaves the job running (see --kill-on-exit).`)
     .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; tracking: boolean; store?: string }) => {
       const repo = openStore(o.store, true);
       criuVersion();
-      const codecs = await openCodecs(repo);
-      const job = o.job ?? cmd[0]!.split('/').pop()!.replace(/[^A-Za-z0-9._-]/g, '_');
+      const job = o.job ?? jobNameFor(cmd);
       const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
-      const abort = new AbortController();
-      const stop = () => abort.abort();
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
-      const outcome = await runJob(repo, codecs, {
-        job,
-        command: cmd,
-        intervalMs,
-        killOnExit: Boolean(o.killOnExit),
-        tracking: o.tracking,
-        verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1',
-        cwd: process.cwd(),
-        signal: abort.signal,
-        onCheckpoint: (cp) => console.log(`checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`),
-        onSkip: (why) => console.log(`skipped a checkpoint: ${why}`),
-        onError: (e) => console.error(`crinc: checkpoint failed: ${e.message}`),
-        onNotice: (m) => console.log(m),
-      });
-      if (outcome.reason === 'job-exited') {
-        console.log(`job ${job} (pid ${outcome.pid}) exited` + (outcome.exitSignal ? ` on ${outcome.exitSignal}` : ` with code ${outcome.exitCode}`));
+      const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
+      const registered = (await askDaemon(repo.dir, { op: 'run', job, command: cmd, cwd: process.cwd(), env, intervalMs, tracking: o.tracking })) as Registered | undefined;
+      if (registered) {
+        if (o.killOnExit) console.error('crinc: --kill-on-exit has no effect on a job the daemon manages');
+        printRegistered(registered);
       } else {
-        console.log(o.killOnExit ? `stopped; job ${job} killed` : `stopped checkpointing; job ${job} goes on as pid ${outcome.pid}`);
+        const outcome = await runJob(repo, await openCodecs(repo), { ...foregroundOptions(job, intervalMs, o.tracking, Boolean(o.killOnExit)), command: cmd, cwd: process.cwd() });
+        printOutcome(job, outcome, Boolean(o.killOnExit));
+      }
+      repo.close();
+    });
+
+  program
+    .command('attach')
+    .description('checkpoint an already running process tree (not started by crinc) every interval, as a job')
+    .argument('<pid>', 'the PID of the tree\'s root: a session leader without a controlling terminal', intArg)
+    .addOption(new Option('--job <name>', 'job name (default: the program\'s base name)'))
+    .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
+    .option('--no-tracking', 'no dirty tracking: every checkpoint reads and hashes all pages')
+    .addOption(storeOption())
+    .addHelpText('after', `
+Examples:
+  setsid ./simulate </dev/null >sim.log 2>&1 &
+  crinc attach $! --job sim --interval 10m
+
+CRIU restores every process with its old PID and its session: the root must lead its
+own session (setsid) and have no controlling terminal, and a restore needs its PIDs free
+(the old process ended and was reaped by its parent).
+With a daemon (crinc daemon) the job is handed to it and crinc attach returns; otherwise
+it stays in the foreground until Ctrl-C (the process goes on) or the process ends.`)
+    .action(async (pid: number, o: { job?: string; interval: number | string; tracking: boolean; store?: string }) => {
+      const repo = openStore(o.store, true);
+      criuVersion();
+      const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
+      const registered = (await askDaemon(repo.dir, { op: 'attach', job: o.job ?? null, pid, intervalMs, tracking: o.tracking })) as Registered | undefined;
+      if (registered) {
+        printRegistered(registered);
+      } else {
+        const target = attachTarget(pid);
+        const job = o.job ?? jobNameFor(target.command);
+        const jobDir = registerAttached(repo, job, pid, target);
+        console.log(`attached to pid ${pid} as job ${job}; a checkpoint every ${formatDuration(intervalMs)}`);
+        const outcome = await controlJob(repo, await openCodecs(repo), foregroundOptions(job, intervalMs, o.tracking, false), attachedJob(pid, jobDir));
+        printOutcome(job, outcome, false);
       }
       repo.close();
     });
@@ -120,8 +172,9 @@ Ctrl-C stops checkpointing and leaves the job running (see --kill-on-exit).`)
       criuVersion();
       repo.requireJob(job);
       const keepImagesDir = process.env[KEEP_IMAGES_ENV] ? resolve(process.env[KEEP_IMAGES_ENV]) : undefined;
-      // A running controller takes it, so that its dirty tracking stays continuous.
+      // The daemon or a running controller takes it, so that its dirty tracking stays continuous.
       const cp =
+        ((await askDaemon(repo.dir, { op: 'checkpoint', job, keepImagesDir })) as CheckpointRecord | undefined) ??
         ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'checkpoint', keepImagesDir })) as CheckpointRecord | undefined) ??
         (await takeCheckpoint(repo, await openCodecs(repo), job, { keepImagesDir }));
       console.log(o.json ? JSON.stringify(checkpointJson(cp)) : `checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`);
@@ -200,6 +253,7 @@ Examples:
       const repo = openStore(o.store);
       repo.requireJob(job);
       const status =
+        ((await askDaemon(repo.dir, { op: 'status', job })) as JobStatus | undefined) ??
         ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'status' })) as JobStatus | undefined) ??
         jobStatus(repo, job, false, null);
       if (o.json) console.log(JSON.stringify(status));
@@ -209,28 +263,29 @@ Examples:
 
   program
     .command('jobs')
-    .description('list known jobs, their process and last checkpoint')
+    .description('list known jobs: process, state, whether the daemon manages them and how often, last checkpoint')
     .option('--json', 'print a JSON array')
     .addOption(storeOption())
-    .action((o: { json?: boolean; store?: string }) => {
+    .addHelpText('after', `
+States: running, stopped (its process is gone; no daemon manages it), exited (a managed
+job's process ended; the daemon saw how), dead (a managed job's process is gone without
+the daemon seeing it end, e.g. killed while the daemon was down).
+
+Example:
+  crinc jobs --json`)
+    .action(async (o: { json?: boolean; store?: string }) => {
       const repo = openStore(o.store);
-      const rows = repo.listJobs().map((j) => {
-        const last = repo.latestCheckpoint(j.name);
-        const running = j.pid !== null && isRunning(j.pid);
-        return {
-          job: j.name,
-          pid: j.pid,
-          state: running ? 'running' : 'stopped',
-          command: j.command,
-          lastCheckpoint: last ? { id: last.id, takenAt: new Date(last.takenAt).toISOString() } : null,
-        };
-      });
+      const rows = ((await askDaemon(repo.dir, { op: 'jobs' })) as JobRow[] | undefined) ?? jobRows(repo);
       if (o.json) console.log(JSON.stringify(rows));
       else if (rows.length === 0) console.log('no jobs yet (start one with crinc run)');
       else
         printTable(
-          ['JOB', 'PID', 'STATE', 'LAST CHECKPOINT', 'COMMAND'],
-          rows.map((r) => [r.job, String(r.pid ?? '-'), r.state, r.lastCheckpoint ? `${r.lastCheckpoint.id} at ${r.lastCheckpoint.takenAt}` : '-', r.command.join(' ')]),
+          ['JOB', 'PID', 'STATE', 'MANAGED', 'LAST CHECKPOINT', 'COMMAND'],
+          rows.map((r) => [
+            r.job, String(r.pid ?? '-'), r.state + (r.managed?.ended && r.state !== 'running' ? ` (${r.managed.ended})` : ''),
+            r.managed ? `every ${formatDuration(r.managed.intervalMs)}` : '-',
+            r.lastCheckpoint ? `${r.lastCheckpoint.id} at ${r.lastCheckpoint.takenAt}` : '-', r.command.join(' '),
+          ]),
         );
       repo.close();
     });
@@ -255,6 +310,39 @@ Examples:
     });
 
   return program;
+}
+
+/** Options of a controller in the foreground (run, attach without a daemon): stops on Ctrl-C and SIGTERM. */
+function foregroundOptions(job: string, intervalMs: number, tracking: boolean, killOnExit: boolean): Omit<RunOptions, 'command' | 'cwd'> {
+  const abort = new AbortController();
+  const stop = () => abort.abort();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  return {
+    job,
+    intervalMs,
+    killOnExit,
+    tracking,
+    verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1',
+    signal: abort.signal,
+    onCheckpoint: (cp) => console.log(`checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`),
+    onSkip: (why) => console.log(`skipped a checkpoint: ${why}`),
+    onError: (e) => console.error(`crinc: checkpoint failed: ${e.message}`),
+    onNotice: (m) => console.log(m),
+  };
+}
+
+function printOutcome(job: string, outcome: RunOutcome, killOnExit: boolean): void {
+  if (outcome.reason === 'job-exited') {
+    const how = outcome.exitSignal ? ` on ${outcome.exitSignal}` : outcome.exitCode !== null ? ` with code ${outcome.exitCode}` : '';
+    console.log(`job ${job} (pid ${outcome.pid}) exited${how}`);
+  } else {
+    console.log(killOnExit ? `stopped; job ${job} killed` : `stopped checkpointing; job ${job} goes on as pid ${outcome.pid}`);
+  }
+}
+
+function printRegistered(r: Registered): void {
+  console.log(`job ${r.job} runs as pid ${r.pid}; the daemon (pid ${r.daemonPid}) checkpoints it every ${formatDuration(r.intervalMs)} (crinc jobs, crinc status ${r.job})`);
 }
 
 function checkpointJson(c: CheckpointRecord) {

@@ -61,7 +61,7 @@ async function namespaceInit(unsharePid: number): Promise<number> {
   throw new JobStartError(`the job's process did not start within ${JOB_START_TIMEOUT_MS / 1000} s`);
 }
 
-export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 'command' | 'cwd'>) {
+export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 'command' | 'cwd'> & { env?: NodeJS.ProcessEnv }): Promise<RunningJob> {
   validateJobName(opts.job);
   const executable = findExecutable(opts.command[0]!, opts.cwd);
   if (!executable) throw new JobStartError(`cannot start the job: "${opts.command[0]}" is not an executable file (nor found on PATH)`);
@@ -78,7 +78,7 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
   const child = spawn(
     'unshare',
     ['--pid', '--fork', 'setsid', 'sh', '-c', JOB_EXEC_SCRIPT, 'sh', join(jobDir, 'stdout.log'), join(jobDir, 'stderr.log'), ...opts.command],
-    { cwd: opts.cwd, detached: true, stdio: ['ignore', launcherLog, launcherLog] },
+    { cwd: opts.cwd, env: opts.env ?? process.env, detached: true, stdio: ['ignore', launcherLog, launcherLog] },
   );
   closeSync(launcherLog);
   const spawnError = new Promise<never>((_, reject) => child.once('error', (e) => reject(new JobStartError(`cannot start the job: ${e.message}`))));
@@ -97,15 +97,27 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.once('exit', (code, signal) => resolve({ code, signal })),
   );
-  /** Lets this process end while the job goes on. */
-  const release = () => child.unref();
-  return { pid, exited, jobDir, release };
+  return { pid, exited, jobDir, release: () => child.unref() };
 }
 
 export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions): Promise<RunOutcome> {
   // A long-lived controller keeps every chunk id in memory: new ids need no query.
   repo.preloadKnown();
-  const { pid, exited, jobDir, release } = await startJob(repo, opts);
+  return controlJob(repo, codecs, opts, await startJob(repo, opts));
+}
+
+export interface RunningJob {
+  pid: number;
+  /** Settles when the job's process has ended (with its status when this process is its parent). */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  jobDir: string;
+  /** Lets this process end while the job goes on. */
+  release: () => void;
+}
+
+/** Checkpoints a running job every interval and serves its control socket, until it ends or opts.signal stops it. */
+export async function controlJob(repo: Repository, codecs: Codecs, opts: Omit<RunOptions, 'command' | 'cwd'>, running: RunningJob): Promise<RunOutcome> {
+  const { pid, exited, jobDir, release } = running;
   const tracking = opts.tracking ? await startTracking(pid, opts.onNotice) : undefined;
   const checkpoint = async (keepImagesDir?: string) => {
     const cp = await takeCheckpoint(repo, codecs, opts.job, { keepImagesDir, tracking, verifyTracking: opts.verifyTracking });
@@ -130,7 +142,7 @@ export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions)
 }
 
 /** Loads the eBPF programs and arms write protection; without them checkpoints are full, and say why. */
-async function startTracking(pid: number, notice: (m: string) => void): Promise<TrackingSession | undefined> {
+export async function startTracking(pid: number, notice: (m: string) => void): Promise<TrackingSession | undefined> {
   let tracker: JobTracker | undefined;
   try {
     const { JobTracker } = await import('../tracking/bpf/job-tracker.js');
@@ -145,7 +157,7 @@ async function startTracking(pid: number, notice: (m: string) => void): Promise<
 
 async function superviseJob(
   repo: Repository,
-  opts: RunOptions,
+  opts: Omit<RunOptions, 'command' | 'cwd'>,
   pid: number,
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>,
   checkpoint: () => Promise<CheckpointRecord>,

@@ -60,3 +60,18 @@ CREATE TABLE files (
   PRIMARY KEY (checkpoint, role, path)
 );
 `;
+
+// The daemon's managed jobs (docs/FORMAT.md, "managed_jobs"): created on open when
+// missing, so a store written before the daemon existed gains it without a new version.
+export const SCHEMA_MANAGED_JOBS = `
+CREATE TABLE IF NOT EXISTS managed_jobs (
+  job           TEXT PRIMARY KEY REFERENCES jobs(name),
+  origin        TEXT NOT NULL CHECK (origin IN ('run', 'attach')),
+  interval_ms   INTEGER NOT NULL,
+  tracking      INTEGER NOT NULL,
+  state         TEXT NOT NULL CHECK (state IN ('active', 'exited', 'dead')),
+  ended         TEXT,
+  registered_at INTEGER NOT NULL,
+  updated_at    INTEGER NOT NULL
+);
+`;

@@ -9,17 +9,36 @@ export function isGone(error: unknown): boolean {
   return code === 'ENOENT' || code === 'ESRCH';
 }
 
-/** Whether the process has exited and waits to be reaped (or is gone). */
-export function hasExited(pid: number): boolean {
+/** The fields of /proc/PID/stat crinc reads (proc(5) numbering in the comments). */
+export interface ProcStat {
+  /** (3) R, S, D, Z, X, … */
+  state: string;
+  /** (4) */
+  ppid: number;
+  /** (6) the session id: the pid of the session leader. */
+  session: number;
+  /** (7) the controlling terminal's device number; 0 for none. */
+  ttyNr: number;
+}
+
+/** /proc/PID/stat, or undefined when the process is gone. */
+export function procStat(pid: number): ProcStat | undefined {
+  let stat: string;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // pid (comm) state …: comm may hold spaces and parentheses; the state follows the last ')'.
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state === 'Z' || state === 'X';
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch (error) {
-    if (isGone(error)) return true;
+    if (isGone(error)) return undefined;
     throw error;
   }
+  // pid (comm) state …: comm may hold spaces and parentheses; the state follows the last ')'.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { state: f[0]!, ppid: Number(f[1]), session: Number(f[3]), ttyNr: Number(f[4]) };
+}
+
+/** Whether the process has exited and waits to be reaped (or is gone). */
+export function hasExited(pid: number): boolean {
+  const state = procStat(pid)?.state;
+  return state === undefined || state === 'Z' || state === 'X';
 }
 
 /** The children of every thread of a process (empty when it is gone). */

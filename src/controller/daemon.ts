@@ -1,0 +1,327 @@
+// `crinc daemon`: one long-lived controller per store that checkpoints every job it
+// manages on that job's own schedule, watches their processes, and answers the other
+// crinc commands on <store>/daemon.sock (the control protocol of control.ts, with more
+// requests). What it manages is in the store's index (managed_jobs), so a restarted
+// daemon resumes every schedule and reports, rather than forgets, a job that died.
+import { closeSync, ftruncateSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { Server } from 'node:net';
+import { constants as osConstants } from 'node:os';
+import { join } from 'node:path';
+import { type CheckpointRecord, type ManagedJobRecord, Repository } from '../store/repository.js';
+import { becomeChildSubreaper, tryLockExclusive, waitpidRaw } from '../sys/libc.js';
+import { procStat } from '../sys/proc.js';
+import { attachedJob, attachTarget, jobNameFor, registerAttached } from './attach.js';
+import { takeCheckpoint } from './checkpoint.js';
+import { type Codecs, openCodecs } from './codecs.js';
+import { askController, ControlError, controlSocketPath, serveControl } from './control.js';
+import { ControllerError, JobExistsError } from './errors.js';
+import { jobRows, type JobRow } from './jobs.js';
+import type { Logger } from './log.js';
+import { isRunning } from './procfs.js';
+import { type RunningJob, startJob, startTracking } from './run.js';
+import { type JobStatus, jobStatus } from './status.js';
+import type { TrackingSession } from './tracking-session.js';
+
+export const DAEMON_SOCKET = 'daemon.sock';
+export const DAEMON_LOCK = 'daemon.lock';
+/** How often the daemon looks whether the processes of jobs that are not its children still run. */
+export const JOB_WATCH_MS = 1000;
+/** waitpid's WNOHANG. */
+const WNOHANG = 1;
+
+export type DaemonRequest =
+  | { op: 'jobs' }
+  | { op: 'status'; job: string }
+  | { op: 'checkpoint'; job: string; keepImagesDir?: string }
+  | { op: 'run'; job: string; command: string[]; cwd: string; env: Record<string, string>; intervalMs: number; tracking: boolean }
+  | { op: 'attach'; job: string | null; pid: number; intervalMs: number; tracking: boolean };
+
+/** The daemon's answer to run and attach. */
+export interface Registered {
+  job: string;
+  pid: number;
+  intervalMs: number;
+  daemonPid: number;
+}
+
+export class DaemonRunningError extends ControllerError {
+  override name = 'DaemonRunningError';
+  constructor(store: string, holder: string) {
+    super(`a crinc daemon already serves the store ${store} (${holder}); one daemon per store. Stop it first (systemctl stop crinc, or kill its pid).`);
+  }
+}
+
+export function daemonSocketPath(store: string): string {
+  return join(store, DAEMON_SOCKET);
+}
+
+/** Asks the store's daemon; undefined when none runs (the caller works standalone). */
+export function askDaemon(store: string, req: DaemonRequest): Promise<unknown | undefined> {
+  return askController(daemonSocketPath(store), req);
+}
+
+interface ManagedJob {
+  record: ManagedJobRecord;
+  pid: number;
+  tracking: TrackingSession | undefined;
+  timer: NodeJS.Timeout | undefined;
+  /** When its next checkpoint is due (ms since the epoch). */
+  due: number;
+  /** For the processes the daemon started: settles with their exit status. */
+  exited: RunningJob['exited'] | undefined;
+}
+
+export interface DaemonOptions {
+  log: Logger;
+  /** Verification mode for every checkpoint the daemon takes (CRINC_VERIFY_TRACKING=1). */
+  verifyTracking: boolean;
+}
+
+export class Daemon {
+  private readonly jobs = new Map<string, ManagedJob>();
+  /** Checkpoints run one at a time: they share the codec pool and the machine's cores. */
+  private queue: Promise<unknown> = Promise.resolve();
+  private server: Server | undefined;
+  private watch: NodeJS.Timeout | undefined;
+  private stopping = false;
+
+  private constructor(
+    readonly store: string,
+    private readonly repo: Repository,
+    private readonly codecs: Codecs,
+    private readonly lockFd: number,
+    private readonly opts: DaemonOptions,
+  ) {}
+
+  static async start(store: string, opts: DaemonOptions): Promise<Daemon> {
+    const repo = Repository.open(store, { create: true });
+    const lockPath = join(store, DAEMON_LOCK);
+    const lockFd = openSync(lockPath, 'a+', 0o600);
+    if (!tryLockExclusive(lockFd)) {
+      closeSync(lockFd);
+      repo.close();
+      throw new DaemonRunningError(store, readFileSync(lockPath, 'utf8').trim() || 'another process');
+    }
+    ftruncateSync(lockFd);
+    writeFileSync(lockFd, `crinc daemon pid ${process.pid} since ${new Date().toISOString()}`);
+    // Jobs that `criu restore -d` leaves behind, and jobs whose launcher died, become ours to reap.
+    becomeChildSubreaper();
+    const daemon = new Daemon(store, repo, await openCodecs(repo), lockFd, opts);
+    await daemon.resume();
+    daemon.server = await serveControl<DaemonRequest>(daemonSocketPath(store), (req) => daemon.handle(req));
+    daemon.server.ref();
+    daemon.watch = setInterval(() => daemon.watchJobs(), JOB_WATCH_MS);
+    opts.log.info('daemon started', null, { store, socket: daemonSocketPath(store), pid: process.pid, jobs: daemon.jobs.size });
+    return daemon;
+  }
+
+  /** Stops scheduling, lets a checkpoint in progress finish, and leaves every job running. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    clearInterval(this.watch);
+    for (const m of this.jobs.values()) clearTimeout(m.timer);
+    this.server?.close();
+    rmSync(daemonSocketPath(this.store), { force: true });
+    await this.queue.catch(() => undefined);
+    for (const [name, m] of this.jobs) {
+      m.tracking?.close();
+      const job = this.repo.findJob(name);
+      if (job && job.controllerPid === process.pid) this.repo.saveJob({ ...job, controllerPid: null, updatedAt: Date.now() });
+    }
+    await this.codecs.pool.close();
+    this.repo.close();
+    closeSync(this.lockFd);
+    this.opts.log.info('daemon stopped; its jobs keep running and their schedules resume when it starts again', null, { jobs: this.jobs.size });
+  }
+
+  // ---- requests -----------------------------------------------------------------------
+
+  private async handle(req: DaemonRequest): Promise<unknown> {
+    if (this.stopping) throw new ControlError('the daemon is stopping; try again once it has restarted');
+    switch (req.op) {
+      case 'jobs':
+        return this.jobRows();
+      case 'status':
+        return this.status(req.job);
+      case 'checkpoint':
+        return this.checkpointNow(req.job, req.keepImagesDir);
+      case 'run':
+        return this.run(req);
+      case 'attach':
+        return this.attach(req);
+      default:
+        throw new ControlError(`unknown request "${(req as { op: string }).op}"`);
+    }
+  }
+
+  private jobRows(): JobRow[] {
+    return jobRows(this.repo).map((r) => {
+      const m = this.jobs.get(r.job);
+      return r.managed && m ? { ...r, managed: { ...r.managed, nextCheckpointAt: new Date(m.due).toISOString() } } : r;
+    });
+  }
+
+  private async status(job: string): Promise<JobStatus> {
+    const m = this.jobs.get(job);
+    if (m) return jobStatus(this.repo, job, true, m.tracking ?? null);
+    this.repo.requireJob(job);
+    // A job under its own `crinc run` answers for itself.
+    return ((await askController(controlSocketPath(this.repo.jobDir(job)), { op: 'status' })) as JobStatus | undefined) ?? jobStatus(this.repo, job, false, null);
+  }
+
+  private async checkpointNow(job: string, keepImagesDir: string | undefined): Promise<CheckpointRecord> {
+    const m = this.jobs.get(job);
+    if (m) return this.checkpoint(m, keepImagesDir);
+    this.repo.requireJob(job);
+    const viaController = (await askController(controlSocketPath(this.repo.jobDir(job)), { op: 'checkpoint', keepImagesDir })) as CheckpointRecord | undefined;
+    return viaController ?? this.exclusive(() => this.withRepo((repo) => takeCheckpoint(repo, this.codecs, job, { keepImagesDir })));
+  }
+
+  private async run(req: Extract<DaemonRequest, { op: 'run' }>): Promise<Registered> {
+    this.refuseManaged(req.job);
+    const running = await startJob(this.repo, { job: req.job, command: req.command, cwd: req.cwd, env: req.env });
+    running.release();
+    return this.manage(req.job, 'run', running, req.intervalMs, req.tracking);
+  }
+
+  private async attach(req: Extract<DaemonRequest, { op: 'attach' }>): Promise<Registered> {
+    const target = attachTarget(req.pid);
+    const job = req.job ?? jobNameFor(target.command);
+    this.refuseManaged(job);
+    const jobDir = registerAttached(this.repo, job, req.pid, target);
+    return this.manage(job, 'attach', attachedJob(req.pid, jobDir), req.intervalMs, req.tracking);
+  }
+
+  private refuseManaged(job: string): void {
+    const m = this.jobs.get(job);
+    if (m) throw new JobExistsError(job, m.pid);
+  }
+
+  // ---- managed jobs -------------------------------------------------------------------
+
+  private async manage(job: string, origin: ManagedJobRecord['origin'], running: RunningJob, intervalMs: number, tracking: boolean): Promise<Registered> {
+    const now = Date.now();
+    const record: ManagedJobRecord = { job, origin, intervalMs, tracking, state: 'active', ended: null, registeredAt: now, updatedAt: now };
+    this.repo.saveManagedJob(record);
+    const m = await this.track(record, running.pid, origin === 'run' ? running.exited : undefined, now + intervalMs);
+    this.opts.log.info(`managing ${origin === 'run' ? 'a new' : 'an attached'} job`, job, { pid: running.pid, intervalMs, tracking: Boolean(m.tracking) });
+    return { job, pid: running.pid, intervalMs, daemonPid: process.pid };
+  }
+
+  private async track(record: ManagedJobRecord, pid: number, exited: RunningJob['exited'] | undefined, due: number): Promise<ManagedJob> {
+    const trackingSession = record.tracking
+      ? await startTracking(pid, (msg) => this.opts.log.warn(msg, record.job, { pid }))
+      : undefined;
+    const m: ManagedJob = { record, pid, tracking: trackingSession, timer: undefined, due, exited };
+    this.jobs.set(record.job, m);
+    exited?.then((status) => this.ended(m, 'exited', status.signal ? `signal ${status.signal}` : `exit code ${status.code}`));
+    this.schedule(m);
+    return m;
+  }
+
+  /** Takes up, after a restart, every job that was active: its schedule goes on; a job whose process died is marked dead. */
+  private async resume(): Promise<void> {
+    for (const record of this.repo.listManagedJobs()) {
+      if (record.state !== 'active') continue;
+      const job = this.repo.findJob(record.job);
+      if (!job || job.pid === null || !isRunning(job.pid)) {
+        this.markEnded(record, job?.pid ?? null, 'dead', 'its process ended while no daemon watched');
+        continue;
+      }
+      this.repo.saveJob({ ...job, controllerPid: process.pid, updatedAt: Date.now() });
+      const last = this.repo.latestCheckpoint(record.job);
+      const due = Math.max(Date.now(), (last?.takenAt ?? record.registeredAt) + record.intervalMs);
+      await this.track(record, job.pid, undefined, due);
+      this.opts.log.info('resumed the schedule of a managed job', record.job, { pid: job.pid, intervalMs: record.intervalMs, nextCheckpointAt: new Date(due).toISOString() });
+    }
+  }
+
+  private schedule(m: ManagedJob): void {
+    if (this.stopping || !this.jobs.has(m.record.job)) return;
+    clearTimeout(m.timer);
+    m.timer = setTimeout(() => void this.periodic(m), Math.max(0, m.due - Date.now()));
+  }
+
+  private async periodic(m: ManagedJob): Promise<void> {
+    const started = Date.now();
+    try {
+      await this.checkpoint(m);
+    } catch (e) {
+      // A job that ended meanwhile is the watch's to report; anything else is logged and retried next interval.
+      if (isRunning(m.pid)) this.opts.log.error(`checkpoint failed: ${(e as Error).message}`, m.record.job, { error: (e as Error).name });
+    }
+    m.due = started + m.record.intervalMs;
+    this.schedule(m);
+  }
+
+  private checkpoint(m: ManagedJob, keepImagesDir?: string): Promise<CheckpointRecord> {
+    return this.exclusive(async () => {
+      const cp = await this.withRepo((repo) =>
+        takeCheckpoint(repo, this.codecs, m.record.job, { keepImagesDir, tracking: m.tracking, verifyTracking: this.opts.verifyTracking }),
+      );
+      this.opts.log.info('checkpoint', m.record.job, {
+        id: cp.id, mode: cp.mode, imageBytes: cp.imageBytes, storedBytes: cp.storedBytes, durationMs: Math.round(cp.durationMs), freezeMs: Math.round(cp.freezeMs),
+      });
+      return cp;
+    });
+  }
+
+  /**
+   * A Repository per operation: a long-lived one caches every chunk id it has seen, which
+   * grows without bound over months, and would go stale when gc removes chunks.
+   */
+  private async withRepo<T>(fn: (repo: Repository) => Promise<T>): Promise<T> {
+    const repo = Repository.open(this.store, { create: false });
+    try {
+      return await fn(repo);
+    } finally {
+      repo.close();
+    }
+  }
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Jobs that are not the daemon's children: looked at every JOB_WATCH_MS; adopted ones are reaped here. */
+  private watchJobs(): void {
+    for (const m of this.jobs.values()) {
+      if (m.exited) continue; // the child's exit event reports it
+      const stat = procStat(m.pid);
+      if (stat && stat.state !== 'Z' && stat.state !== 'X') continue;
+      if (stat?.state === 'Z' && stat.ppid === process.pid) {
+        const [r, status] = waitpidRaw(m.pid, WNOHANG);
+        if (r === m.pid) {
+          this.ended(m, 'exited', (status & 0x7f) === 0 ? `exit code ${(status >> 8) & 0xff}` : `signal ${signalName(status & 0x7f)}`);
+          continue;
+        }
+      }
+      this.ended(m, 'dead', `process ${m.pid} is gone; its exit status went to another parent`);
+    }
+  }
+
+  private ended(m: ManagedJob, state: 'exited' | 'dead', how: string): void {
+    if (this.jobs.get(m.record.job) !== m) return;
+    this.jobs.delete(m.record.job);
+    clearTimeout(m.timer);
+    m.tracking?.close();
+    if (this.stopping) return;
+    this.markEnded(m.record, m.pid, state, how);
+  }
+
+  private markEnded(record: ManagedJobRecord, pid: number | null, state: 'exited' | 'dead', how: string): void {
+    const now = Date.now();
+    this.repo.saveManagedJob({ ...record, state, ended: how, updatedAt: now });
+    const job = this.repo.findJob(record.job);
+    // A restore may have given the job a new process meanwhile: only mark our own.
+    if (job && job.pid === pid) this.repo.saveJob({ ...job, state: 'stopped', controllerPid: null, updatedAt: now });
+    this.opts.log.log(state === 'dead' ? 'warn' : 'info', state === 'dead' ? 'job is dead' : 'job exited', record.job, { pid, how });
+  }
+}
+
+function signalName(n: number): string {
+  return Object.entries(osConstants.signals).find(([, v]) => v === n)?.[0] ?? `signal ${n}`;
+}
