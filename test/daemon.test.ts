@@ -1,0 +1,157 @@
+// `crinc daemon` with real CRIU and real processes: two jobs on their own schedules, the
+// other commands through its socket, restarts after SIGTERM and SIGKILL (schedules go on,
+// a job killed meanwhile is reported dead), a job that exits, a second daemon refused.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { alive, type CheckpointJson, CLI, COUNTER, killAndWait, Sandbox, waitFor } from './helpers.js';
+
+interface JobRow {
+  job: string;
+  pid: number;
+  state: string;
+  managed: { origin: string; intervalMs: number; ended: string | null; nextCheckpointAt?: string | null } | null;
+  lastCheckpoint: { id: number } | null;
+}
+
+interface LogEvent {
+  time: string;
+  level: string;
+  job: string | null;
+  msg: string;
+  fields: Record<string, unknown>;
+}
+
+/** A `crinc daemon` on the sandbox's store; its stderr (JSON lines, not a terminal) kept. */
+class DaemonProcess {
+  readonly child: ChildProcess;
+  private stderr = '';
+  constructor(sb: Sandbox) {
+    this.child = spawn(process.execPath, [CLI, 'daemon'], {
+      env: { ...process.env, CRINC_STORE: sb.store, CRINC_VERIFY_TRACKING: '1' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    this.child.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString()));
+  }
+
+  events(): LogEvent[] {
+    return this.stderr.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as LogEvent);
+  }
+
+  async ready(): Promise<void> {
+    await waitFor(() => this.events().some((e) => e.msg === 'daemon started'), `the daemon to start\n${this.stderr}`, 60_000);
+  }
+
+  async exit(): Promise<number | null> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return this.child.exitCode;
+    return new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
+  }
+}
+
+function checkpointsOf(sb: Sandbox, job: string): CheckpointJson[] {
+  return sb.json<CheckpointJson[]>(['list', job]);
+}
+
+function row(sb: Sandbox, job: string): JobRow {
+  return sb.json<JobRow[]>(['jobs']).find((r) => r.job === job)!;
+}
+
+describe('crinc daemon', () => {
+  const sb = new Sandbox();
+  let daemon: DaemonProcess;
+  const pids: Record<string, number> = {};
+
+  beforeAll(async () => {
+    daemon = new DaemonProcess(sb);
+    await daemon.ready();
+  });
+  afterAll(async () => {
+    if (daemon.child.exitCode === null) daemon.child.kill('SIGKILL');
+    sb.cleanup();
+  });
+
+  it('listens on a root-only socket in the store, and refuses a second daemon on the same store', () => {
+    const socket = join(sb.store, 'daemon.sock');
+    expect(statSync(socket).isSocket()).toBe(true);
+    expect(statSync(socket).mode & 0o777).toBe(0o600);
+    expect(statSync(sb.store).mode & 0o777).toBe(0o700);
+    const second = sb.cli(['daemon']);
+    expect(second.code).toBe(1);
+    expect(second.stderr).toContain(`a crinc daemon already serves the store ${sb.store} (crinc daemon pid ${daemon.child.pid} since`);
+  });
+
+  it('manages two jobs with different intervals; crinc run hands them over and returns', async () => {
+    for (const [job, interval] of [['fast', '1s'], ['slow', '3s']] as const) {
+      const out = sb.ok(['run', '--job', job, '--interval', interval, '--', COUNTER, '--region-mib', '4', '--tick-ms', '50']);
+      const m = /^job (\S+) runs as pid (\d+); the daemon \(pid (\d+)\) checkpoints it every (\S+) /.exec(out);
+      expect(m?.slice(1)).toEqual([job, expect.any(String), String(daemon.child.pid), interval]);
+      pids[job] = Number(m![2]);
+      sb.track(pids[job]!);
+    }
+    await waitFor(() => checkpointsOf(sb, 'slow').length >= 3, 'three checkpoints of the slow job', 60_000);
+    const fast = checkpointsOf(sb, 'fast').map((c) => Date.parse(c.takenAt));
+    const slow = checkpointsOf(sb, 'slow').map((c) => Date.parse(c.takenAt));
+    const gaps = (t: number[]) => t.slice(1).map((x, i) => x - t[i]!);
+    // Each job on its own schedule: the slow one never sooner than its interval allows
+    // (a checkpoint's moment within its run varies by the dump's length), the fast one
+    // several times per slow interval.
+    expect(Math.min(...gaps(slow))).toBeGreaterThan(2500);
+    expect(fast.filter((t) => t <= slow[2]!).length).toBeGreaterThanOrEqual(4);
+    for (const job of ['fast', 'slow']) {
+      expect(row(sb, job)).toMatchObject({ job, pid: pids[job], state: 'running', managed: { origin: 'run', intervalMs: job === 'fast' ? 1000 : 3000, ended: null } });
+    }
+  });
+
+  it('answers crinc jobs, status and checkpoint', async () => {
+    // Only the daemon knows when it checkpoints next.
+    expect(Date.parse(row(sb, 'slow').managed!.nextCheckpointAt!)).toBeGreaterThan(0);
+    const status = sb.json<{ job: string; running: boolean; controller: boolean; tracking: { mode: string } }>(['status', 'slow']);
+    expect(status).toMatchObject({ job: 'slow', running: true, controller: true });
+    expect(['armed', 'disarmed']).toContain(status.tracking.mode);
+    const cp = sb.json<CheckpointJson>(['checkpoint', 'slow']);
+    expect(cp.job).toBe('slow');
+    // The daemon took it: its log says so (read once the test's event loop has run again).
+    await waitFor(() => daemon.events().some((e) => e.msg === 'checkpoint' && e.job === 'slow' && e.fields.id === cp.id), 'the daemon to log the checkpoint');
+  });
+
+  it('reports a job whose process ended, with how', async () => {
+    sb.ok(['run', '--job', 'short', '--interval', '1h', '--', 'sh', '-c', 'sleep 0.5; exit 3']);
+    await waitFor(() => row(sb, 'short').state === 'exited', 'the short job to exit');
+    expect(row(sb, 'short').managed!.ended).toBe('exit code 3');
+    await waitFor(() => daemon.events().some((e) => e.msg === 'job exited' && e.job === 'short' && e.fields.how === 'exit code 3'), 'the daemon to log the exit');
+  });
+
+  for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
+    it(`after ${signal} and a restart, schedules go on and a job killed meanwhile is reported dead`, async () => {
+      // A job of its own, to kill while the daemon is down.
+      const victim = `victim-${signal.toLowerCase()}`;
+      const out = sb.ok(['run', '--job', victim, '--interval', '1h', '--', COUNTER, '--region-mib', '1']);
+      const victimPid = Number(/runs as pid (\d+)/.exec(out)![1]);
+      sb.track(victimPid);
+
+      daemon.child.kill(signal);
+      const code = await daemon.exit();
+      if (signal === 'SIGTERM') {
+        expect(code).toBe(0);
+        expect(existsSync(join(sb.store, 'daemon.sock'))).toBe(false);
+      }
+      // Without a daemon the commands work standalone; the jobs go on.
+      expect(alive(pids.fast!) && alive(pids.slow!)).toBe(true);
+      expect(row(sb, 'fast').managed!.nextCheckpointAt).toBeUndefined();
+      await killAndWait(victimPid);
+      const lastBefore = Math.max(...checkpointsOf(sb, 'fast').map((c) => c.id));
+
+      daemon = new DaemonProcess(sb);
+      await daemon.ready();
+      await waitFor(() => checkpointsOf(sb, 'fast').some((c) => c.id > lastBefore), 'a checkpoint of the fast job after the restart', 30_000);
+      await waitFor(() => checkpointsOf(sb, 'slow').some((c) => Date.parse(c.takenAt) > Date.parse(daemon.events()[0]!.time)), 'the slow job too', 30_000);
+      const events = daemon.events();
+      expect(events.filter((e) => e.msg === 'resumed the schedule of a managed job').map((e) => e.job).sort()).toEqual(['fast', 'slow']);
+      expect(events.find((e) => e.msg === 'job is dead')).toMatchObject({ level: 'warn', job: victim, fields: { pid: victimPid } });
+      expect(row(sb, victim)).toMatchObject({ state: 'dead', managed: { ended: 'its process ended while no daemon watched' } });
+      // Jobs that had ended before stay as they were, not dropped.
+      expect(row(sb, 'short')).toMatchObject({ state: 'exited', managed: { ended: 'exit code 3' } });
+    });
+  }
+});
