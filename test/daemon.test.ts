@@ -122,6 +122,19 @@ describe('crinc daemon', () => {
     await waitFor(() => daemon.events().some((e) => e.msg === 'job exited' && e.job === 'short' && e.fields.how === 'exit code 3'), 'the daemon to log the exit');
   });
 
+  it('takes over a process with crinc attach, and sees it end', async () => {
+    const attached = spawn(COUNTER, ['--region-mib', '2', '--tick-ms', '50'], { detached: true, stdio: 'ignore' });
+    sb.track(attached.pid!);
+    const out = sb.ok(['attach', String(attached.pid), '--job', 'att', '--interval', '1s']);
+    expect(out).toContain(`job att runs as pid ${attached.pid}; the daemon (pid ${daemon.child.pid}) checkpoints it every 1s`);
+    await waitFor(() => checkpointsOf(sb, 'att').length >= 2, 'two checkpoints of the attached process', 30_000);
+    expect(row(sb, 'att')).toMatchObject({ pid: attached.pid, state: 'running', managed: { origin: 'attach', intervalMs: 1000 } });
+    attached.kill('SIGKILL');
+    await waitFor(() => row(sb, 'att').state === 'exited', 'the daemon to see the attached process end');
+    // Not the daemon's child: its parent (this test) got the exit status.
+    expect(row(sb, 'att').managed!.ended).toBe('ended; its exit status went to its parent');
+  });
+
   for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
     it(`after ${signal} and a restart, schedules go on and a job killed meanwhile is reported dead`, async () => {
       // A job of its own, to kill while the daemon is down.

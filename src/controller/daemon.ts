@@ -299,7 +299,7 @@ export class Daemon {
           continue;
         }
       }
-      this.ended(m, 'dead', `process ${m.pid} is gone; its exit status went to another parent`);
+      this.ended(m, 'exited', 'ended; its exit status went to its parent');
     }
   }
 
