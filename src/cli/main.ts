@@ -18,8 +18,13 @@ import { resolveCheckpoint, restoreJob, type RestoreTarget } from '../controller
 import { controlJob, runJob, type RunOptions, type RunOutcome } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
 import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
+import { pruneJob } from '../controller/retention.js';
+import { recoverStore } from '../controller/recovery.js';
+import { verifyStore } from '../controller/verify.js';
+import { collectGarbage } from '../store/gc.js';
 import { type CheckpointRecord, Repository } from '../store/repository.js';
 import { formatBytes, formatCheckpoint, formatDuration, printStatus, printTable } from './format.js';
+import { addRetentionOptions, RETENTION_HELP, type RetentionFlags, retentionFromOptions } from './retention-options.js';
 
 export const DEFAULT_STORE = '/var/lib/crinc';
 const DEFAULT_INTERVAL = '5m';
@@ -38,7 +43,11 @@ function requireRoot(): void {
 
 function openStore(opt: string | undefined, create = false): Repository {
   requireRoot();
-  return Repository.open(storeDir(opt), { create });
+  const repo = Repository.open(storeDir(opt), { create });
+  const recovered = recoverStore(repo);
+  const count = recovered.packFiles.length + recovered.stagingDirs.length;
+  if (count > 0) console.error(`crinc: removed ${count} leftover file(s) of interrupted checkpoints, restores or GCs: ${[...recovered.packFiles, ...recovered.stagingDirs].join(', ')}`);
+  return repo;
 }
 
 const storeOption = () =>
@@ -88,8 +97,8 @@ lines when stderr is a terminal.`)
       await daemon.stop();
     });
 
-  program
-    .command('run')
+  addRetentionOptions(program
+    .command('run'))
     .description('start CMD as a job (own PID namespace, detached from the terminal, output in the job\'s log files) and checkpoint it every interval')
     .addOption(new Option('--job <name>', 'job name (default: the command\'s base name)'))
     .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
@@ -101,16 +110,20 @@ lines when stderr is a terminal.`)
 Examples:
   crinc run --job sim --interval 10m -- ./simulate --steps 1000000
   crinc run --job web --interval 30s --kill-on-exit -- python3 -m http.server
+  crinc run --job sim --interval 1m --keep-last 10 --keep-hourly 24 -- ./simulate
 
 The job's stdout and stderr go to <store>/jobs/<job>/{stdout,stderr}.log.
 When a daemon serves the store (crinc daemon), it starts the job (with this command's
 environment and working directory) and checkpoints it; crinc run prints the job's pid and
 returns. Otherwise crinc run stays in the foreground: Ctrl-C stops checkpointing and
-leaves the job running (see --kill-on-exit).`)
-    .action(async (cmd: string[], o: { job?: string; interval: number | string; killOnExit?: boolean; tracking: boolean; store?: string }) => {
+leaves the job running (see --kill-on-exit).
+${RETENTION_HELP}`)
+    .action(async (cmd: string[], o: RetentionFlags & { job?: string; interval: number | string; killOnExit?: boolean; tracking: boolean; store?: string }) => {
       const repo = openStore(o.store, true);
       criuVersion();
       const job = o.job ?? jobNameFor(cmd);
+      const retention = retentionFromOptions(o);
+      if (retention) repo.setJobRetention(job, retention);
       const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
       const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
       const registered = (await askDaemon(repo.dir, { op: 'run', job, command: cmd, cwd: process.cwd(), env, intervalMs, tracking: o.tracking })) as Registered | undefined;
@@ -160,17 +173,19 @@ it stays in the foreground until Ctrl-C (the process goes on) or the process end
       repo.close();
     });
 
-  program
+  addRetentionOptions(program
     .command('checkpoint')
     .description('take one checkpoint of a job now; the job keeps running')
     .argument('<job>', 'job name')
-    .option('--json', 'print the checkpoint as JSON')
+    .option('--json', 'print the checkpoint as JSON'))
     .addOption(storeOption())
-    .addHelpText('after', '\nExample:\n  crinc checkpoint sim')
-    .action(async (job: string, o: { json?: boolean; store?: string }) => {
+    .addHelpText('after', `\nExamples:\n  crinc checkpoint sim\n  crinc checkpoint sim --keep-last 5     (and from now on after each checkpoint of sim)\n${RETENTION_HELP}`)
+    .action(async (job: string, o: RetentionFlags & { json?: boolean; store?: string }) => {
       const repo = openStore(o.store);
       criuVersion();
       repo.requireJob(job);
+      const retention = retentionFromOptions(o);
+      if (retention) repo.setJobRetention(job, retention);
       const keepImagesDir = process.env[KEEP_IMAGES_ENV] ? resolve(process.env[KEEP_IMAGES_ENV]) : undefined;
       // The daemon or a running controller takes it, so that its dirty tracking stays continuous.
       const cp =
@@ -306,6 +321,100 @@ Example:
       const codecs = await openCodecs(repo);
       const written = await exportCheckpoint(repo, codecs, cp, o.to);
       console.log(`checkpoint ${cp.id}: ${written.images} image files and ${written.files} job files written to ${o.to}`);
+      repo.close();
+    });
+
+  addRetentionOptions(program
+    .command('prune')
+    .description("forget checkpoints by retention policy: the one given, else each job's stored policy (jobs without one keep everything)")
+    .argument('[job]', 'only this job')
+    .option('--dry-run', 'only say what would be forgotten')
+    .option('--json', 'print a JSON array, one entry per job'))
+    .addOption(storeOption())
+    .addHelpText('after', `
+Examples:
+  crinc prune                                 every job, by its stored policy
+  crinc prune sim --keep-daily 7 --dry-run    what this policy would forget of sim
+  crinc prune sim --keep-last 3 && crinc gc   forget, then free the space
+${RETENTION_HELP}`)
+    .action((job: string | undefined, o: RetentionFlags & { dryRun?: boolean; json?: boolean; store?: string }) => {
+      const repo = openStore(o.store);
+      const given = retentionFromOptions(o);
+      const jobs = job ? [repo.requireJob(job).name] : repo.listJobs().map((j) => j.name);
+      const out = [];
+      for (const name of jobs) {
+        const policy = given ?? repo.jobRetention(name);
+        if (!policy) {
+          if (!o.json) console.log(`job ${name}: no retention policy, every checkpoint is kept`);
+          continue;
+        }
+        const d = pruneJob(repo, name, policy, { dryRun: Boolean(o.dryRun) });
+        out.push({
+          job: name,
+          policy,
+          dryRun: Boolean(o.dryRun),
+          keep: d.keep.map((k) => ({ id: k.checkpoint.id, takenAt: new Date(k.checkpoint.takenAt).toISOString(), reasons: k.reasons })),
+          forget: d.forget.map((c) => ({ id: c.id, takenAt: new Date(c.takenAt).toISOString() })),
+        });
+        if (o.json) continue;
+        console.log(`job ${name}: keep ${d.keep.length}, ${o.dryRun ? 'would forget' : 'forgot'} ${d.forget.length}`);
+        for (const k of d.keep) console.log(`  keep    ${k.checkpoint.id}  ${new Date(k.checkpoint.takenAt).toISOString()}  (${k.reasons.join(', ')})`);
+        for (const c of d.forget) console.log(`  forget  ${c.id}  ${new Date(c.takenAt).toISOString()}`);
+      }
+      if (o.json) console.log(JSON.stringify(out));
+      else if (!o.dryRun && out.some((r) => r.forget.length > 0)) console.log('run crinc gc to free the space of forgotten checkpoints');
+      repo.close();
+    });
+
+  program
+    .command('gc')
+    .description('free the space of forgotten checkpoints: delete chunks no checkpoint names, repack packs that are mostly dead, remove leftovers of interrupted work; safe while checkpoints run')
+    .option('--dry-run', 'only say what would be freed')
+    .option('--json', 'print the figures as JSON')
+    .addOption(storeOption())
+    .addHelpText('after', '\nExamples:\n  crinc gc\n  crinc gc --dry-run --json')
+    .action(async (o: { dryRun?: boolean; json?: boolean; store?: string }) => {
+      const repo = openStore(o.store);
+      const codecs = await openCodecs(repo);
+      const r = await collectGarbage(repo, codecs.chunks, { dryRun: Boolean(o.dryRun) });
+      if (o.json) {
+        console.log(JSON.stringify(r));
+      } else {
+        console.log(
+          `${r.dryRun ? 'would free' : 'freed'} ${formatBytes(r.bytesFreed)} (${formatBytes(r.bytesBefore)} → ${formatBytes(r.bytesAfter)} of packs): ` +
+            `${r.liveChunks} chunks live, ${r.deadChunks} dead; ${r.deadPacks} packs deleted, ${r.repackedPacks} repacked into ${r.newPacks}, ${r.orphanFiles} leftover files removed`,
+        );
+      }
+      await codecs.pool.close();
+      repo.close();
+    });
+
+  program
+    .command('verify')
+    .description("check the store: every pack the index names exists whole, every checkpoint's chunks are indexed; with --read-data every chunk is read, decompressed and checked against its id. Exits 1 naming the damaged checkpoints")
+    .option('--read-data', 'read and check every chunk (reads the whole store)')
+    .option('--json', 'print the report as JSON')
+    .addOption(storeOption())
+    .addHelpText('after', '\nExamples:\n  crinc verify\n  crinc verify --read-data --json')
+    .action(async (o: { readData?: boolean; json?: boolean; store?: string }) => {
+      const repo = openStore(o.store);
+      const codecs = await openCodecs(repo);
+      const r = await verifyStore(repo, codecs, { readData: Boolean(o.readData) });
+      if (o.json) {
+        console.log(JSON.stringify({ ...r, damaged: r.damaged.map((d) => ({ ...d, takenAt: new Date(d.takenAt).toISOString() })) }));
+      } else {
+        console.log(
+          `${r.checkpoints} checkpoints, ${r.packs} packs, ${r.chunks} chunks` + (r.readData ? `, ${formatBytes(r.bytesRead)} read and checked` : '') + `: ${r.ok ? 'ok' : 'DAMAGED'}`,
+        );
+        for (const p of r.packProblems) console.log(`pack ${p.pack}: ${p.problem}`);
+        for (const c of r.badChunks) console.log(`chunk ${c.chunk} in pack ${c.pack}: ${c.problem}`);
+        for (const d of r.damaged) {
+          console.log(`checkpoint ${d.id} of ${d.job} (${d.kind}, taken ${new Date(d.takenAt).toISOString()}) is damaged:`);
+          for (const p of d.problems) console.log(`  ${p}`);
+        }
+      }
+      if (!r.ok) process.exitCode = 1;
+      await codecs.pool.close();
       repo.close();
     });
 

@@ -1,23 +1,41 @@
 // The checkpoint pipeline: CRIU dump (job's files captured while frozen) → ingest →
 // one commit. A failure at any step leaves the store as it was; staging is removed.
-import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { dump } from '../criu/criu.js';
 import { readDumpStats } from '../criu/images.js';
 import type { CheckpointRecord, FileManifest, Repository } from '../store/repository.js';
+import { lockStore, type StoreLock } from '../store/store-lock.js';
+import { faultPoint } from '../sys/fault.js';
 import type { Codecs } from './codecs.js';
 import { JobNotRunningError } from './errors.js';
 import { Ingest, NO_CLEAN_PAGES, type PageIndex, TrackingMissError } from './ingest.js';
 import type { FrozenTracking, TrackingSession } from './tracking-session.js';
 import { type CapturedFile, captureJobFiles, jobFileManifests } from './job-files.js';
 import { isRunning } from './procfs.js';
+import { applyStoredRetention } from './retention.js';
 
 /** Staging lives on tmpfs: CRIU writes the images at memory speed, and nothing of it persists. */
 export const STAGING_ROOT = '/dev/shm';
 
+/** crinc-<kind>-<pid of its owner>-<random>: a staging dir whose owner is dead is garbage. */
+const STAGING_NAME = /^crinc-[a-z]+-(\d+)-[A-Za-z0-9]{6}$/;
+
 export function makeStaging(kind: string): string {
-  const dir = mkdtempSync(join(STAGING_ROOT, `crinc-${kind}-`));
+  const dir = mkdtempSync(join(STAGING_ROOT, `crinc-${kind}-${process.pid}-`));
   return dir; // mkdtemp creates it 0700
+}
+
+/** Removes the staging dirs of crinc processes that died (killed mid-checkpoint or mid-restore). */
+export function removeStaleStaging(): string[] {
+  const removed: string[] = [];
+  for (const name of readdirSync(STAGING_ROOT)) {
+    const owner = STAGING_NAME.exec(name);
+    if (!owner || isRunning(Number(owner[1]))) continue;
+    rmSync(join(STAGING_ROOT, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
 }
 
 export interface CheckpointOptions {
@@ -34,8 +52,14 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
   if (job.pid === null || !isRunning(job.pid)) throw new JobNotRunningError(jobName, job.pid);
   const pid = job.pid;
   const lock = repo.lockJob(jobName, 'checkpoint');
+  let storeLock: StoreLock | undefined;
   const staging = makeStaging('checkpoint');
   try {
+    // Held from before the dump until the commit: GC neither deletes a chunk this
+    // checkpoint counts on nor removes its packs as orphans. Waiting for a GC happens
+    // here, before the job is frozen.
+    storeLock = await lockStore(repo.dir, 'shared');
+    repo.refreshAfterCollection();
     const imagesDir = join(staging, 'images');
     const workDir = join(staging, 'work');
     const filesDir = join(staging, 'files');
@@ -64,12 +88,17 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
           frozen = tracking?.whileFrozen();
         },
       });
+      faultPoint('checkpoint-after-dump');
       const record = await commitImages(repo, codecs, {
         jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs,
         verify: Boolean(options.verifyTracking),
       });
+      storeLock.release();
       tracking?.committed(record.pageIndex);
       if (options.keepImagesDir) cpSync(imagesDir, join(options.keepImagesDir, String(record.checkpoint.id)), { recursive: true });
+      faultPoint('checkpoint-after-commit');
+      // Under the job lock: the newest checkpoint, which retention always keeps, is ours.
+      applyStoredRetention(repo, jobName);
       return record.checkpoint;
     } catch (e) {
       // The scan (if it ran) cleared the written bits: only a full checkpoint is sound next.
@@ -78,6 +107,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     }
   } finally {
     rmSync(staging, { recursive: true, force: true });
+    storeLock?.release();
     lock.release();
   }
 }

@@ -10,6 +10,7 @@ import { PE_PRESENT, readPagemap, type Pagemap } from '../criu/images.js';
 import { CHUNK_ID_BYTES, type Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
 import type { ChunkWriter, FileManifest, Repository } from '../store/repository.js';
 import type { Range } from '../tracking/page-ranges.js';
+import { faultPoint } from '../sys/fault.js';
 import type { Codecs } from './codecs.js';
 
 /** Pages read, hashed and stored per step: bounds the ingest's memory. */
@@ -265,6 +266,7 @@ export class Ingest {
       this.writer.putStored(batch.id(i).slice(), batch.stored(i), PAGE_BYTES, batch.compression(i) as number as Compression);
     }
     this.codecs.pool.release(batch);
+    faultPoint('checkpoint-mid-pack');
   }
 
   /** Returns pool batches on failure, so the pool stays usable. */

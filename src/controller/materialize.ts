@@ -9,6 +9,7 @@ import { CorruptChunkError } from '../codec/errors.js';
 import { ChunkCorruptError } from '../store/errors.js';
 import { CHUNK_ID_BYTES } from '../store/format.js';
 import { type CheckpointRecord, type ChunkLocations, type FileManifest, idHex, isZeroId, type Repository } from '../store/repository.js';
+import { lockStore } from '../store/store-lock.js';
 import type { Codecs } from './codecs.js';
 
 /** Largest single read of a pack: neighbouring chunks are read together up to this. */
@@ -180,14 +181,21 @@ export class ExportTargetError extends Error {
 export async function exportCheckpoint(repo: Repository, codecs: Codecs, cp: CheckpointRecord, dir: string): Promise<{ images: number; files: number }> {
   if (existsSync(dir) && readdirSync(dir).length > 0) throw new ExportTargetError(`${dir} is not empty: export into a new or empty directory`);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const all = repo.checkpointFiles(cp.id, codecs.chunks);
-  const images = all.filter((f) => f.role === 'image');
-  await materializeImages(repo, images, codecs, dir);
-  const jobFiles = all.filter((f) => f.role === 'job-file');
-  for (const f of jobFiles) {
-    const dest = join(dir, 'files', f.path);
-    mkdirSync(dirname(dest), { recursive: true, mode: 0o700 });
-    await materializeFile(repo, f, codecs, dest);
+  // GC waits while chunks are read.
+  const storeLock = await lockStore(repo.dir, 'shared');
+  try {
+    repo.refreshAfterCollection();
+    const all = repo.checkpointFiles(repo.getCheckpoint(cp.id).id, codecs.chunks);
+    const images = all.filter((f) => f.role === 'image');
+    await materializeImages(repo, images, codecs, dir);
+    const jobFiles = all.filter((f) => f.role === 'job-file');
+    for (const f of jobFiles) {
+      const dest = join(dir, 'files', f.path);
+      mkdirSync(dirname(dest), { recursive: true, mode: 0o700 });
+      await materializeFile(repo, f, codecs, dest);
+    }
+    return { images: images.length, files: jobFiles.length };
+  } finally {
+    storeLock.release();
   }
-  return { images: images.length, files: jobFiles.length };
 }

@@ -5,6 +5,7 @@ import { copyFileSync, existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { restoreDetached } from '../criu/criu.js';
 import { type CheckpointRecord, type FileManifest, type Repository } from '../store/repository.js';
+import { lockStore, type StoreLock } from '../store/store-lock.js';
 import { makeStaging } from './checkpoint.js';
 import type { Codecs } from './codecs.js';
 import { JobStillRunningError, NoCheckpointError } from './errors.js';
@@ -48,8 +49,13 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
   if (job.pid !== null && isRunning(job.pid)) throw new JobStillRunningError(jobName, job.pid);
   const checkpoint = resolveCheckpoint(repo, jobName, target);
   const lock = repo.lockJob(jobName, `restore of checkpoint ${checkpoint.id}`);
+  let storeLock: StoreLock | undefined;
   const staging = makeStaging('restore');
   try {
+    // Chunks are read and a pre-restore snapshot may be committed: GC waits meanwhile.
+    storeLock = await lockStore(repo.dir, 'shared');
+    repo.refreshAfterCollection();
+    repo.getCheckpoint(checkpoint.id); // not forgotten by retention meanwhile
     const imagesDir = join(staging, 'images');
     const workDir = join(staging, 'work');
     const wantedDir = join(staging, 'wanted');
@@ -125,6 +131,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     return { pid, checkpoint, rolledBack: changed.map((c) => c.manifest.path), preRestore };
   } finally {
     rmSync(staging, { recursive: true, force: true });
+    storeLock?.release();
     lock.release();
   }
 }

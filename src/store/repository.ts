@@ -3,8 +3,9 @@
 // its packs are on disk (docs/FORMAT.md, "Commit").
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { faultPoint } from '../sys/fault.js';
 import { tryLockExclusive } from '../sys/libc.js';
 import {
   CHUNK_ID_BYTES,
@@ -29,8 +30,9 @@ import {
 } from './errors.js';
 import { SECRET_BYTES } from '../codec/limits.js';
 import { IdSet } from './id-set.js';
-import { PackReader, PackWriter } from './pack.js';
-import { SCHEMA_MANAGED_JOBS, SCHEMA_V1 } from './schema.js';
+import { PackReader, PackWriter, PARTIAL_SUFFIX, packPath } from './pack.js';
+import type { RetentionPolicy } from './retention-policy.js';
+import { SCHEMA_MANAGED_JOBS, SCHEMA_MIGRATIONS, SCHEMA_V1 } from './schema.js';
 
 /** Ids per lookup query: below SQLite's default limit of 32766 bound parameters, large enough to amortize a query. */
 const LOOKUP_BATCH = 500;
@@ -159,11 +161,14 @@ export interface OpenOptions {
 
 export class Repository {
   readonly secret: Uint8Array;
-  private readonly db: Database.Database;
+  /** The index: for the store's own modules (gc.ts, inventory.ts); everything else goes through methods. */
+  readonly db: Database.Database;
   private readonly packReader: PackReader;
   private readonly hasChunkStmt: Database.Statement;
   /** Ids known to be in the index: lookups of them need no query. */
-  private readonly known = new IdSet();
+  private known = new IdSet();
+  /** The GC generation the cache is valid for (meta gc_generation, read before any id went in). */
+  private knownGeneration: number;
   /** The cache holds every id of the index (as of preloadKnown, plus our own commits). */
   private knownComplete = false;
   private readonly statements = new Map<string, Database.Statement>();
@@ -183,6 +188,7 @@ export class Repository {
     const secret = this.db.prepare(`SELECT value FROM meta WHERE key = 'secret'`).pluck().get() as Buffer | undefined;
     if (!secret || secret.length !== SECRET_BYTES) throw new StoreFormatError(`${dir}: the store's secret is missing or damaged`);
     this.secret = new Uint8Array(secret);
+    this.knownGeneration = this.gcGeneration();
     this.hasChunkStmt = this.db.prepare('SELECT 1 FROM chunks WHERE id = ?').pluck();
     this.chunkStmt = this.db.prepare(
       'SELECT p.name AS pack, c.offset, c.stored_length, c.raw_length, c.compression FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?',
@@ -215,6 +221,7 @@ export class Repository {
     if (!hasMeta) {
       this.db.transaction(() => {
         this.db.exec(SCHEMA_V1);
+        for (const m of SCHEMA_MIGRATIONS) this.db.exec(m.sql);
         const ins = this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)');
         ins.run('format_version', String(STORE_FORMAT_VERSION));
         ins.run('secret', randomBytes(SECRET_BYTES));
@@ -224,13 +231,80 @@ export class Repository {
       })();
       return;
     }
-    const version = Number(this.db.prepare(`SELECT value FROM meta WHERE key = 'format_version'`).pluck().get());
-    if (version !== STORE_FORMAT_VERSION) {
+    const versionStmt = this.db.prepare(`SELECT value FROM meta WHERE key = 'format_version'`).pluck();
+    const version = Number(versionStmt.get());
+    if (version > STORE_FORMAT_VERSION || !(version >= 1)) {
       throw new StoreFormatError(
-        `${this.dir} has store format ${version}; this crinc reads format ${STORE_FORMAT_VERSION}. Use the crinc release that wrote it.`,
+        `${this.dir} has store format ${version}; this crinc reads formats 1 to ${STORE_FORMAT_VERSION}. Use the crinc release that wrote it.`,
       );
     }
     this.db.exec(SCHEMA_MANAGED_JOBS);
+    if (version === STORE_FORMAT_VERSION) return;
+    // An older store is upgraded in place; IMMEDIATE so that two openers cannot both migrate.
+    this.db.transaction(() => {
+      const current = Number(versionStmt.get());
+      for (const m of SCHEMA_MIGRATIONS) {
+        if (m.version <= current) continue;
+        this.db.exec(m.sql);
+        this.db.prepare(`UPDATE meta SET value = ? WHERE key = 'format_version'`).run(String(m.version));
+      }
+    }).immediate();
+  }
+
+  // ---- garbage collection and retention (src/store/gc.ts, src/controller/retention.ts)
+
+  /** Bumped by every GC that deleted chunks or packs (meta gc_generation). */
+  gcGeneration(): number {
+    return Number(this.db.prepare(`SELECT value FROM meta WHERE key = 'gc_generation'`).pluck().get());
+  }
+
+  /**
+   * After a GC (another process's, possibly): drops the cache of known chunk ids, which
+   * may name deleted chunks, and reloads it when it was complete; closes open packs,
+   * which may be deleted files. Call with the store lock held shared, before ingest.
+   */
+  refreshAfterCollection(): void {
+    const generation = this.gcGeneration();
+    if (generation === this.knownGeneration) return;
+    const wasComplete = this.knownComplete;
+    this.known = new IdSet();
+    this.knownComplete = false;
+    this.knownGeneration = generation;
+    this.packReader.close();
+    if (wasComplete) this.preloadKnown();
+  }
+
+  jobRetention(job: string): RetentionPolicy | undefined {
+    const text = this.db.prepare('SELECT policy FROM retention WHERE job = ?').pluck().get(job) as string | undefined;
+    return text === undefined ? undefined : (JSON.parse(text) as RetentionPolicy);
+  }
+
+  /** Stores the job's policy, applied after each of its checkpoints (the job may not exist yet). */
+  setJobRetention(job: string, policy: RetentionPolicy): void {
+    validateJobName(job);
+    this.db
+      .prepare('INSERT INTO retention (job, policy) VALUES (?, ?) ON CONFLICT (job) DO UPDATE SET policy = excluded.policy')
+      .run(job, JSON.stringify(policy));
+  }
+
+  /** Deletes checkpoints and their manifests in one transaction; their chunks stay for GC. */
+  forgetCheckpoints(ids: number[]): void {
+    const delFiles = this.db.prepare('DELETE FROM files WHERE checkpoint = ?');
+    const delCheckpoint = this.db.prepare('DELETE FROM checkpoints WHERE id = ?');
+    this.db.transaction(() => {
+      for (const id of ids) {
+        delFiles.run(id);
+        delCheckpoint.run(id);
+      }
+      faultPoint('retention-in-transaction');
+    })();
+  }
+
+  /** Deletes a pack file the index does not name (GC, crash recovery); `partial`: its unfinished .partial file. */
+  removePackFile(name: string, partial = false): void {
+    // An open descriptor would keep the deleted file's space in use: reopen lazily instead.
+    this.packReader.close();
+    rmSync(packPath(this.dir, name) + (partial ? PARTIAL_SUFFIX : ''), { force: true });
   }
 
   // ---- jobs -------------------------------------------------------------------------
@@ -321,8 +395,8 @@ export class Repository {
 
   /**
    * Tells the cache of ids known to be in the index about ids that are (the previous
-   * checkpoint's manifests, say), so that lookups of them need no query. Valid only while
-   * chunks are never removed (no GC yet).
+   * checkpoint's manifests, say), so that lookups of them need no query. Valid until the
+   * next GC: see refreshAfterCollection.
    */
   rememberKnown(ids: Uint8Array): void {
     for (let o = 0; o < ids.length; o += CHUNK_ID_BYTES) {
@@ -510,10 +584,12 @@ export class Repository {
       for (const { f, manifest } of stored) {
         insFile.run(checkpointId, f.role, f.path, f.size, f.mode, f.uid, f.gid, f.blockBytes, manifest.data, manifest.indirect ? 1 : 0, f.identity);
       }
+      faultPoint('commit-in-transaction');
       return checkpointId;
     });
     let id: number;
     try {
+      faultPoint('commit-packs-written');
       id = commit();
     } catch (e) {
       writer.abandon();

@@ -61,6 +61,25 @@ CREATE TABLE files (
 );
 `;
 
+/**
+ * Changes after version 1, oldest first: a store of an older version is brought up to
+ * date on open, each step in the same transaction as its new format_version.
+ */
+export const SCHEMA_MIGRATIONS: { version: number; sql: string }[] = [
+  {
+    // Version 2: retention policies per job; the GC generation that long-lived
+    // controllers compare before each checkpoint (docs/FORMAT.md, "Garbage collection").
+    version: 2,
+    sql: `
+CREATE TABLE retention (
+  job    TEXT PRIMARY KEY,
+  policy TEXT NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('gc_generation', '0');
+`,
+  },
+];
+
 // The daemon's managed jobs (docs/FORMAT.md, "managed_jobs"): created on open when
 // missing, so a store written before the daemon existed gains it without a new version.
 export const SCHEMA_MANAGED_JOBS = `

@@ -6,6 +6,7 @@ const flockFn = libc.func('int flock(int fd, int operation)');
 const prctlFn = libc.func('int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5)');
 const errnoLocation = libc.func('int *__errno_location(void)');
 
+const LOCK_SH = 1;
 const LOCK_EX = 2;
 const LOCK_NB = 4;
 const EWOULDBLOCK = 11;
@@ -31,6 +32,20 @@ export function tryLockExclusive(fd: number): boolean {
   const e = errno();
   if (e === EWOULDBLOCK) return false;
   throw new SyscallError('flock', e);
+}
+
+/**
+ * Waits for a flock on fd, shared or exclusive, on a koffi worker thread: the event loop
+ * goes on while another process holds the lock.
+ */
+export function lockAsync(fd: number, mode: 'shared' | 'exclusive'): Promise<void> {
+  return new Promise((resolve, reject) => {
+    flockFn.async(fd, mode === 'shared' ? LOCK_SH : LOCK_EX, (err: unknown, result: number) => {
+      if (err) reject(err as Error);
+      else if (result !== 0) reject(new SyscallError(`flock(${mode})`, -1));
+      else resolve();
+    });
+  });
 }
 
 /**

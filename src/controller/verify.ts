@@ -1,0 +1,284 @@
+// `crinc verify`: the index and the packs agree (every pack the index names exists with
+// its size, header and trailer; every chunk lies inside its pack; every manifest's
+// chunks are indexed), and with readData every indexed chunk is read, decompressed and
+// checked against its id on the codec pool. Damage is reported per checkpoint.
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import type { ChunkBatch, ChunkCompression } from '../codec/chunk-batch.js';
+import { CorruptChunkError } from '../codec/errors.js';
+import { isGone } from '../sys/proc.js';
+import {
+  BLOB_HEADER_BYTES,
+  CHUNK_ID_BYTES,
+  Compression,
+  OLDEST_PACK_FORMAT_VERSION,
+  PACK_HEADER_BYTES,
+  PACK_MAGIC,
+  PACK_TRAILER_BYTES,
+  PACK_TRAILER_MAGIC,
+  STORE_FORMAT_VERSION,
+} from '../store/format.js';
+import { IdSet } from '../store/id-set.js';
+import { type ChunkTable, listPacks, loadChunkTable, maxCheckpointId, type PackRow, walkManifests } from '../store/inventory.js';
+import { packPath } from '../store/pack.js';
+import { idHex, isZeroId, type Repository } from '../store/repository.js';
+import { lockStore } from '../store/store-lock.js';
+import type { Codecs } from './codecs.js';
+
+/** Neighbouring blobs are read together up to this many bytes. */
+const VERIFY_SPAN_BYTES = 4 * 1024 * 1024;
+/** Per damaged checkpoint, at most this many chunk ids are named. */
+const MAX_NAMED_CHUNKS = 5;
+
+export interface VerifyOptions {
+  readData: boolean;
+  /** Bytes of pack data read and checked so far (readData only). */
+  onProgress?: (doneBytes: number, totalBytes: number) => void;
+}
+
+export interface DamagedCheckpoint {
+  id: number;
+  job: string;
+  kind: string;
+  takenAt: number;
+  problems: string[];
+}
+
+export interface VerifyReport {
+  ok: boolean;
+  readData: boolean;
+  checkpoints: number;
+  packs: number;
+  chunks: number;
+  bytesRead: number;
+  /** Packs the index names that are missing or malformed. */
+  packProblems: { pack: string; problem: string }[];
+  /** Indexed chunks whose bytes are bad (readData), referenced or not. */
+  badChunks: { chunk: string; pack: string; problem: string }[];
+  damaged: DamagedCheckpoint[];
+}
+
+export async function verifyStore(repo: Repository, codecs: Codecs, options: VerifyOptions): Promise<VerifyReport> {
+  // Shared: checkpoints may commit meanwhile, GC waits. Checkpoints committed after the
+  // chunk table was read are not checked (their chunks might be missing from it).
+  const lock = await lockStore(repo.dir, 'shared');
+  try {
+    repo.refreshAfterCollection();
+    const upTo = maxCheckpointId(repo);
+    const table = loadChunkTable(repo);
+    const packs = listPacks(repo);
+    const report: VerifyReport = {
+      ok: true, readData: options.readData, checkpoints: 0, packs: packs.length, chunks: table.ids.size,
+      bytesRead: 0, packProblems: [], badChunks: [], damaged: [],
+    };
+    const byPack = chunksByPack(table);
+    const badPacks = new Map<number, string>();
+    for (const p of packs) {
+      const problem = checkPack(repo, p, table, byPack.get(p.id) ?? []);
+      if (problem) {
+        badPacks.set(p.id, problem);
+        report.packProblems.push({ pack: p.name, problem });
+      }
+    }
+    const badChunks = new Map<number, string>(); // chunk table index → problem
+    if (options.readData) {
+      const total = packs.filter((p) => !badPacks.has(p.id)).reduce((n, p) => n + p.bytes, 0);
+      for (const p of packs) {
+        if (badPacks.has(p.id)) continue;
+        await readPackData(repo, codecs, p, table, byPack.get(p.id) ?? [], badChunks);
+        report.bytesRead += p.bytes;
+        options.onProgress?.(report.bytesRead, total);
+      }
+      const packName = new Map(packs.map((p) => [p.id, p.name]));
+      for (const [i, problem] of badChunks) report.badChunks.push({ chunk: idHex(table.ids.idAt(i)), pack: packName.get(table.pack[i]!)!, problem });
+    }
+    checkManifests(repo, codecs, table, upTo, badPacks, badChunks, report);
+    report.ok = report.packProblems.length === 0 && report.badChunks.length === 0 && report.damaged.length === 0;
+    return report;
+  } finally {
+    lock.release();
+  }
+}
+
+function chunksByPack(table: ChunkTable): Map<number, number[]> {
+  const out = new Map<number, number[]>();
+  for (let i = 0; i < table.ids.size; i++) {
+    let list = out.get(table.pack[i]!);
+    if (!list) out.set(table.pack[i]!, (list = []));
+    list.push(i);
+  }
+  for (const list of out.values()) list.sort((a, b) => table.offset[a]! - table.offset[b]!);
+  return out;
+}
+
+/** The pack's file against its row and its chunks' rows: exists, size, header, trailer, bounds. */
+function checkPack(repo: Repository, pack: PackRow, table: ChunkTable, chunks: number[]): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(packPath(repo.dir, pack.name), 'r');
+  } catch (e) {
+    if (isGone(e)) return 'the pack file is missing';
+    throw e;
+  }
+  try {
+    const size = fstatSync(fd).size;
+    if (size !== pack.bytes) return `the file has ${size} bytes, the index says ${pack.bytes}`;
+    if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) return 'the file is too short for a pack';
+    const header = Buffer.alloc(PACK_HEADER_BYTES);
+    const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
+    readSync(fd, header, 0, header.length, 0);
+    readSync(fd, trailer, 0, trailer.length, size - PACK_TRAILER_BYTES);
+    const version = header.readUInt32LE(8);
+    if (Buffer.compare(header.subarray(0, 8), PACK_MAGIC) !== 0) return 'bad header magic';
+    if (version < OLDEST_PACK_FORMAT_VERSION || version > STORE_FORMAT_VERSION) return `unknown pack format version ${version}`;
+    if (Buffer.compare(trailer.subarray(8), PACK_TRAILER_MAGIC) !== 0) return 'bad trailer magic';
+    const blobs = trailer.readUInt32LE(0);
+    if (blobs < chunks.length) return `the trailer counts ${blobs} blobs, the index places ${chunks.length} chunks in it`;
+    for (const i of chunks) {
+      const start = table.offset[i]! - BLOB_HEADER_BYTES;
+      if (start < PACK_HEADER_BYTES || table.offset[i]! + table.storedLength[i]! > size - PACK_TRAILER_BYTES) {
+        return `chunk ${idHex(table.ids.idAt(i))} lies outside the pack's blobs (offset ${table.offset[i]})`;
+      }
+    }
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Reads every indexed blob of a pack; checks its header, then its bytes against its id on the pool. */
+async function readPackData(repo: Repository, codecs: Codecs, pack: PackRow, table: ChunkTable, chunks: number[], bad: Map<number, string>): Promise<void> {
+  const pool = codecs.pool;
+  const inFlight: { batch: Promise<ChunkBatch>; chunks: number[] }[] = [];
+  const settle = async (s: { batch: Promise<ChunkBatch>; chunks: number[] }) => {
+    try {
+      pool.release(await s.batch);
+    } catch (e) {
+      if (!(e instanceof CorruptChunkError)) throw e;
+      // The batch names only its first bad chunk: check each of its chunks on its own.
+      for (const i of s.chunks) {
+        const problem = checkChunkAlone(repo, codecs, pack.name, table, i);
+        if (problem) bad.set(i, problem);
+      }
+    }
+  };
+  let k = 0;
+  try {
+    while (k < chunks.length) {
+      const batch = await pool.acquire();
+      const taken: number[] = [];
+      while (k < chunks.length && batch.freeChunks > 0 && batch.freeBytes >= table.storedLength[chunks[k]!]!) {
+        // One span: blobs from chunks[k] on, while they fit the batch and the span.
+        const first = table.offset[chunks[k]!]! - BLOB_HEADER_BYTES;
+        let end = k;
+        let bytes = 0;
+        let chunkRoom = batch.freeChunks;
+        while (
+          end < chunks.length && chunkRoom > 0 && bytes + table.storedLength[chunks[end]!]! <= batch.freeBytes &&
+          table.offset[chunks[end]!]! + table.storedLength[chunks[end]!]! - first <= VERIFY_SPAN_BYTES
+        ) {
+          bytes += table.storedLength[chunks[end]!]!;
+          chunkRoom--;
+          end++;
+        }
+        if (end === k) end = k + 1; // a single blob larger than the span is read alone
+        const last = chunks[end - 1]!;
+        const span = new Uint8Array(table.offset[last]! + table.storedLength[last]! - first);
+        const got = repo.readPackInto(pack.name, first, span);
+        for (; k < end; k++) {
+          const i = chunks[k]!;
+          const at = table.offset[i]! - first;
+          const problem = got < at + table.storedLength[i]! ? 'the pack ends before it' : blobHeaderProblem(span.subarray(at - BLOB_HEADER_BYTES, at), table, i);
+          if (problem) {
+            bad.set(i, problem);
+            continue;
+          }
+          batch.addStoredCopy(table.ids.idAt(i), span.subarray(at, at + table.storedLength[i]!), table.rawLength[i]!, table.compression[i]! as ChunkCompression);
+          taken.push(i);
+        }
+      }
+      if (taken.length === 0) {
+        pool.release(batch);
+        continue;
+      }
+      inFlight.push({ batch: pool.decodeAndVerify(batch), chunks: taken });
+      while (inFlight.length >= pool.batchCount - 1) await settle(inFlight.shift()!);
+    }
+    while (inFlight.length > 0) await settle(inFlight.shift()!);
+  } finally {
+    for (const s of inFlight.splice(0)) await s.batch.then((b) => pool.release(b), () => undefined);
+  }
+}
+
+function blobHeaderProblem(header: Uint8Array, table: ChunkTable, i: number): string | undefined {
+  const h = Buffer.from(header.buffer, header.byteOffset, header.byteLength);
+  if (Buffer.compare(h.subarray(0, CHUNK_ID_BYTES), table.ids.idAt(i)) !== 0) return 'the blob header names another chunk';
+  if (h.readUInt32LE(16) !== table.rawLength[i] || h.readUInt32LE(20) !== table.storedLength[i] || h[24] !== table.compression[i]) {
+    return 'the blob header disagrees with the index (lengths or compression)';
+  }
+  return undefined;
+}
+
+/** One chunk, on this thread: for naming every bad chunk of a batch that failed. */
+function checkChunkAlone(repo: Repository, codecs: Codecs, pack: string, table: ChunkTable, i: number): string | undefined {
+  const stored = new Uint8Array(table.storedLength[i]!);
+  if (repo.readPackInto(pack, table.offset[i]!, stored) !== stored.length) return 'the pack ends before it';
+  let raw: Uint8Array = stored;
+  if (table.compression[i] === Compression.Lz4) {
+    try {
+      raw = codecs.chunks.decompress(stored, table.rawLength[i]!);
+    } catch (e) {
+      return `does not decompress: ${(e as Error).message}`;
+    }
+  }
+  if (raw.length !== table.rawLength[i]) return `holds ${raw.length} bytes, the index says ${table.rawLength[i]}`;
+  const actual = codecs.chunks.chunkId(raw);
+  return Buffer.compare(actual, table.ids.idAt(i)) === 0 ? undefined : `its content hashes to ${idHex(actual)}`;
+}
+
+/** Every manifest of every checkpoint up to upTo: its chunks indexed, in sound packs, not bad. */
+function checkManifests(
+  repo: Repository, codecs: Codecs, table: ChunkTable, upTo: number,
+  badPacks: Map<number, string>, badChunks: Map<number, string>, report: VerifyReport,
+): void {
+  const problems = new Map<number, string[]>();
+  const note = (checkpoint: number, problem: string) => {
+    let list = problems.get(checkpoint);
+    if (!list) problems.set(checkpoint, (list = []));
+    if (list.length < MAX_NAMED_CHUNKS * 3) list.push(problem);
+  };
+  const named = new Map<number, IdSet>(); // per checkpoint, chunks already reported
+  const checkId = (checkpoint: number, path: string, ids: Uint8Array, o: number) => {
+    const k = table.ids.indexOf(ids, o);
+    let problem: string | undefined;
+    if (k < 0) problem = 'is not in the index';
+    else if (badPacks.has(table.pack[k]!)) problem = `is in a damaged pack (${badPacks.get(table.pack[k]!)})`;
+    else if (badChunks.has(k)) problem = `is damaged (${badChunks.get(k)})`;
+    if (!problem) return;
+    let seen = named.get(checkpoint);
+    if (!seen) named.set(checkpoint, (seen = new IdSet()));
+    if (seen.add(ids, o)) note(checkpoint, `chunk ${idHex(ids.subarray(o, o + CHUNK_ID_BYTES))} of ${path} ${problem}`);
+  };
+  let lastCheckpoint = -1;
+  walkManifests(repo, codecs.chunks, { after: 0, upTo }, (f) => {
+    if (f.checkpoint !== lastCheckpoint) {
+      report.checkpoints++;
+      lastCheckpoint = f.checkpoint;
+    }
+    if (f.parts) for (let o = 0; o < f.parts.length; o += CHUNK_ID_BYTES) checkId(f.checkpoint, `${f.path} (manifest part)`, f.parts, o);
+    if (f.error) {
+      note(f.checkpoint, `the manifest of ${f.path} cannot be read: ${f.error.message}`);
+      return;
+    }
+    const ids = f.ids!;
+    const blocks = ids.length / CHUNK_ID_BYTES;
+    if (!Number.isInteger(blocks) || blocks !== Math.ceil(f.size / f.blockBytes)) {
+      note(f.checkpoint, `the manifest of ${f.path} lists ${blocks} blocks for ${f.size} bytes`);
+      return;
+    }
+    for (let b = 0; b < blocks; b++) if (!isZeroId(ids, b)) checkId(f.checkpoint, f.path, ids, b * CHUNK_ID_BYTES);
+  });
+  for (const [id, list] of problems) {
+    const cp = repo.getCheckpoint(id);
+    report.damaged.push({ id, job: cp.job, kind: cp.kind, takenAt: cp.takenAt, problems: list });
+  }
+}

@@ -1,0 +1,136 @@
+// Whole-store views for GC and verify: every chunk row in typed arrays, every pack row,
+// and a walk over every checkpoint's manifests (indirect parts read and expanded).
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { CHUNK_ID_BYTES, PACKS_DIR } from './format.js';
+import { IdSet } from './id-set.js';
+import { PARTIAL_SUFFIX } from './pack.js';
+import type { ChunkCodec, FileRole, Repository } from './repository.js';
+
+export interface PackRow {
+  id: number;
+  name: string;
+  bytes: number;
+}
+
+/** Every indexed chunk; index i of each array is the i-th id added to `ids`. */
+export interface ChunkTable {
+  ids: IdSet;
+  pack: Int32Array;
+  offset: Float64Array;
+  storedLength: Uint32Array;
+  rawLength: Uint32Array;
+  compression: Uint8Array;
+}
+
+export function listPacks(repo: Repository): PackRow[] {
+  return repo.db.prepare('SELECT id, name, bytes FROM packs ORDER BY id').all() as PackRow[];
+}
+
+/** One consistent snapshot of the chunks table (a read transaction), whatever commits meanwhile. */
+export function loadChunkTable(repo: Repository): ChunkTable {
+  return repo.db.transaction(() => readChunkTable(repo))();
+}
+
+function readChunkTable(repo: Repository): ChunkTable {
+  const n = repo.db.prepare('SELECT count(*) FROM chunks').pluck().get() as number;
+  const t: ChunkTable = {
+    ids: new IdSet(n),
+    pack: new Int32Array(n),
+    offset: new Float64Array(n),
+    storedLength: new Uint32Array(n),
+    rawLength: new Uint32Array(n),
+    compression: new Uint8Array(n),
+  };
+  const rows = repo.db
+    .prepare('SELECT id, pack, offset, stored_length, raw_length, compression FROM chunks')
+    .raw()
+    .iterate() as IterableIterator<[Buffer, number, number, number, number, number]>;
+  let i = 0;
+  for (const [id, pack, offset, stored, raw, compression] of rows) {
+    if (i >= n || !t.ids.add(id)) throw new Error('the chunks table changed during a read transaction');
+    t.pack[i] = pack;
+    t.offset[i] = offset;
+    t.storedLength[i] = stored;
+    t.rawLength[i] = raw;
+    t.compression[i] = compression;
+    i++;
+  }
+  if (i !== n) throw new Error('the chunks table changed during a read transaction');
+  return t;
+}
+
+/** One file of one checkpoint, its manifest loaded; `error` when an indirect part could not be read. */
+export interface WalkedFile {
+  checkpoint: number;
+  role: FileRole;
+  path: string;
+  size: number;
+  blockBytes: number;
+  /** Ids of the indirect manifest's parts (themselves chunks), or null for an inline manifest. */
+  parts: Uint8Array | null;
+  /** The block ids; null when `error`. */
+  ids: Uint8Array | null;
+  error: Error | null;
+}
+
+/** Total bytes of the manifests stored in the index (the measure of a walk's progress). */
+export function manifestBytes(repo: Repository): number {
+  return repo.db.prepare('SELECT coalesce(sum(length(manifest)), 0) FROM files').pluck().get() as number;
+}
+
+export function maxCheckpointId(repo: Repository): number {
+  return repo.db.prepare('SELECT coalesce(max(id), 0) FROM checkpoints').pluck().get() as number;
+}
+
+/** Every file of every checkpoint with after < id <= upTo, checkpoint by checkpoint. */
+export function walkManifests(
+  repo: Repository,
+  codec: ChunkCodec,
+  range: { after: number; upTo: number },
+  visit: (f: WalkedFile) => void,
+): void {
+  const checkpoints = repo.db.prepare('SELECT id FROM checkpoints WHERE id > ? AND id <= ? ORDER BY id').pluck().all(range.after, range.upTo) as number[];
+  const filesStmt = repo.db.prepare('SELECT role, path, size, block_bytes, manifest, manifest_indirect FROM files WHERE checkpoint = ? ORDER BY role, path');
+  for (const checkpoint of checkpoints) {
+    const rows = filesStmt.all(checkpoint) as { role: FileRole; path: string; size: number; block_bytes: number; manifest: Buffer; manifest_indirect: number }[];
+    for (const r of rows) {
+      const file: WalkedFile = { checkpoint, role: r.role, path: r.path, size: r.size, blockBytes: r.block_bytes, parts: null, ids: null, error: null };
+      if (r.manifest_indirect !== 1) {
+        file.ids = new Uint8Array(r.manifest);
+      } else {
+        file.parts = new Uint8Array(r.manifest);
+        try {
+          const pieces: Uint8Array[] = [];
+          for (let o = 0; o < r.manifest.length; o += CHUNK_ID_BYTES) pieces.push(repo.readChunk(r.manifest.subarray(o, o + CHUNK_ID_BYTES), codec));
+          file.ids = new Uint8Array(Buffer.concat(pieces));
+        } catch (e) {
+          file.error = e as Error;
+        }
+      }
+      visit(file);
+    }
+  }
+}
+
+/** A file under packs/ that the index does not name: a .partial, or a finished pack never committed or already dropped. */
+export interface PackFileOnDisk {
+  name: string;
+  path: string;
+  partial: boolean;
+}
+
+/** Pack files on disk (finished and .partial), from packs/<ab>/. */
+export function packFilesOnDisk(storeDir: string): PackFileOnDisk[] {
+  const out: PackFileOnDisk[] = [];
+  const root = join(storeDir, PACKS_DIR);
+  for (const prefix of readdirSync(root)) {
+    if (!/^[0-9a-f]{2}$/.test(prefix)) continue;
+    for (const file of readdirSync(join(root, prefix))) {
+      const m = /^([0-9a-f]{32})\.pack(\.partial)?$/.exec(file);
+      if (!m || !m[1]!.startsWith(prefix)) continue;
+      out.push({ name: m[1]!, path: join(root, prefix, file), partial: m[2] === PARTIAL_SUFFIX });
+    }
+  }
+  return out;
+}

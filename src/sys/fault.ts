@@ -1,0 +1,37 @@
+// Fault injection for the crash-safety tests: CRINC_FAULT=<point> makes this process
+// SIGKILL itself when it reaches the named point, as a power cut or an OOM kill would
+// stop it there. Unset (always, outside tests), every point is a no-op.
+
+/** The environment variable naming the point at which to die. */
+export const FAULT_ENV = 'CRINC_FAULT';
+
+/** Every named point, where it sits, so that tests can walk them all. */
+export const FAULT_POINTS = {
+  /** CRIU has written the images; nothing of the checkpoint is stored yet. */
+  'checkpoint-after-dump': 'checkpoint',
+  /** Some new chunks are in a .partial pack; ingest goes on. */
+  'checkpoint-mid-pack': 'checkpoint',
+  /** The packs are finished (fsynced, renamed); the index does not name them yet. */
+  'commit-packs-written': 'checkpoint',
+  /** Inside the commit's transaction, every row inserted, before COMMIT. */
+  'commit-in-transaction': 'checkpoint',
+  /** The checkpoint is committed; retention has not run. */
+  'checkpoint-after-commit': 'checkpoint',
+  /** Inside retention's transaction, the forgotten rows deleted, before COMMIT. */
+  'retention-in-transaction': 'prune',
+  /** The sweep is committed; half of the dead pack files are deleted. */
+  'gc-mid-sweep': 'gc',
+  /** Repacked copies are finished; the index still points at the old packs. */
+  'gc-repack-written': 'gc',
+  /** The index points at the copies; the old packs are still on disk. */
+  'gc-before-delete': 'gc',
+  /** The old packs are deleted; the store lock is still held. */
+  'gc-after-delete': 'gc',
+} as const;
+
+export type FaultPoint = keyof typeof FAULT_POINTS;
+
+/** Dies here, at once and without cleanup, when CRINC_FAULT names this point. */
+export function faultPoint(point: FaultPoint): void {
+  if (process.env[FAULT_ENV] === point) process.kill(process.pid, 'SIGKILL');
+}
