@@ -24,10 +24,13 @@ import { verifyStore } from '../controller/verify.js';
 import { collectGarbage } from '../store/gc.js';
 import { type CheckpointRecord, Repository } from '../store/repository.js';
 import { formatBytes, formatCheckpoint, formatDuration, printStatus, printTable } from './format.js';
+import { withProgress } from './progress.js';
 import { addRetentionOptions, RETENTION_HELP, type RetentionFlags, retentionFromOptions } from './retention-options.js';
 
 export const DEFAULT_STORE = '/var/lib/crinc';
 const DEFAULT_INTERVAL = '5m';
+/** How often the daemon collects garbage by default: forgotten checkpoints' space comes back within the hour. */
+const DAEMON_GC_EVERY = '1h';
 /** Debug aid: keep each checkpoint's CRIU images, as CRIU wrote them, in $CRINC_KEEP_IMAGES/<id>/. */
 const KEEP_IMAGES_ENV = 'CRINC_KEEP_IMAGES';
 /** Verification mode: every page hashed anyway; a page tracking called clean that changed fails the checkpoint. */
@@ -61,6 +64,10 @@ function durationArg(v: string): number {
   }
 }
 
+function durationOrZeroArg(v: string): number {
+  return v.trim() === '0' ? 0 : durationArg(v);
+}
+
 function intArg(v: string): number {
   if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`"${v}" is not a whole number`);
   return Number(v);
@@ -74,11 +81,13 @@ export function buildProgram(): Command {
 
   program
     .command('daemon')
-    .description('serve the store: checkpoint every managed job on its own schedule, watch their processes, answer the other crinc commands on <store>/daemon.sock')
+    .description('serve the store: checkpoint every managed job on its own schedule, watch their processes, collect garbage, answer the other crinc commands on <store>/daemon.sock')
+    .addOption(new Option('--gc-every <duration>', 'run crinc gc this often ("0" for never)').default(DAEMON_GC_EVERY).argParser(durationOrZeroArg))
     .addOption(storeOption())
     .addHelpText('after', `
 Examples:
   crinc daemon --store /var/lib/crinc
+  crinc daemon --gc-every 10m
   systemctl start crinc            (examples/systemd/crinc.service)
 
 While it runs, crinc run and crinc attach hand their job to it and return; crinc jobs,
@@ -86,10 +95,11 @@ status and checkpoint ask it. Jobs keep running when it stops; when it starts ag
 resumes their schedules and marks jobs whose process died meanwhile "dead".
 Logs: one JSON object per line on stderr (time, level, job, msg, fields); readable
 lines when stderr is a terminal.`)
-    .action(async (o: { store?: string }) => {
+    .action(async (o: { gcEvery: number | string; store?: string }) => {
       requireRoot();
       criuVersion();
-      const daemon = await Daemon.start(storeDir(o.store), { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1' });
+      const gcEveryMs = typeof o.gcEvery === 'string' ? parseDuration(o.gcEvery) : o.gcEvery;
+      const daemon = await Daemon.start(storeDir(o.store), { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1', gcEveryMs });
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
@@ -137,8 +147,8 @@ ${RETENTION_HELP}`)
       repo.close();
     });
 
-  program
-    .command('attach')
+  addRetentionOptions(program
+    .command('attach'))
     .description('checkpoint an already running process tree (not started by crinc) every interval, as a job')
     .argument('<pid>', 'the PID of the tree\'s root: a session leader without a controlling terminal', intArg)
     .addOption(new Option('--job <name>', 'job name (default: the program\'s base name)'))
@@ -154,17 +164,20 @@ CRIU restores every process with its old PID and its session: the root must lead
 own session (setsid) and have no controlling terminal, and a restore needs its PIDs free
 (the old process ended and was reaped by its parent).
 With a daemon (crinc daemon) the job is handed to it and crinc attach returns; otherwise
-it stays in the foreground until Ctrl-C (the process goes on) or the process ends.`)
-    .action(async (pid: number, o: { job?: string; interval: number | string; tracking: boolean; store?: string }) => {
+it stays in the foreground until Ctrl-C (the process goes on) or the process ends.
+${RETENTION_HELP}`)
+    .action(async (pid: number, o: RetentionFlags & { job?: string; interval: number | string; tracking: boolean; store?: string }) => {
       const repo = openStore(o.store, true);
       criuVersion();
       const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
-      const registered = (await askDaemon(repo.dir, { op: 'attach', job: o.job ?? null, pid, intervalMs, tracking: o.tracking })) as Registered | undefined;
+      const target = attachTarget(pid);
+      const job = o.job ?? jobNameFor(target.command);
+      const retention = retentionFromOptions(o);
+      if (retention) repo.setJobRetention(job, retention);
+      const registered = (await askDaemon(repo.dir, { op: 'attach', job, pid, intervalMs, tracking: o.tracking })) as Registered | undefined;
       if (registered) {
         printRegistered(registered);
       } else {
-        const target = attachTarget(pid);
-        const job = o.job ?? jobNameFor(target.command);
         const jobDir = registerAttached(repo, job, pid, target);
         console.log(`attached to pid ${pid} as job ${job}; a checkpoint every ${formatDuration(intervalMs)}`);
         const outcome = await controlJob(repo, await openCodecs(repo), foregroundOptions(job, intervalMs, o.tracking, false), attachedJob(pid, jobDir));
@@ -191,7 +204,7 @@ it stays in the foreground until Ctrl-C (the process goes on) or the process end
       const cp =
         ((await askDaemon(repo.dir, { op: 'checkpoint', job, keepImagesDir })) as CheckpointRecord | undefined) ??
         ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'checkpoint', keepImagesDir })) as CheckpointRecord | undefined) ??
-        (await takeCheckpoint(repo, await openCodecs(repo), job, { keepImagesDir }));
+        (await withProgress(`checkpoint of ${job}`, async (onProgress) => takeCheckpoint(repo, await openCodecs(repo), job, { keepImagesDir, onProgress })));
       console.log(o.json ? JSON.stringify(checkpointJson(cp)) : `checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`);
       repo.close();
     });
@@ -246,7 +259,7 @@ Examples:
       else target = { at: parseTimeSpec(o.at ?? 'now') };
       criuVersion();
       const codecs = await openCodecs(repo);
-      const r = await restoreJob(repo, codecs, job, target);
+      const r = await withProgress(`restore of ${job}`, (onProgress) => restoreJob(repo, codecs, job, target, onProgress));
       if (o.json) {
         console.log(JSON.stringify({ pid: r.pid, checkpoint: r.checkpoint.id, takenAt: new Date(r.checkpoint.takenAt).toISOString(), rolledBack: r.rolledBack, preRestore: r.preRestore?.id ?? null }));
       } else {
@@ -376,7 +389,7 @@ ${RETENTION_HELP}`)
     .action(async (o: { dryRun?: boolean; json?: boolean; store?: string }) => {
       const repo = openStore(o.store);
       const codecs = await openCodecs(repo);
-      const r = await collectGarbage(repo, codecs.chunks, { dryRun: Boolean(o.dryRun) });
+      const r = await withProgress('gc', (onProgress) => collectGarbage(repo, codecs.chunks, { dryRun: Boolean(o.dryRun), onProgress }));
       if (o.json) {
         console.log(JSON.stringify(r));
       } else {
@@ -399,7 +412,7 @@ ${RETENTION_HELP}`)
     .action(async (o: { readData?: boolean; json?: boolean; store?: string }) => {
       const repo = openStore(o.store);
       const codecs = await openCodecs(repo);
-      const r = await verifyStore(repo, codecs, { readData: Boolean(o.readData) });
+      const r = await withProgress('verify', (onProgress) => verifyStore(repo, codecs, { readData: Boolean(o.readData), onProgress }));
       if (o.json) {
         console.log(JSON.stringify({ ...r, damaged: r.damaged.map((d) => ({ ...d, takenAt: new Date(d.takenAt).toISOString() })) }));
       } else {

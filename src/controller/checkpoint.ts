@@ -9,7 +9,7 @@ import { lockStore, type StoreLock } from '../store/store-lock.js';
 import { faultPoint } from '../sys/fault.js';
 import type { Codecs } from './codecs.js';
 import { JobNotRunningError } from './errors.js';
-import { Ingest, NO_CLEAN_PAGES, type PageIndex, TrackingMissError } from './ingest.js';
+import { Ingest, NO_CLEAN_PAGES, type PageIndex, type ProgressCallback, TrackingMissError } from './ingest.js';
 import type { FrozenTracking, TrackingSession } from './tracking-session.js';
 import { type CapturedFile, captureJobFiles, jobFileManifests } from './job-files.js';
 import { isRunning } from './procfs.js';
@@ -45,6 +45,8 @@ export interface CheckpointOptions {
   tracking?: TrackingSession;
   /** Hash pages called clean anyway and fail on any that changed (CRINC_VERIFY_TRACKING=1). */
   verifyTracking?: boolean;
+  /** Bytes of CRIU's images ingested, for a progress line. */
+  onProgress?: ProgressCallback;
 }
 
 export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: string, options: CheckpointOptions = {}): Promise<CheckpointRecord> {
@@ -92,6 +94,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
       const record = await commitImages(repo, codecs, {
         jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs,
         verify: Boolean(options.verifyTracking),
+        onProgress: options.onProgress,
       });
       storeLock.release();
       tracking?.committed(record.pageIndex);
@@ -123,6 +126,7 @@ interface CommitInput {
   started: number;
   frozenWorkMs: number;
   verify: boolean;
+  onProgress: ProgressCallback | undefined;
 }
 
 /** Ingest of the dumped images and captured files, then the commit. */
@@ -131,6 +135,7 @@ async function commitImages(repo: Repository, codecs: Codecs, input: CommitInput
   const stats = readDumpStats(workDir);
   const writer = repo.newChunkWriter(codecs.chunks);
   const ingest = new Ingest(codecs, repo, writer, input.verify && frozen !== undefined);
+  ingest.onProgress = input.onProgress;
   const clean = frozen?.clean ?? NO_CLEAN_PAGES;
   let images: FileManifest[];
   let jobFiles: FileManifest[];

@@ -7,10 +7,11 @@ import { closeSync, ftruncateSync, openSync, readFileSync, rmSync, writeFileSync
 import type { Server } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
+import { collectGarbage } from '../store/gc.js';
 import { type CheckpointRecord, type ManagedJobRecord, Repository } from '../store/repository.js';
 import { becomeChildSubreaper, tryLockExclusive, waitpidRaw } from '../sys/libc.js';
 import { procStat } from '../sys/proc.js';
-import { attachedJob, attachTarget, jobNameFor, registerAttached } from './attach.js';
+import { attachedJob, attachTarget, registerAttached } from './attach.js';
 import { takeCheckpoint } from './checkpoint.js';
 import { type Codecs, openCodecs } from './codecs.js';
 import { askController, ControlError, controlSocketPath, serveControl } from './control.js';
@@ -34,7 +35,7 @@ export type DaemonRequest =
   | { op: 'status'; job: string }
   | { op: 'checkpoint'; job: string; keepImagesDir?: string }
   | { op: 'run'; job: string; command: string[]; cwd: string; env: Record<string, string>; intervalMs: number; tracking: boolean }
-  | { op: 'attach'; job: string | null; pid: number; intervalMs: number; tracking: boolean };
+  | { op: 'attach'; job: string; pid: number; intervalMs: number; tracking: boolean };
 
 /** The daemon's answer to run and attach. */
 export interface Registered {
@@ -75,6 +76,8 @@ export interface DaemonOptions {
   log: Logger;
   /** Verification mode for every checkpoint the daemon takes (CRINC_VERIFY_TRACKING=1). */
   verifyTracking: boolean;
+  /** How often to collect garbage (the space of checkpoints retention forgot); 0: never. */
+  gcEveryMs: number;
 }
 
 export class Daemon {
@@ -83,6 +86,7 @@ export class Daemon {
   private queue: Promise<unknown> = Promise.resolve();
   private server: Server | undefined;
   private watch: NodeJS.Timeout | undefined;
+  private gcTimer: NodeJS.Timeout | undefined;
   private stopping = false;
 
   private constructor(
@@ -111,6 +115,7 @@ export class Daemon {
     daemon.server = await serveControl<DaemonRequest>(daemonSocketPath(store), (req) => daemon.handle(req));
     daemon.server.ref();
     daemon.watch = setInterval(() => daemon.watchJobs(), JOB_WATCH_MS);
+    if (opts.gcEveryMs > 0) daemon.gcTimer = setInterval(() => void daemon.collect(), opts.gcEveryMs);
     opts.log.info('daemon started', null, { store, socket: daemonSocketPath(store), pid: process.pid, jobs: daemon.jobs.size });
     return daemon;
   }
@@ -120,6 +125,7 @@ export class Daemon {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.watch);
+    clearInterval(this.gcTimer);
     for (const m of this.jobs.values()) clearTimeout(m.timer);
     this.server?.close();
     rmSync(daemonSocketPath(this.store), { force: true });
@@ -187,10 +193,9 @@ export class Daemon {
 
   private async attach(req: Extract<DaemonRequest, { op: 'attach' }>): Promise<Registered> {
     const target = attachTarget(req.pid);
-    const job = req.job ?? jobNameFor(target.command);
-    this.refuseManaged(job);
-    const jobDir = registerAttached(this.repo, job, req.pid, target);
-    return this.manage(job, 'attach', attachedJob(req.pid, jobDir), req.intervalMs, req.tracking);
+    this.refuseManaged(req.job);
+    const jobDir = registerAttached(this.repo, req.job, req.pid, target);
+    return this.manage(req.job, 'attach', attachedJob(req.pid, jobDir), req.intervalMs, req.tracking);
   }
 
   private refuseManaged(job: string): void {
@@ -264,6 +269,20 @@ export class Daemon {
         id: cp.id, mode: cp.mode, imageBytes: cp.imageBytes, storedBytes: cp.storedBytes, durationMs: Math.round(cp.durationMs), freezeMs: Math.round(cp.freezeMs),
       });
       return cp;
+    });
+  }
+
+  /** GC between checkpoints (in the daemon's queue); checkpoints of other processes wait for its exclusive store lock. */
+  private collect(): Promise<void> {
+    return this.exclusive(async () => {
+      try {
+        const r = await this.withRepo((repo) => collectGarbage(repo, this.codecs.chunks, { dryRun: false }));
+        this.opts.log.info('gc', null, {
+          bytesFreed: r.bytesFreed, bytesBefore: r.bytesBefore, bytesAfter: r.bytesAfter, deadChunks: r.deadChunks, deadPacks: r.deadPacks, repackedPacks: r.repackedPacks,
+        });
+      } catch (e) {
+        this.opts.log.error(`gc failed: ${(e as Error).message}`, null, { error: (e as Error).name });
+      }
     });
   }
 
