@@ -5,7 +5,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { alive, type CheckpointJson, CLI, COUNTER, killAndWait, Sandbox, waitFor } from './helpers.js';
+import { alive, type CheckpointJson, CLI, COUNTER, killAndWait, Sandbox, ticks, waitFor } from './helpers.js';
 
 interface JobRow {
   job: string;
@@ -167,4 +167,25 @@ describe('crinc daemon', () => {
       expect(row(sb, 'short')).toMatchObject({ state: 'exited', managed: { ended: 'exit code 3' } });
     });
   }
+
+  it('restores a managed job under the daemon: its schedule goes on, and the daemon reaps it', async () => {
+    await killAndWait(pids.slow!);
+    await waitFor(() => row(sb, 'slow').state === 'exited', 'the daemon to see the slow job end');
+    // Started by the daemon before its restart: its parent is still the first daemon's launcher (unshare).
+    expect(row(sb, 'slow').managed!.ended).toBe('ended; its exit status went to its parent');
+    const restoredAt = Date.now();
+    const r = sb.json<{ pid: number; checkpoint: number }>(['restore', 'slow']);
+    sb.track(r.pid);
+    await waitFor(() => daemon.events().some((e) => e.msg === 'restored a managed job; its schedule goes on' && e.job === 'slow' && e.fields.pid === r.pid), 'the daemon to restore it');
+    expect(row(sb, 'slow')).toMatchObject({ pid: r.pid, state: 'running', managed: { intervalMs: 3000, ended: null } });
+    await waitFor(() => checkpointsOf(sb, 'slow').some((c) => Date.parse(c.takenAt) > restoredAt), 'a checkpoint of the restored job', 30_000);
+    // It goes on from the checkpoint: its log was rolled back to it, and the ticks follow on without a gap.
+    await waitFor(() => ticks(sb.jobLog('slow')).some((t) => t.at > restoredAt), 'the restored job to tick');
+    ticks(sb.jobLog('slow')).forEach((t, i) => expect(t.tick).toBe(i + 1));
+    // The restored process is the daemon's child now: the daemon reaps it and knows how it ended.
+    process.kill(r.pid, 'SIGKILL');
+    await waitFor(() => row(sb, 'slow').state === 'exited', 'the daemon to reap the restored job');
+    expect(row(sb, 'slow').managed!.ended).toBe('signal SIGKILL');
+    expect(alive(r.pid)).toBe(false);
+  });
 });

@@ -14,7 +14,7 @@ import { type JobRow, jobRows } from '../controller/jobs.js';
 import { Logger } from '../controller/log.js';
 import { NoCheckpointError, NotRootError } from '../controller/errors.js';
 import { exportCheckpoint } from '../controller/materialize.js';
-import { resolveCheckpoint, restoreJob, type RestoreTarget } from '../controller/restore.js';
+import { resolveCheckpoint, restoreJob, type RestoreResult, type RestoreTarget } from '../controller/restore.js';
 import { controlJob, runJob, type RunOptions, type RunOutcome } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
 import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
@@ -251,15 +251,19 @@ Examples:
   crinc restore sim                      the newest checkpoint
   crinc restore sim --at "10m ago"
   crinc restore sim --at 2026-11-28T14:00:00Z
-  crinc restore sim --id 42`)
+  crinc restore sim --id 42
+
+A job the daemon manages is restored by the daemon, which then checkpoints it again on
+its schedule.`)
     .action(async (job: string, o: { at?: string; id?: number; json?: boolean; store?: string }) => {
       const repo = openStore(o.store);
       let target: RestoreTarget;
       if (o.id !== undefined) target = { id: o.id };
       else target = { at: parseTimeSpec(o.at ?? 'now') };
       criuVersion();
-      const codecs = await openCodecs(repo);
-      const r = await withProgress(`restore of ${job}`, (onProgress) => restoreJob(repo, codecs, job, target, onProgress));
+      // A job the daemon manages comes back under it: its schedule goes on, and the daemon reaps the process.
+      const viaDaemon = repo.findManagedJob(job) ? ((await askDaemon(repo.dir, { op: 'restore', job, target })) as RestoreResult | undefined) : undefined;
+      const r = viaDaemon ?? (await withProgress(`restore of ${job}`, async (onProgress) => restoreJob(repo, await openCodecs(repo), job, target, onProgress)));
       if (o.json) {
         console.log(JSON.stringify({ pid: r.pid, checkpoint: r.checkpoint.id, takenAt: new Date(r.checkpoint.takenAt).toISOString(), rolledBack: r.rolledBack, preRestore: r.preRestore?.id ?? null }));
       } else {

@@ -65,8 +65,9 @@ function isAncestorOfSelf(pid: number): boolean {
 export function registerAttached(repo: Repository, job: string, pid: number, target: AttachTarget): string {
   validateJobName(job);
   const existing = repo.findJob(job);
-  if (existing?.pid && isRunning(existing.pid)) throw new JobExistsError(job, existing.pid);
-  const owner = repo.listJobs().find((j) => j.pid === pid && isRunning(pid));
+  // The job's own process (a restored job taken up again) may be attached to it.
+  if (existing?.pid && existing.pid !== pid && isRunning(existing.pid)) throw new JobExistsError(job, existing.pid);
+  const owner = repo.listJobs().find((j) => j.pid === pid && j.name !== job && isRunning(pid));
   if (owner) throw new AttachError(`process ${pid} is job "${owner.name}" already; checkpoint it with crinc checkpoint ${owner.name}`);
   const jobDir = repo.jobDir(job);
   mkdirSync(jobDir, { recursive: true, mode: 0o700 });

@@ -19,6 +19,7 @@ import { ControllerError, JobExistsError } from './errors.js';
 import { jobRows, type JobRow } from './jobs.js';
 import type { Logger } from './log.js';
 import { isRunning } from './procfs.js';
+import { restoreJob, type RestoreResult, type RestoreTarget } from './restore.js';
 import { type RunningJob, startJob, startTracking } from './run.js';
 import { type JobStatus, jobStatus } from './status.js';
 import type { TrackingSession } from './tracking-session.js';
@@ -35,7 +36,8 @@ export type DaemonRequest =
   | { op: 'status'; job: string }
   | { op: 'checkpoint'; job: string; keepImagesDir?: string }
   | { op: 'run'; job: string; command: string[]; cwd: string; env: Record<string, string>; intervalMs: number; tracking: boolean }
-  | { op: 'attach'; job: string; pid: number; intervalMs: number; tracking: boolean };
+  | { op: 'attach'; job: string; pid: number; intervalMs: number; tracking: boolean }
+  | { op: 'restore'; job: string; target: RestoreTarget };
 
 /** The daemon's answer to run and attach. */
 export interface Registered {
@@ -156,6 +158,8 @@ export class Daemon {
         return this.run(req);
       case 'attach':
         return this.attach(req);
+      case 'restore':
+        return this.restore(req.job, req.target);
       default:
         throw new ControlError(`unknown request "${(req as { op: string }).op}"`);
     }
@@ -196,6 +200,27 @@ export class Daemon {
     this.refuseManaged(req.job);
     const jobDir = registerAttached(this.repo, req.job, req.pid, target);
     return this.manage(req.job, 'attach', attachedJob(req.pid, jobDir), req.intervalMs, req.tracking);
+  }
+
+  /**
+   * Restores a job the daemon manages or managed, and manages it again on its schedule:
+   * the restored process is the daemon's child (it is a subreaper), reaped by it.
+   */
+  private async restore(job: string, target: RestoreTarget): Promise<RestoreResult> {
+    const record = this.repo.findManagedJob(job);
+    if (!record) throw new ControlError(`job "${job}" is not managed by the daemon; restore it without one (this is a bug in the asking command)`);
+    // restoreJob refuses while the job's process runs.
+    const result = await this.exclusive(() => this.withRepo((repo) => restoreJob(repo, this.codecs, job, target)));
+    const previous = this.jobs.get(job);
+    if (previous) this.ended(previous, 'exited', 'ended before a restore');
+    const now = Date.now();
+    const resumed: ManagedJobRecord = { ...record, state: 'active', ended: null, updatedAt: now };
+    this.repo.saveManagedJob(resumed);
+    const saved = this.repo.requireJob(job);
+    this.repo.saveJob({ ...saved, controllerPid: process.pid, updatedAt: now });
+    await this.track(resumed, result.pid, undefined, now + record.intervalMs);
+    this.opts.log.info('restored a managed job; its schedule goes on', job, { pid: result.pid, checkpoint: result.checkpoint.id });
+    return result;
   }
 
   private refuseManaged(job: string): void {
