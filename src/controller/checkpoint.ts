@@ -85,6 +85,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
         imagesDir,
         workDir,
         whileFrozen: async () => {
+          faultPoint('checkpoint-while-frozen');
           takenAt = Date.now();
           captured = captureJobFiles(pid, filesDir, previousFiles);
           frozen = tracking?.whileFrozen();

@@ -7,6 +7,8 @@ export const FAULT_ENV = 'CRINC_FAULT';
 
 /** Every named point, where it sits, so that tests can walk them all. */
 export const FAULT_POINTS = {
+  /** CRIU has written the images and waits in its post-dump hook with the job frozen. */
+  'checkpoint-while-frozen': 'checkpoint',
   /** CRIU has written the images; nothing of the checkpoint is stored yet. */
   'checkpoint-after-dump': 'checkpoint',
   /** Some new chunks are in a .partial pack; ingest goes on. */
