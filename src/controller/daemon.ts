@@ -273,15 +273,15 @@ export class Daemon {
     m.timer = setTimeout(() => void this.periodic(m), Math.max(0, m.due - Date.now()));
   }
 
+  /** One scheduled checkpoint; the next is due one interval after its moment (takenAt), as after a restart. */
   private async periodic(m: ManagedJob): Promise<void> {
-    const started = Date.now();
+    m.due = Date.now() + m.record.intervalMs;
     try {
-      await this.checkpoint(m);
+      m.due = (await this.checkpoint(m)).takenAt + m.record.intervalMs;
     } catch (e) {
       // A job that ended meanwhile is the watch's to report; anything else is logged and retried next interval.
       if (isRunning(m.pid)) this.opts.log.error(`checkpoint failed: ${(e as Error).message}`, m.record.job, { error: (e as Error).name });
     }
-    m.due = started + m.record.intervalMs;
     this.schedule(m);
   }
 
