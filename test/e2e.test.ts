@@ -1,20 +1,10 @@
 // End to end, with real CRIU and real processes: a job under `crinc run`, checkpoints
 // taken beside it, killed, restored at a time between two checkpoints.
-import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CheckpointJson, COUNTER, killAndWait, lastTick, Sandbox, ticks, waitFor } from './helpers.js';
-
-/** sha256 of each regular file directly in dir. */
-function sha256Dir(dir: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    if (e.isFile()) out[e.name] = createHash('sha256').update(readFileSync(join(dir, e.name))).digest('hex');
-  }
-  return out;
-}
+import { type CheckpointJson, COUNTER, killAndWait, lastTick, Sandbox, sha256Dir, ticks, waitFor } from './helpers.js';
 
 describe('checkpoint a running job, kill it, restore it --at a time', () => {
   const sb = new Sandbox();

@@ -1,7 +1,8 @@
 // Helpers for tests that drive the real `crinc` command line (built into dist/ by
 // `npm test`'s set-up), real CRIU and real processes.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -11,6 +12,8 @@ export const COUNTER = join(ROOT, 'build', 'workloads', 'counter');
 
 export interface CliResult {
   code: number;
+  /** The signal that ended it (SIGKILL for a fault point), or null. */
+  signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
 }
@@ -21,7 +24,27 @@ export function crinc(store: string, args: string[], env: NodeJS.ProcessEnv = {}
     encoding: 'utf8',
     timeout: 120_000,
   });
-  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+  return { code: r.status ?? -1, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** `crinc ARGS` in the background, for commands that must overlap; `kill` ends it early. */
+export function crincAsync(store: string, args: string[], env: NodeJS.ProcessEnv = {}): { done: Promise<CliResult>; kill: () => void } {
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, CRINC_STORE: store, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const done = new Promise<CliResult>((resolve) => child.once('close', (code, signal) => resolve({ code: code ?? -1, signal, stdout, stderr })));
+  return { done, kill: () => child.pid && killQuietly(child.pid) };
+}
+
+/** sha256 of each regular file directly in dir. */
+export function sha256Dir(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    if (e.isFile()) out[e.name] = createHash('sha256').update(readFileSync(join(dir, e.name))).digest('hex');
+  }
+  return out;
 }
 
 export function crincOk(store: string, args: string[], env: NodeJS.ProcessEnv = {}): string {

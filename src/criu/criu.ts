@@ -12,8 +12,6 @@ const execFileAsync = promisify(execFile);
 export const CRIU_MIN_VERSION = [4, 2] as const;
 /** Longest time crinc may keep the job frozen for its own work (file capture, dirty scan). */
 export const FROZEN_WORK_TIMEOUT_MS = 120_000;
-/** How often the freeze hook looks whether its controller still lives (seconds). */
-const HOOK_WATCHDOG_POLL_S = 0.2;
 /** Lines of CRIU's log quoted in an error. */
 const LOG_TAIL_LINES = 8;
 
@@ -74,20 +72,19 @@ function logTail(path: string): string {
 // CRIU runs the action script for every stage; crinc acts on post-dump only, when the
 // tree is still frozen. The script tells the controller through one FIFO and waits for
 // its answer on another; a non-zero exit makes CRIU fail the dump (the job goes on).
-// A controller that dies meanwhile (SIGKILL) never answers: a watchdog then ends the
-// wait, so that CRIU fails the dump and thaws the job instead of keeping it frozen.
+// The controller may die meanwhile (SIGKILL): a read-write open of a FIFO never blocks,
+// so the notice cannot hang, and a watcher answers "fail" once the controller is gone,
+// so the job is never left frozen.
 const HOOK_SCRIPT = `#!/bin/sh
 [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
-echo post-dump > "$CRINC_HOOK_NOTIFY" || exit 1
-head -n 1 "$CRINC_HOOK_ACK" > "$CRINC_HOOK_REPLY" 2>/dev/null &
-reader=$!
-# Its stdio on /dev/null: a sleep it leaves behind must not hold CRIU's stderr pipe open.
-(while kill -0 "$CRINC_CONTROLLER_PID"; do sleep ${HOOK_WATCHDOG_POLL_S}; done; kill "$reader") </dev/null >/dev/null 2>&1 &
-watchdog=$!
-wait "$reader"
-answered=$?
-kill "$watchdog" 2>/dev/null
-[ "$answered" -eq 0 ] && [ "$(cat "$CRINC_HOOK_REPLY")" = ok ]
+exec 3<>"$CRINC_HOOK_NOTIFY" || exit 1
+echo post-dump >&3 || exit 1
+exec 3>&-
+( while kill -0 "$CRINC_HOOK_PID" 2>/dev/null; do sleep 0.05; done; exec 4<>"$CRINC_HOOK_ACK"; echo fail >&4; sleep 1 ) &
+watcher=$!
+read -r reply < "$CRINC_HOOK_ACK"
+kill "$watcher" 2>/dev/null
+[ "$reply" = ok ]
 `;
 
 export interface DumpRequest {
@@ -117,10 +114,7 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
     'criu',
     ['dump', '-t', String(req.pid), '-D', req.imagesDir, '-W', req.workDir, '-o', 'dump.log', '-v4',
       '--leave-running', '--action-script', hook, ...COMMON_OPTIONS],
-    {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      env: { ...process.env, CRINC_HOOK_NOTIFY: notify, CRINC_HOOK_ACK: ack, CRINC_HOOK_REPLY: join(req.workDir, 'hook-reply'), CRINC_CONTROLLER_PID: String(process.pid) },
-    },
+    { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, CRINC_HOOK_NOTIFY: notify, CRINC_HOOK_ACK: ack, CRINC_HOOK_PID: String(process.pid) } },
   );
   let stderr = '';
   criu.stderr.on('data', (d: Buffer) => (stderr += d.toString()));

@@ -7,7 +7,7 @@ export const FAULT_ENV = 'CRINC_FAULT';
 
 /** Every named point, where it sits, so that tests can walk them all. */
 export const FAULT_POINTS = {
-  /** CRIU has written the images and waits in its post-dump hook with the job frozen. */
+  /** The job is frozen under CRIU (its post-dump hook waits for crinc). */
   'checkpoint-while-frozen': 'checkpoint',
   /** CRIU has written the images; nothing of the checkpoint is stored yet. */
   'checkpoint-after-dump': 'checkpoint',
@@ -33,7 +33,18 @@ export const FAULT_POINTS = {
 
 export type FaultPoint = keyof typeof FAULT_POINTS;
 
-/** Dies here, at once and without cleanup, when CRINC_FAULT names this point. */
+const reached = new Map<FaultPoint, number>();
+
+/**
+ * Dies here, at once and without cleanup, when CRINC_FAULT names this point
+ * (`<point>`: the first time it is reached; `<point>:N`: the N-th time).
+ */
 export function faultPoint(point: FaultPoint): void {
-  if (process.env[FAULT_ENV] === point) process.kill(process.pid, 'SIGKILL');
+  const wanted = process.env[FAULT_ENV];
+  if (!wanted?.startsWith(point)) return;
+  const [name, nth] = wanted.split(':');
+  if (name !== point) return;
+  const count = (reached.get(point) ?? 0) + 1;
+  reached.set(point, count);
+  if (count === Number(nth ?? 1)) process.kill(process.pid, 'SIGKILL');
 }

@@ -1,0 +1,46 @@
+// Store format 2: a version-1 store is upgraded in place on open; a newer one is refused.
+import Database from 'better-sqlite3';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { StoreFormatError } from '../src/store/errors.js';
+import { Repository } from '../src/store/repository.js';
+
+describe('store format versions', () => {
+  const dir = mkdtempSync('/tmp/crinc-format-');
+  const store = join(dir, 'store');
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  function rawIndex(): Database.Database {
+    return new Database(join(store, 'index.sqlite'));
+  }
+
+  it('upgrades a version-1 store: retention table, gc generation, version 2', () => {
+    Repository.open(store, { create: true }).close();
+    // Turn the new store into what version 1 wrote: no retention table, no gc_generation.
+    const db = rawIndex();
+    db.exec(`DROP TABLE retention; DELETE FROM meta WHERE key = 'gc_generation'; UPDATE meta SET value = '1' WHERE key = 'format_version'`);
+    db.close();
+
+    const repo = Repository.open(store, { create: false });
+    expect(repo.gcGeneration()).toBe(0);
+    repo.saveJob({ name: 'j', createdAt: 1, command: ['x'], cwd: '/', pid: null, controllerPid: null, state: 'stopped', updatedAt: 1 });
+    repo.setJobRetention('j', { keepLast: 2 });
+    expect(repo.jobRetention('j')).toEqual({ keepLast: 2 });
+    repo.close();
+    const check = rawIndex();
+    expect(check.prepare(`SELECT value FROM meta WHERE key = 'format_version'`).pluck().get()).toBe('2');
+    check.close();
+  });
+
+  it('refuses a store of a newer format, and leaves it as it is', () => {
+    const db = rawIndex();
+    db.prepare(`UPDATE meta SET value = '3' WHERE key = 'format_version'`).run();
+    db.close();
+    expect(() => Repository.open(store, { create: false })).toThrow(StoreFormatError);
+    expect(() => Repository.open(store, { create: false })).toThrow(/has store format 3; this crinc reads formats 1 to 2/);
+    const check = rawIndex();
+    expect(check.prepare(`SELECT value FROM meta WHERE key = 'format_version'`).pluck().get()).toBe('3');
+    check.close();
+  });
+});
