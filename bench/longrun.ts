@@ -21,6 +21,8 @@ const KEEP_LAST = 5;
 const GC_EVERY = '30s';
 /** The job: a counter whose 16 MiB region gets 64 pages rewritten every 50 ms, all incompressible. */
 const JOB_ARGS = ['--region-mib', '16', '--window-pages', '64', '--tick-ms', '50'];
+/** Between samples the store's size is polled this often, for its maximum (gc makes it a sawtooth). */
+const STORE_POLL_MS = 2000;
 /** Samples taken before this are warm-up (the first checkpoints, the first gc): growth is measured after it. */
 const WARMUP_S = 60;
 
@@ -30,11 +32,15 @@ const COUNTER = join(packageRoot(), 'build', 'workloads', 'counter');
 interface Sample {
   atS: number;
   storeBytes: number;
+  /** The largest store size polled since the previous sample. */
+  storeMaxBytes: number;
   packBytes: number;
   checkpointsKept: number;
   checkpointsTaken: number;
   gcRuns: number;
   daemonRssBytes: number;
+  /** The daemon's V8 heap in use, from its latest gc log line (a leak in JS would show here). */
+  daemonHeapBytes: number | null;
 }
 
 function minutesArg(): number {
@@ -66,11 +72,11 @@ function crinc(store: string, args: string[]): string {
   return execFileSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, CRINC_STORE: store } });
 }
 
-function logEvents(path: string): { msg: string }[] {
+function logEvents(path: string): { msg: string; fields: Record<string, unknown> }[] {
   return readFileSync(path, 'utf8')
     .split('\n')
     .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as { msg: string });
+    .map((l) => JSON.parse(l) as { msg: string; fields: Record<string, unknown> });
 }
 
 async function main(): Promise<void> {
@@ -103,20 +109,28 @@ async function main(): Promise<void> {
     const started = Date.now();
     const end = started + minutes * 60_000;
     for (let next = started + SAMPLE_EVERY_S * 1000; next <= end; next += SAMPLE_EVERY_S * 1000) {
-      await sleep(next - Date.now());
+      let storeMaxBytes = 0;
+      while (Date.now() < next) {
+        storeMaxBytes = Math.max(storeMaxBytes, diskBytes(store));
+        await sleep(Math.min(STORE_POLL_MS, Math.max(0, next - Date.now())));
+      }
       if (daemon.exitCode !== null) throw new Error(`the daemon exited (${daemon.exitCode}):\n${readFileSync(daemonLog, 'utf8').slice(-2000)}`);
       const events = logEvents(daemonLog);
+      const gcs = events.filter((e) => e.msg === 'gc');
+      const storeBytes = diskBytes(store);
       const s: Sample = {
         atS: Math.round((Date.now() - started) / 1000),
-        storeBytes: diskBytes(store),
+        storeBytes,
+        storeMaxBytes: Math.max(storeMaxBytes, storeBytes),
         packBytes: diskBytes(join(store, 'packs')),
         checkpointsKept: (JSON.parse(crinc(store, ['list', 'longrun', '--json'])) as unknown[]).length,
         checkpointsTaken: events.filter((e) => e.msg === 'checkpoint').length,
-        gcRuns: events.filter((e) => e.msg === 'gc').length,
+        gcRuns: gcs.length,
         daemonRssBytes: rssBytes(daemon.pid!),
+        daemonHeapBytes: gcs.length > 0 ? (gcs[gcs.length - 1]!.fields.daemonHeapUsedBytes as number) : null,
       };
       samples.push(s);
-      console.log(`  ${s.atS} s: store ${mib(s.storeBytes)} MiB, daemon RSS ${mib(s.daemonRssBytes)} MiB, ${s.checkpointsTaken} checkpoints taken, ${s.checkpointsKept} kept`);
+      console.log(`  ${s.atS} s: store ${mib(s.storeBytes)} MiB (max ${mib(s.storeMaxBytes)}), daemon RSS ${mib(s.daemonRssBytes)} MiB, ${s.checkpointsTaken} checkpoints taken, ${s.checkpointsKept} kept`);
     }
     report(samples, logEvents(daemonLog).filter((e) => /failed/.test(e.msg)).length);
     daemon.kill('SIGTERM');
@@ -130,18 +144,22 @@ async function main(): Promise<void> {
 function report(samples: Sample[], failures: number): void {
   printTable(
     'Long run: store size and daemon RSS',
-    ['T (s)', 'STORE MiB', 'PACKS MiB', 'KEPT', 'TAKEN', 'GC RUNS', 'DAEMON RSS MiB'],
-    samples.map((s) => [String(s.atS), mib(s.storeBytes), mib(s.packBytes), String(s.checkpointsKept), String(s.checkpointsTaken), String(s.gcRuns), mib(s.daemonRssBytes)]),
+    ['T (s)', 'STORE MiB', 'MAX SINCE LAST', 'PACKS MiB', 'KEPT', 'TAKEN', 'GC RUNS', 'DAEMON RSS MiB', 'HEAP MiB'],
+    samples.map((s) => [
+      String(s.atS), mib(s.storeBytes), mib(s.storeMaxBytes), mib(s.packBytes), String(s.checkpointsKept), String(s.checkpointsTaken), String(s.gcRuns),
+      mib(s.daemonRssBytes), s.daemonHeapBytes === null ? '-' : mib(s.daemonHeapBytes),
+    ]),
   );
   if (samples.length === 0) return;
   const range = (f: (s: Sample) => number) => [Math.min(...samples.map(f)), Math.max(...samples.map(f))] as const;
-  const [storeMin, storeMax] = range((s) => s.storeBytes);
+  const [storeMin] = range((s) => s.storeBytes);
+  const [, storeMax] = range((s) => s.storeMaxBytes);
   const [rssMin, rssMax] = range((s) => s.daemonRssBytes);
   const steady = samples.filter((s) => s.atS >= WARMUP_S);
   const growth = (f: (s: Sample) => number) =>
     steady.length >= 2 ? `${mib(f(steady[0]!))} → ${mib(f(steady[steady.length - 1]!))} MiB` : 'n/a (run longer than the warm-up)';
   const last = samples[samples.length - 1]!;
-  console.log(`\nstore size: min ${mib(storeMin)} MiB, max ${mib(storeMax)} MiB; after ${WARMUP_S} s warm-up ${growth((s) => s.storeBytes)}`);
+  console.log(`\nstore size: min ${mib(storeMin)} MiB, max ${mib(storeMax)} MiB (polled every ${STORE_POLL_MS / 1000} s); after ${WARMUP_S} s warm-up ${growth((s) => s.storeBytes)}`);
   console.log(`daemon RSS: min ${mib(rssMin)} MiB, max ${mib(rssMax)} MiB; after ${WARMUP_S} s warm-up ${growth((s) => s.daemonRssBytes)}`);
   console.log(`${last.checkpointsTaken} checkpoints taken, ${last.checkpointsKept} kept at the end (--keep-last ${KEEP_LAST}), ${last.gcRuns} gc runs, ${failures} failures logged`);
 }

@@ -19,6 +19,7 @@ import { ControllerError, JobExistsError } from './errors.js';
 import { jobRows, type JobRow } from './jobs.js';
 import type { Logger } from './log.js';
 import { isRunning } from './procfs.js';
+import { recoverStore } from './recovery.js';
 import { restoreJob, type RestoreResult, type RestoreTarget } from './restore.js';
 import { type RunningJob, startJob, startTracking } from './run.js';
 import { type JobStatus, jobStatus } from './status.js';
@@ -112,6 +113,10 @@ export class Daemon {
     writeFileSync(lockFd, `crinc daemon pid ${process.pid} since ${new Date().toISOString()}`);
     // Jobs that `criu restore -d` leaves behind, and jobs whose launcher died, become ours to reap.
     becomeChildSubreaper();
+    const recovered = recoverStore(repo);
+    if (recovered.packFiles.length + recovered.stagingDirs.length > 0) {
+      opts.log.warn('removed leftovers of interrupted checkpoints, restores or GCs', null, { files: [...recovered.packFiles, ...recovered.stagingDirs].join(' ') });
+    }
     const daemon = new Daemon(store, repo, await openCodecs(repo), lockFd, opts);
     await daemon.resume();
     daemon.server = await serveControl<DaemonRequest>(daemonSocketPath(store), (req) => daemon.handle(req));
@@ -302,8 +307,11 @@ export class Daemon {
     return this.exclusive(async () => {
       try {
         const r = await this.withRepo((repo) => collectGarbage(repo, this.codecs.chunks, { dryRun: false }));
+        // The daemon's own memory too: an operator (and npm run longrun) sees it stay flat.
+        const memory = process.memoryUsage();
         this.opts.log.info('gc', null, {
           bytesFreed: r.bytesFreed, bytesBefore: r.bytesBefore, bytesAfter: r.bytesAfter, deadChunks: r.deadChunks, deadPacks: r.deadPacks, repackedPacks: r.repackedPacks,
+          daemonRssBytes: memory.rss, daemonHeapUsedBytes: memory.heapUsed,
         });
       } catch (e) {
         this.opts.log.error(`gc failed: ${(e as Error).message}`, null, { error: (e as Error).name });
