@@ -6,7 +6,7 @@
 // for byte as CRIU wrote it. The counter ticks only on SIGUSR2, so the counter of every
 // checkpoint is known exactly.
 import Database from 'better-sqlite3';
-import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -90,8 +90,27 @@ describe('SIGKILL at every fault point and at random times', () => {
     expect(sb.jobLog(JOB)).toMatch(new RegExp(`^verify ok tick ${counter}$`, 'm'));
   }
 
+  /** Staging dirs whose crinc is dead, and which processes (a CRIU it started) still name. */
+  function stagingStillInUse(): string[] {
+    const dead = readdirSync('/dev/shm').filter((n) => { const m = /^crinc-[a-z]+-(\d+)-/.exec(n); return m && !alive(Number(m[1])); });
+    const used: string[] = [];
+    for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+      let cmd = '';
+      try {
+        cmd = readFileSync(`/proc/${pid}/cmdline`, 'latin1');
+      } catch {
+        continue; // exited meanwhile
+      }
+      used.push(...dead.filter((d) => cmd.includes(`/dev/shm/${d}/`)));
+    }
+    return used;
+  }
+
   /** What every kill must leave: a clean, verified store whose checkpoints all come back. */
   async function checkStore(what: string): Promise<void> {
+    // A CRIU whose crinc was killed finishes on its own (its hook answers "fail", the job
+    // thaws); its staging stays until then.
+    await waitFor(() => stagingStillInUse().length === 0, `the CRIU of a killed checkpoint to finish (after ${what})`, 60_000);
     const v = sb.cli(['verify', '--read-data', '--json']);
     expect(v.code, `after ${what}: ${v.stdout}${v.stderr}`).toBe(0);
     // The open before verify removed what the killed process left; nothing unindexed stays.

@@ -5,11 +5,15 @@
 // store holds exactly the chunks its checkpoints name. Then verify finds damage, and
 // the store's permissions are root-only.
 import Database from 'better-sqlite3';
-import { chmodSync, closeSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openCodecs } from '../src/controller/codecs.js';
+import { FILE_BLOCK_BYTES } from '../src/store/format.js';
 import { packPath } from '../src/store/pack.js';
+import { Repository } from '../src/store/repository.js';
+import { lockStore } from '../src/store/store-lock.js';
 import { type CheckpointJson, COUNTER, crincAsync, killAndWait, Sandbox, sha256Dir, waitFor } from './helpers.js';
 
 const JOBS = ['alpha', 'beta'];
@@ -160,5 +164,54 @@ describe('gc while two jobs are checkpointed', () => {
     expect(m.packProblems).toEqual([{ pack: victim, problem: 'the pack file is missing' }]);
     expect(m.damaged.length).toBeGreaterThan(0);
     for (const d of m.damaged) expect(d.problems.join('\n')).toMatch(/is in a damaged pack \(the pack file is missing\)/);
+  });
+});
+
+describe('a long-lived process after another process collected garbage', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  it('forgets the chunk ids it cached, so a chunk GC deleted is written again, not referenced', async () => {
+    // In this test process, as in a `crinc run` controller: one Repository kept open,
+    // its whole chunk table cached. Checkpoint rows without a process (files only) are
+    // committed through the real commit path.
+    const repo = Repository.open(sb.store, { create: true });
+    const codecs = await openCodecs(repo);
+    const now = Date.now();
+    repo.saveJob({ name: 'files', createdAt: now, command: ['true'], cwd: '/', pid: null, controllerPid: null, state: 'stopped', updatedAt: now });
+    const block = Buffer.alloc(FILE_BLOCK_BYTES, 7);
+    const blockId = codecs.chunks.chunkId(block);
+    const commit = (takenAt: number) => {
+      const writer = repo.newChunkWriter(codecs.chunks);
+      writer.put(blockId, block);
+      return repo.commitCheckpoint(
+        { job: 'files', kind: 'checkpoint', takenAt, mode: 'files', rootPid: null, imageBytes: 0, pagesTotal: 0, pagesHashed: 0, pagesClean: 0, durationMs: 0, freezeMs: 0, note: null },
+        [{ role: 'job-file', path: '/data', size: block.length, mode: 0o600, uid: 0, gid: 0, blockBytes: FILE_BLOCK_BYTES, ids: blockId, identity: null }],
+        writer,
+      );
+    };
+    const first = commit(now);
+    expect(repo.preloadKnown()).toBe(true);
+    expect(repo.hasChunk(blockId)).toBe(true);
+    repo.forgetCheckpoints([first.id]);
+
+    // Another process collects: the block's chunk is deleted.
+    const gc = sb.json<GcJson>(['gc']);
+    expect(gc.deadChunks).toBe(1);
+
+    // The next commit checks the GC generation first (as takeCheckpoint does, under the store lock).
+    const lock = await lockStore(sb.store, 'shared');
+    repo.refreshAfterCollection();
+    expect(repo.hasChunk(blockId)).toBe(false);
+    const second = commit(now + 1000);
+    lock.release();
+    expect(second.storedBytes).toBeGreaterThan(0); // written again
+    await codecs.pool.close();
+    repo.close();
+
+    expect(sb.cli(['verify', '--read-data']).code).toBe(0);
+    const out = join(sb.dir, 'export');
+    sb.ok(['export', 'files', '--id', String(second.id), '--to', out]);
+    expect(readFileSync(join(out, 'files', 'data')).equals(block)).toBe(true);
   });
 });

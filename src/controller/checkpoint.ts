@@ -1,12 +1,13 @@
 // The checkpoint pipeline: CRIU dump (job's files captured while frozen) → ingest →
 // one commit. A failure at any step leaves the store as it was; staging is removed.
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { dump } from '../criu/criu.js';
 import { readDumpStats } from '../criu/images.js';
 import type { CheckpointRecord, FileManifest, Repository } from '../store/repository.js';
 import { lockStore, type StoreLock } from '../store/store-lock.js';
 import { faultPoint } from '../sys/fault.js';
+import { isGone } from '../sys/proc.js';
 import type { Codecs } from './codecs.js';
 import { JobNotRunningError } from './errors.js';
 import { Ingest, NO_CLEAN_PAGES, type PageIndex, type ProgressCallback, TrackingMissError } from './ingest.js';
@@ -26,16 +27,40 @@ export function makeStaging(kind: string): string {
   return dir; // mkdtemp creates it 0700
 }
 
-/** Removes the staging dirs of crinc processes that died (killed mid-checkpoint or mid-restore). */
+/**
+ * Removes the staging dirs of crinc processes that died (killed mid-checkpoint or
+ * mid-restore), unless a process still works in one: the CRIU a killed crinc started
+ * runs on until its dump fails and it thaws the job.
+ */
 export function removeStaleStaging(): string[] {
-  const removed: string[] = [];
-  for (const name of readdirSync(STAGING_ROOT)) {
+  const stale = readdirSync(STAGING_ROOT).filter((name) => {
     const owner = STAGING_NAME.exec(name);
-    if (!owner || isRunning(Number(owner[1]))) continue;
-    rmSync(join(STAGING_ROOT, name), { recursive: true, force: true });
+    return owner !== null && !isRunning(Number(owner[1]));
+  });
+  if (stale.length === 0) return [];
+  const inUse = commandLines();
+  const removed: string[] = [];
+  for (const name of stale) {
+    const dir = join(STAGING_ROOT, name);
+    if (inUse.some((cmd) => cmd.includes(dir))) continue;
+    rmSync(dir, { recursive: true, force: true });
     removed.push(name);
   }
   return removed;
+}
+
+/** Every process's command line (arguments joined by NUL). */
+function commandLines(): string[] {
+  const out: string[] = [];
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      out.push(readFileSync(`/proc/${pid}/cmdline`, 'latin1'));
+    } catch (e) {
+      if (!isGone(e)) throw e;
+    }
+  }
+  return out;
 }
 
 export interface CheckpointOptions {

@@ -196,7 +196,8 @@ export async function exportCheckpoint(repo: Repository, codecs: Codecs, cp: Che
   const storeLock = await lockStore(repo.dir, 'shared');
   try {
     repo.refreshAfterCollection();
-    const all = repo.checkpointFiles(repo.getCheckpoint(cp.id).id, codecs.chunks);
+    repo.getCheckpoint(cp.id); // not forgotten by retention meanwhile (GC may have run)
+    const all = repo.checkpointFiles(cp.id, codecs.chunks);
     const images = all.filter((f) => f.role === 'image');
     await materializeImages(repo, images, codecs, dir);
     const jobFiles = all.filter((f) => f.role === 'job-file');

@@ -258,12 +258,8 @@ function checkManifests(
     if (!seen) named.set(checkpoint, (seen = new IdSet()));
     if (seen.add(ids, o)) note(checkpoint, `chunk ${idHex(ids.subarray(o, o + CHUNK_ID_BYTES))} of ${path} ${problem}`);
   };
-  let lastCheckpoint = -1;
+  report.checkpoints = repo.listCheckpoints().filter((c) => c.id <= upTo).length;
   walkManifests(repo, codecs.chunks, { after: 0, upTo }, (f) => {
-    if (f.checkpoint !== lastCheckpoint) {
-      report.checkpoints++;
-      lastCheckpoint = f.checkpoint;
-    }
     if (f.parts) for (let o = 0; o < f.parts.length; o += CHUNK_ID_BYTES) checkId(f.checkpoint, `${f.path} (manifest part)`, f.parts, o);
     if (f.error) {
       note(f.checkpoint, `the manifest of ${f.path} cannot be read: ${f.error.message}`);

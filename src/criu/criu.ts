@@ -72,16 +72,14 @@ function logTail(path: string): string {
 // CRIU runs the action script for every stage; crinc acts on post-dump only, when the
 // tree is still frozen. The script tells the controller through one FIFO and waits for
 // its answer on another; a non-zero exit makes CRIU fail the dump (the job goes on).
-// The controller may die meanwhile (SIGKILL): a read-write open of a FIFO never blocks,
-// so the notice cannot hang, and a watcher answers "fail" once the controller is gone,
-// so the job is never left frozen.
+// The controller may die meanwhile (SIGKILL): then a watcher stands in for it, reading
+// the notice and answering "fail", so CRIU thaws the job instead of waiting forever.
 const HOOK_SCRIPT = `#!/bin/sh
 [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
-exec 3<>"$CRINC_HOOK_NOTIFY" || exit 1
-echo post-dump >&3 || exit 1
-exec 3>&-
-( while kill -0 "$CRINC_HOOK_PID" 2>/dev/null; do sleep 0.05; done; exec 4<>"$CRINC_HOOK_ACK"; echo fail >&4; sleep 1 ) &
+( while kill -0 "$CRINC_HOOK_PID" 2>/dev/null; do sleep 0.05; done
+  exec 3<>"$CRINC_HOOK_NOTIFY" 4<>"$CRINC_HOOK_ACK"; echo fail >&4; sleep 5 ) &
 watcher=$!
+echo post-dump > "$CRINC_HOOK_NOTIFY" || exit 1
 read -r reply < "$CRINC_HOOK_ACK"
 kill "$watcher" 2>/dev/null
 [ "$reply" = ok ]
