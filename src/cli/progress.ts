@@ -21,12 +21,15 @@ export function terminalProgress(label: string, out: NodeJS.WriteStream = proces
   const started = performance.now();
   let lastDraw = 0;
   let drawn = false;
+  // The rate counts from the first report: what came before it (opening, locking, CRIU's dump) moved no bytes.
+  let first: { at: number; done: number } | undefined;
   return {
     update(done, total) {
       const now = performance.now();
-      if (now - started < PROGRESS_DELAY_MS || now - lastDraw < REDRAW_MS) return;
+      first ??= { at: now, done };
+      if (now - started < PROGRESS_DELAY_MS || now - lastDraw < REDRAW_MS || now === first.at) return;
       lastDraw = now;
-      const rate = done / ((now - started) / 1000);
+      const rate = (done - first.done) / ((now - first.at) / 1000);
       const eta = rate > 0 && total > done ? `, ${formatSeconds((total - done) / rate)} left` : '';
       const percent = total > 0 ? ` (${Math.floor((100 * done) / total)}%)` : '';
       out.write(`\r\x1b[K${label}: ${formatBytes(done)} of ${formatBytes(total)}${percent}, ${formatBytes(rate)}/s${eta}`);
