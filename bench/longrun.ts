@@ -41,6 +41,8 @@ interface Sample {
   daemonRssBytes: number;
   /** The daemon's V8 heap in use, from its latest gc log line (a leak in JS would show here). */
   daemonHeapBytes: number | null;
+  /** Its Buffers and ArrayBuffers (outside the V8 heap), from the same line. */
+  daemonBuffersBytes: number | null;
 }
 
 function minutesArg(): number {
@@ -128,6 +130,7 @@ async function main(): Promise<void> {
         gcRuns: gcs.length,
         daemonRssBytes: rssBytes(daemon.pid!),
         daemonHeapBytes: gcs.length > 0 ? (gcs[gcs.length - 1]!.fields.daemonHeapUsedBytes as number) : null,
+        daemonBuffersBytes: gcs.length > 0 ? (gcs[gcs.length - 1]!.fields.daemonBuffersBytes as number) : null,
       };
       samples.push(s);
       console.log(`  ${s.atS} s: store ${mib(s.storeBytes)} MiB (max ${mib(s.storeMaxBytes)}), daemon RSS ${mib(s.daemonRssBytes)} MiB, ${s.checkpointsTaken} checkpoints taken, ${s.checkpointsKept} kept`);
@@ -144,10 +147,10 @@ async function main(): Promise<void> {
 function report(samples: Sample[], failures: number): void {
   printTable(
     'Long run: store size and daemon RSS',
-    ['T (s)', 'STORE MiB', 'MAX SINCE LAST', 'PACKS MiB', 'KEPT', 'TAKEN', 'GC RUNS', 'DAEMON RSS MiB', 'HEAP MiB'],
+    ['T (s)', 'STORE MiB', 'MAX SINCE LAST', 'PACKS MiB', 'KEPT', 'TAKEN', 'GC RUNS', 'DAEMON RSS MiB', 'HEAP MiB', 'BUFFERS MiB'],
     samples.map((s) => [
       String(s.atS), mib(s.storeBytes), mib(s.storeMaxBytes), mib(s.packBytes), String(s.checkpointsKept), String(s.checkpointsTaken), String(s.gcRuns),
-      mib(s.daemonRssBytes), s.daemonHeapBytes === null ? '-' : mib(s.daemonHeapBytes),
+      mib(s.daemonRssBytes), s.daemonHeapBytes === null ? '-' : mib(s.daemonHeapBytes), s.daemonBuffersBytes === null ? '-' : mib(s.daemonBuffersBytes),
     ]),
   );
   if (samples.length === 0) return;

@@ -78,7 +78,7 @@ describe('crinc attach', () => {
     expect(verdict).toMatch(/^verify ok tick \d+$/);
   });
 
-  it('refuses a PID that does not exist, and a process that is not a session leader, saying why', async () => {
+  it('refuses a PID that does not exist, a process that is not a session leader, and one on a terminal, saying why', async () => {
     const gone = startCounter(sb, 'gone');
     gone.child.kill('SIGKILL');
     await exited(gone.child);
@@ -91,6 +91,16 @@ describe('crinc attach', () => {
     expect(notLeader.code).toBe(1);
     expect(notLeader.stderr).toMatch(new RegExp(`crinc: process ${member.child.pid} is not a session leader .*Start the program with setsid`));
     member.child.kill('SIGKILL');
+
+    // A session leader on a terminal: script(1) runs its command on a new pty.
+    const onTerminal = spawn('script', ['-qc', 'exec sleep 60', '/dev/null'], { stdio: 'ignore' });
+    sb.track(onTerminal.pid!);
+    const leader = await waitFor(() => readFileSync(`/proc/${onTerminal.pid}/task/${onTerminal.pid}/children`, 'utf8').trim().split(' ')[0], 'script to start its command');
+    sb.track(Number(leader));
+    await waitFor(() => readFileSync(`/proc/${leader}/cmdline`, 'utf8').startsWith('sleep'), 'the command to run');
+    const withTty = sb.cli(['attach', leader]);
+    expect(withTty.code).toBe(1);
+    expect(withTty.stderr).toContain(`crinc: process ${leader} has a controlling terminal: a restore cannot give it that terminal back`);
 
     const bad = sb.cli(['attach', 'abc']);
     expect(bad.code).not.toBe(0);

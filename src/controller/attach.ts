@@ -41,16 +41,16 @@ export function attachTarget(pid: number): AttachTarget {
         `Attach to the init instead (the process whose NSpid in /proc/PID/status ends in 1).`,
     );
   }
-  if (stat.ttyNr !== 0) {
-    throw new AttachError(
-      `process ${pid} has a controlling terminal: a restore cannot give it that terminal back (CRIU would need --shell-job and the same terminal). ` +
-        `Start the program detached from the terminal, e.g. setsid CMD </dev/null >LOG 2>&1 &, and attach to that.`,
-    );
-  }
   if (stat.session !== pid) {
     throw new AttachError(
       `process ${pid} is not a session leader (it belongs to session ${stat.session}): CRIU dumps a tree whose session leader is outside it only as a shell job, ` +
         `and a restore would then move it into another session. Start the program with setsid (setsid CMD </dev/null >LOG 2>&1 &) and attach to that.`,
+    );
+  }
+  if (stat.ttyNr !== 0) {
+    throw new AttachError(
+      `process ${pid} has a controlling terminal: a restore cannot give it that terminal back (CRIU would need --shell-job and the same terminal). ` +
+        `Start the program detached from the terminal, e.g. setsid CMD </dev/null >LOG 2>&1 &, and attach to that.`,
     );
   }
   return { command, cwd: readlinkSync(`/proc/${pid}/cwd`) };

@@ -311,7 +311,7 @@ export class Daemon {
         const memory = process.memoryUsage();
         this.opts.log.info('gc', null, {
           bytesFreed: r.bytesFreed, bytesBefore: r.bytesBefore, bytesAfter: r.bytesAfter, deadChunks: r.deadChunks, deadPacks: r.deadPacks, repackedPacks: r.repackedPacks,
-          daemonRssBytes: memory.rss, daemonHeapUsedBytes: memory.heapUsed,
+          daemonRssBytes: memory.rss, daemonHeapUsedBytes: memory.heapUsed, daemonBuffersBytes: memory.arrayBuffers,
         });
       } catch (e) {
         this.opts.log.error(`gc failed: ${(e as Error).message}`, null, { error: (e as Error).name });
