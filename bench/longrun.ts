@@ -23,8 +23,12 @@ const GC_EVERY = '30s';
 const JOB_ARGS = ['--region-mib', '16', '--window-pages', '64', '--tick-ms', '50'];
 /** Between samples the store's size is polled this often, for its maximum (gc makes it a sawtooth). */
 const STORE_POLL_MS = 2000;
-/** Samples taken before this are warm-up (the first checkpoints, the first gc): growth is measured after it. */
-const WARMUP_S = 60;
+/**
+ * Samples taken before this are warm-up: the first checkpoints and gc runs, while V8's
+ * heap, the codec's memory and malloc's arenas reach their working size (about 150 s
+ * here); growth is measured after it.
+ */
+const WARMUP_S = 180;
 
 const CLI = join(packageRoot(), 'dist', 'src', 'cli', 'main.js');
 const COUNTER = join(packageRoot(), 'build', 'workloads', 'counter');
