@@ -5,7 +5,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type CheckpointJson, CLI, COUNTER, lastTick, Sandbox, ticks, waitFor } from './helpers.js';
+import { alive, type CheckpointJson, CLI, COUNTER, lastTick, Sandbox, ticks, waitFor } from './helpers.js';
 
 /** The counter as a session leader (detached: setsid), stdout and stderr on files, reaped by this process. */
 function startCounter(sb: Sandbox, name: string, detached = true): { child: ChildProcess; log: string } {
@@ -56,6 +56,7 @@ describe('crinc attach', () => {
     // Killed and reaped (this process is its parent), so its PID is free for the restore.
     child.kill('SIGKILL');
     await exited(child);
+    sb.untrack(pid);
     await waitFor(() => /job att \(pid \d+\) exited/.test(output), `crinc attach to see the process end\n${output}`);
     const killedAt = Date.now();
     const r = sb.json<{ pid: number; checkpoint: number; rolledBack: string[] }>(['restore', 'att']);
@@ -82,6 +83,7 @@ describe('crinc attach', () => {
     const gone = startCounter(sb, 'gone');
     gone.child.kill('SIGKILL');
     await exited(gone.child);
+    sb.untrack(gone.child.pid!);
     const missing = sb.cli(['attach', String(gone.child.pid)]);
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain(`crinc: there is no running process ${gone.child.pid} (it does not exist or has exited)`);
@@ -91,16 +93,27 @@ describe('crinc attach', () => {
     expect(notLeader.code).toBe(1);
     expect(notLeader.stderr).toMatch(new RegExp(`crinc: process ${member.child.pid} is not a session leader .*Start the program with setsid`));
     member.child.kill('SIGKILL');
+    await exited(member.child);
+    sb.untrack(member.child.pid!);
 
     // A session leader on a terminal: script(1) runs its command on a new pty.
-    const onTerminal = spawn('script', ['-qc', 'exec sleep 60', '/dev/null'], { stdio: 'ignore' });
+    const onTerminal = spawn('script', ['-qc', 'exec sleep 60', '/dev/null'], { stdio: 'ignore', detached: true });
     sb.track(onTerminal.pid!);
-    const leader = await waitFor(() => readFileSync(`/proc/${onTerminal.pid}/task/${onTerminal.pid}/children`, 'utf8').trim().split(' ')[0], 'script to start its command');
+    // (waitFor takes an empty string for an answer: no child yet must be undefined.)
+    const leader = await waitFor(() => readFileSync(`/proc/${onTerminal.pid}/task/${onTerminal.pid}/children`, 'utf8').trim().split(' ')[0] || undefined, 'script to start its command');
+    expect(Number(leader)).toBeGreaterThan(1);
     sb.track(Number(leader));
     await waitFor(() => readFileSync(`/proc/${leader}/cmdline`, 'utf8').startsWith('sleep'), 'the command to run');
     const withTty = sb.cli(['attach', leader]);
     expect(withTty.code).toBe(1);
     expect(withTty.stderr).toContain(`crinc: process ${leader} has a controlling terminal: a restore cannot give it that terminal back`);
+    // The command first, while script (its parent, ours) still reaps it; then script.
+    process.kill(Number(leader), 'SIGKILL');
+    await waitFor(() => !alive(Number(leader)), 'the command on the terminal to end');
+    onTerminal.kill('SIGKILL');
+    await exited(onTerminal);
+    sb.untrack(Number(leader));
+    sb.untrack(onTerminal.pid!);
 
     const bad = sb.cli(['attach', 'abc']);
     expect(bad.code).not.toBe(0);

@@ -131,6 +131,7 @@ describe('crinc daemon', () => {
     expect(row(sb, 'att')).toMatchObject({ pid: attached.pid, state: 'running', managed: { origin: 'attach', intervalMs: 1000 } });
     attached.kill('SIGKILL');
     await waitFor(() => row(sb, 'att').state === 'exited', 'the daemon to see the attached process end');
+    sb.untrack(attached.pid!);
     // Not the daemon's child: its parent (this test) got the exit status.
     expect(row(sb, 'att').managed!.ended).toBe('ended; its exit status went to its parent');
   });
@@ -153,6 +154,7 @@ describe('crinc daemon', () => {
       expect(alive(pids.fast!) && alive(pids.slow!)).toBe(true);
       expect(row(sb, 'fast').managed!.nextCheckpointAt).toBeUndefined();
       await killAndWait(victimPid);
+      sb.untrack(victimPid);
       const lastBefore = Math.max(...checkpointsOf(sb, 'fast').map((c) => c.id));
 
       daemon = new DaemonProcess(sb);
@@ -170,6 +172,7 @@ describe('crinc daemon', () => {
 
   it('restores a managed job under the daemon: its schedule goes on, and the daemon reaps it', async () => {
     await killAndWait(pids.slow!);
+    sb.untrack(pids.slow!);
     await waitFor(() => row(sb, 'slow').state === 'exited', 'the daemon to see the slow job end');
     // Started by the daemon before its restart: its parent is still the first daemon's launcher (unshare).
     expect(row(sb, 'slow').managed!.ended).toBe('ended; its exit status went to its parent');
@@ -185,6 +188,7 @@ describe('crinc daemon', () => {
     // The restored process is the daemon's child now: the daemon reaps it and knows how it ended.
     process.kill(r.pid, 'SIGKILL');
     await waitFor(() => row(sb, 'slow').state === 'exited', 'the daemon to reap the restored job');
+    sb.untrack(r.pid);
     expect(row(sb, 'slow').managed!.ended).toBe('signal SIGKILL');
     expect(alive(r.pid)).toBe(false);
   });
