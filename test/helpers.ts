@@ -149,7 +149,14 @@ export class Sandbox {
   }
 
   track(pid: number): void {
+    // kill(0) or kill(-1) at cleanup would hit the test runner itself.
+    if (!Number.isInteger(pid) || pid <= 1) throw new Error(`not a process to track: ${pid}`);
     this.pids.add(pid);
+  }
+
+  /** For a process the test ended itself: once reaped, its PID may belong to another process by cleanup. */
+  untrack(pid: number): void {
+    this.pids.delete(pid);
   }
 
   jobLog(job: string, stream: 'stdout' | 'stderr' = 'stdout'): string {

@@ -1,4 +1,4 @@
-// Store format 2: a version-1 store is upgraded in place on open; a newer one is refused.
+// Store format 3: a version-1 store is upgraded in place on open; a newer one is refused.
 import Database from 'better-sqlite3';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,11 +15,11 @@ describe('store format versions', () => {
     return new Database(join(store, 'index.sqlite'));
   }
 
-  it('upgrades a version-1 store: retention table, gc generation, version 2', () => {
+  it('upgrades a version-1 store: retention table, gc generation, managed jobs, version 3', () => {
     Repository.open(store, { create: true }).close();
-    // Turn the new store into what version 1 wrote: no retention table, no gc_generation.
+    // Turn the new store into what version 1 wrote: no retention or managed_jobs table, no gc_generation.
     const db = rawIndex();
-    db.exec(`DROP TABLE retention; DELETE FROM meta WHERE key = 'gc_generation'; UPDATE meta SET value = '1' WHERE key = 'format_version'`);
+    db.exec(`DROP TABLE retention; DROP TABLE managed_jobs; DELETE FROM meta WHERE key = 'gc_generation'; UPDATE meta SET value = '1' WHERE key = 'format_version'`);
     db.close();
 
     const repo = Repository.open(store, { create: false });
@@ -29,18 +29,19 @@ describe('store format versions', () => {
     expect(repo.jobRetention('j')).toEqual({ keepLast: 2 });
     repo.close();
     const check = rawIndex();
-    expect(check.prepare(`SELECT value FROM meta WHERE key = 'format_version'`).pluck().get()).toBe('2');
+    expect(check.prepare(`SELECT value FROM meta WHERE key = 'format_version'`).pluck().get()).toBe('3');
+    expect(check.prepare(`SELECT count(*) FROM managed_jobs`).pluck().get()).toBe(0);
     check.close();
   });
 
   it('refuses a store of a newer format, and leaves it as it is', () => {
     const db = rawIndex();
-    db.prepare(`UPDATE meta SET value = '3' WHERE key = 'format_version'`).run();
+    db.prepare(`UPDATE meta SET value = '4' WHERE key = 'format_version'`).run();
     db.close();
     expect(() => Repository.open(store, { create: false })).toThrow(StoreFormatError);
-    expect(() => Repository.open(store, { create: false })).toThrow(/has store format 3; this crinc reads formats 1 to 2/);
+    expect(() => Repository.open(store, { create: false })).toThrow(/has store format 4; this crinc reads formats 1 to 3/);
     const check = rawIndex();
-    expect(check.prepare(`SELECT value FROM meta WHERE key = 'format_version'`).pluck().get()).toBe('3');
+    expect(check.prepare(`SELECT value FROM meta WHERE key = 'format_version'`).pluck().get()).toBe('4');
     check.close();
   });
 });

@@ -40,3 +40,11 @@ export function printStatus(s: JobStatus): void {
   for (const f of a.modifiedFiles) console.log(`  modified ${f.path}: ${f.writes} writes, ${formatBytes(f.bytesWritten)}`);
   if (!a.complete) console.log(`  incomplete: ${a.incompleteBecause.join('; ')}`);
 }
+
+/** A duration as the shortest of 250ms, 90s, 5m, 2h (what --interval accepts back). */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of [['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}

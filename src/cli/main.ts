@@ -8,12 +8,15 @@ import { packageRoot } from '../sys/package-root.js';
 import { criuVersion } from '../criu/criu.js';
 import { takeCheckpoint } from '../controller/checkpoint.js';
 import { openCodecs } from '../controller/codecs.js';
+import { attachedJob, attachTarget, jobNameFor, registerAttached } from '../controller/attach.js';
 import { askController, controlSocketPath } from '../controller/control.js';
+import { askDaemon, Daemon, type Registered } from '../controller/daemon.js';
+import { type JobRow, jobRows } from '../controller/jobs.js';
+import { Logger } from '../controller/log.js';
 import { NoCheckpointError, NotRootError } from '../controller/errors.js';
 import { exportCheckpoint } from '../controller/materialize.js';
-import { isRunning } from '../controller/procfs.js';
-import { resolveCheckpoint, restoreJob, type RestoreTarget } from '../controller/restore.js';
-import { runJob, type StopRequest } from '../controller/run.js';
+import { resolveCheckpoint, restoreJob, type RestoreResult, type RestoreTarget } from '../controller/restore.js';
+import { type ControlOptions, controlJob, type JobStart, runJob, type RunOutcome, type StopRequest } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
 import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
 import { pruneJob } from '../controller/retention.js';
@@ -22,11 +25,14 @@ import { verifyStore } from '../controller/verify.js';
 import { collectGarbage } from '../store/gc.js';
 import { type CheckpointRecord, Repository } from '../store/repository.js';
 import { DEFAULT_CACHE_ROOT, isS3Url, openS3Store } from '../store/s3.js';
-import { formatBytes, formatCheckpoint, printStatus, printTable } from './format.js';
+import { formatBytes, formatCheckpoint, formatDuration, printStatus, printTable } from './format.js';
+import { withProgress } from './progress.js';
 import { addRetentionOptions, RETENTION_HELP, type RetentionFlags, retentionFromOptions } from './retention-options.js';
 
 export const DEFAULT_STORE = '/var/lib/crinc';
 const DEFAULT_INTERVAL = '5m';
+/** How often the daemon collects garbage by default: forgotten checkpoints' space comes back within the hour. */
+const DAEMON_GC_EVERY = '1h';
 /** Debug aid: keep each checkpoint's CRIU images, as CRIU wrote them, in $CRINC_KEEP_IMAGES/<id>/. */
 const KEEP_IMAGES_ENV = 'CRINC_KEEP_IMAGES';
 /** Verification mode: every page hashed anyway; a page tracking called clean that changed fails the checkpoint. */
@@ -85,6 +91,10 @@ function durationArg(v: string): number {
   }
 }
 
+function durationOrZeroArg(v: string): number {
+  return v.trim() === '0' ? 0 : durationArg(v);
+}
+
 function intArg(v: string): number {
   if (!/^\d+$/.test(v)) throw new InvalidArgumentError(`"${v}" is not a whole number`);
   return Number(v);
@@ -96,6 +106,38 @@ export function buildProgram(): Command {
     .version(JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')).version as string)
     .showHelpAfterError('(run with --help for usage)');
 
+  program
+    .command('daemon')
+    .description('serve the store: checkpoint every managed job on its own schedule, watch their processes, collect garbage, answer the other crinc commands on <store>/daemon.sock')
+    .addOption(new Option('--gc-every <duration>', 'run crinc gc this often ("0" for never)').default(DAEMON_GC_EVERY).argParser(durationOrZeroArg))
+    .addOption(storeOption())
+    .addHelpText('after', `
+Examples:
+  crinc daemon --store /var/lib/crinc
+  crinc daemon --gc-every 10m
+  systemctl start crinc            (examples/systemd/crinc.service)
+
+While it runs, crinc run and crinc attach hand their job to it and return; crinc jobs,
+status and checkpoint ask it. Jobs keep running when it stops; when it starts again it
+resumes their schedules and marks jobs whose process died meanwhile "dead".
+Logs: one JSON object per line on stderr (time, level, job, msg, fields); readable
+lines when stderr is a terminal.`)
+    .action(async (o: { gcEvery: number | string; store?: string }) => {
+      requireRoot();
+      criuVersion();
+      const gcEveryMs = typeof o.gcEvery === 'string' ? parseDuration(o.gcEvery) : o.gcEvery;
+      const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
+      if (isS3Url(spec)) {
+        throw new InvalidArgumentError(`crinc daemon serves a store directory, and ${spec} is an S3 store: run each job with crinc run --foreground --store ${spec} instead`);
+      }
+      const daemon = await Daemon.start(resolve(spec), { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1', gcEveryMs });
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await daemon.stop();
+    });
+
   addRetentionOptions(program
     .command('run'))
     .description('start CMD as a job (own PID namespace, detached from the terminal, output in the job\'s log files) and checkpoint it every interval')
@@ -103,6 +145,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
     .option('--kill-on-exit', 'when Ctrl-C (SIGINT) stops crinc, kill the job too instead of leaving it running')
     .option('--fresh', 'start CMD anew even when the job has checkpoints (they stay in the store)')
+    .option('--foreground', 'stay the job\'s controller in the foreground even when a daemon serves the store (batch scripts: the job step must last as long as the job)')
     .option('--no-tracking', 'no dirty tracking: every checkpoint reads and hashes all pages')
     .addOption(storeOption())
     .addOption(cacheOption())
@@ -129,56 +172,77 @@ Exit codes:
   job's own  the job ended by itself: its exit code, or 128+N when signal N killed it
   0          stopped by Ctrl-C
   1          crinc failed (the message says why; e.g. resume or final checkpoint failed)
+
+When a daemon serves the store (crinc daemon) and --foreground is not given, the daemon
+starts or resumes the job (with this command's environment and working directory) and
+checkpoints it; crinc run prints the job's pid and returns.
 ${RETENTION_HELP}`)
-    .action(async (cmd: string[], o: RetentionFlags & { job?: string; interval: number | string; killOnExit?: boolean; fresh?: boolean; tracking: boolean; store?: string; cache?: string }) => {
-      const abort = new AbortController();
-      // Installed first, so that no early signal is lost. The first request wins; later
-      // signals (a scheduler repeats SIGTERM) are ignored.
-      const requestStop = (request: StopRequest) => () => {
-        if (!abort.signal.aborted) abort.abort(request);
-      };
-      process.on('SIGINT', requestStop('leave-running'));
-      process.on('SIGTERM', requestStop('checkpoint-and-stop'));
-      process.on('SIGUSR1', requestStop('checkpoint-and-stop'));
+    .action(async (cmd: string[], o: RetentionFlags & { job?: string; interval: number | string; killOnExit?: boolean; fresh?: boolean; foreground?: boolean; tracking: boolean; store?: string; cache?: string }) => {
+      // Installed first, so that no early signal is lost.
+      const stop = stopOnSignals({ SIGINT: 'leave-running', SIGTERM: 'checkpoint-and-stop', SIGUSR1: 'checkpoint-and-stop' });
       const repo = await openStore(o, true);
       criuVersion();
-      const codecs = await openCodecs(repo);
-      const job = o.job ?? cmd[0]!.split('/').pop()!.replace(/[^A-Za-z0-9._-]/g, '_');
+      const job = o.job ?? jobNameFor(cmd);
       const retention = retentionFromOptions(o);
       if (retention) repo.setJobRetention(job, retention);
       const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
-      const outcome = await runJob(repo, codecs, {
-        job,
-        command: cmd,
-        intervalMs,
-        killOnExit: Boolean(o.killOnExit),
-        fresh: Boolean(o.fresh),
-        onStart: (start) => {
-          if (start.how === 'started') {
-            console.log(`started job ${job} as pid ${start.pid}` + (start.freshRequested ? ' (--fresh: its checkpoints are ignored)' : ' (no checkpoint to resume from)'));
-            return;
-          }
-          const { checkpoint, rolledBack } = start.restore;
-          console.log(`resumed job ${job} from checkpoint ${checkpoint.id} (taken ${new Date(checkpoint.takenAt).toISOString()}) as pid ${start.pid}`);
-          for (const f of rolledBack) console.log(`  rolled back ${f}`);
-        },
-        tracking: o.tracking,
-        verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1',
-        cwd: process.cwd(),
-        signal: abort.signal,
-        onCheckpoint: (cp) => console.log(`checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`),
-        onSkip: (why) => console.log(`skipped a checkpoint: ${why}`),
-        onError: (e) => console.error(`crinc: checkpoint failed: ${e.message}`),
-        onNotice: (m) => console.log(m),
-      });
-      if (outcome.reason === 'job-exited') {
-        console.log(`job ${job} (pid ${outcome.pid}) exited` + (outcome.exitSignal ? ` on ${outcome.exitSignal}` : ` with code ${outcome.exitCode}`));
-        process.exitCode = outcome.exitSignal ? SIGNALED_EXIT_BASE + osConstants.signals[outcome.exitSignal] : (outcome.exitCode ?? 1);
-      } else if (outcome.reason === 'checkpointed') {
-        console.log(`checkpointed and stopped: job ${job} saved as checkpoint ${outcome.finalCheckpoint!.id}; run the same command again to resume it (exit code ${EXIT_CHECKPOINTED})`);
-        process.exitCode = EXIT_CHECKPOINTED;
+      const env = Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[1] !== undefined));
+      const registered = o.foreground
+        ? undefined
+        : ((await askDaemon(repo.dir, { op: 'run', job, command: cmd, cwd: process.cwd(), env, intervalMs, tracking: o.tracking, fresh: Boolean(o.fresh) })) as Registered | undefined);
+      if (registered) {
+        if (o.killOnExit) console.error('crinc: --kill-on-exit has no effect on a job the daemon manages');
+        printRegistered(registered);
       } else {
-        console.log(o.killOnExit ? `stopped; job ${job} killed` : `stopped checkpointing; job ${job} goes on as pid ${outcome.pid}`);
+        const outcome = await runJob(repo, await openCodecs(repo), {
+          ...foregroundOptions(job, intervalMs, o.tracking, Boolean(o.killOnExit), stop.signal),
+          command: cmd,
+          cwd: process.cwd(),
+          fresh: Boolean(o.fresh),
+          onStart: (start) => printStart(job, start),
+        });
+        printOutcome(job, outcome, Boolean(o.killOnExit));
+      }
+      repo.close();
+    });
+
+  addRetentionOptions(program
+    .command('attach'))
+    .description('checkpoint an already running process tree (not started by crinc) every interval, as a job')
+    .argument('<pid>', 'the PID of the tree\'s root: a session leader without a controlling terminal', intArg)
+    .addOption(new Option('--job <name>', 'job name (default: the program\'s base name)'))
+    .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
+    .option('--no-tracking', 'no dirty tracking: every checkpoint reads and hashes all pages')
+    .addOption(storeOption())
+    .addHelpText('after', `
+Examples:
+  setsid ./simulate </dev/null >sim.log 2>&1 &
+  crinc attach $! --job sim --interval 10m
+
+CRIU restores every process with its old PID and its session: the root must lead its
+own session (setsid) and have no controlling terminal, and a restore needs its PIDs free
+(the old process ended and was reaped by its parent).
+With a daemon (crinc daemon) the job is handed to it and crinc attach returns; otherwise
+it stays in the foreground until Ctrl-C (the process goes on) or the process ends.
+${RETENTION_HELP}`)
+    .action(async (pid: number, o: RetentionFlags & { job?: string; interval: number | string; tracking: boolean; store?: string }) => {
+      // Installed first, so that no early signal is lost: the attached process goes on.
+      const stop = stopOnSignals({ SIGINT: 'leave-running', SIGTERM: 'leave-running' });
+      const repo = await openStore(o, true);
+      criuVersion();
+      const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
+      const target = attachTarget(pid);
+      const job = o.job ?? jobNameFor(target.command);
+      const retention = retentionFromOptions(o);
+      if (retention) repo.setJobRetention(job, retention);
+      const registered = (await askDaemon(repo.dir, { op: 'attach', job, pid, intervalMs, tracking: o.tracking })) as Registered | undefined;
+      if (registered) {
+        printRegistered(registered);
+      } else {
+        const jobDir = registerAttached(repo, job, pid, target);
+        console.log(`attached to pid ${pid} as job ${job}; a checkpoint every ${formatDuration(intervalMs)}`);
+        const outcome = await controlJob(repo, await openCodecs(repo), foregroundOptions(job, intervalMs, o.tracking, false, stop.signal), attachedJob(pid, jobDir));
+        printOutcome(job, outcome, false);
       }
       repo.close();
     });
@@ -198,10 +262,11 @@ ${RETENTION_HELP}`)
       const retention = retentionFromOptions(o);
       if (retention) repo.setJobRetention(job, retention);
       const keepImagesDir = process.env[KEEP_IMAGES_ENV] ? resolve(process.env[KEEP_IMAGES_ENV]) : undefined;
-      // A running controller takes it, so that its dirty tracking stays continuous.
+      // The daemon or a running controller takes it, so that its dirty tracking stays continuous.
       const cp =
+        ((await askDaemon(repo.dir, { op: 'checkpoint', job, keepImagesDir })) as CheckpointRecord | undefined) ??
         ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'checkpoint', keepImagesDir })) as CheckpointRecord | undefined) ??
-        (await takeCheckpoint(repo, await openCodecs(repo), job, { keepImagesDir }));
+        (await withProgress(`checkpoint of ${job}`, async (onProgress) => takeCheckpoint(repo, await openCodecs(repo), job, { keepImagesDir, onProgress })));
       console.log(o.json ? JSON.stringify(checkpointJson(cp)) : `checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`);
       repo.close();
     });
@@ -251,15 +316,19 @@ Examples:
   crinc restore sim --at "10m ago"
   crinc restore sim --at 2026-11-28T14:00:00Z
   crinc restore sim --id 42
-  crinc restore sim --store s3://checkpoints/sim    on any node that reaches the bucket`)
+  crinc restore sim --store s3://checkpoints/sim    on any node that reaches the bucket
+
+A job the daemon manages is restored by the daemon, which then checkpoints it again on
+its schedule.`)
     .action(async (job: string, o: { at?: string; id?: number; json?: boolean; store?: string; cache?: string }) => {
       const repo = await openStore(o);
       let target: RestoreTarget;
       if (o.id !== undefined) target = { id: o.id };
       else target = { at: parseTimeSpec(o.at ?? 'now') };
       criuVersion();
-      const codecs = await openCodecs(repo);
-      const r = await restoreJob(repo, codecs, job, target);
+      // A job the daemon manages comes back under it: its schedule goes on, and the daemon reaps the process.
+      const viaDaemon = repo.findManagedJob(job) ? ((await askDaemon(repo.dir, { op: 'restore', job, target })) as RestoreResult | undefined) : undefined;
+      const r = viaDaemon ?? (await withProgress(`restore of ${job}`, async (onProgress) => restoreJob(repo, await openCodecs(repo), job, target, onProgress)));
       if (o.json) {
         console.log(JSON.stringify({ pid: r.pid, checkpoint: r.checkpoint.id, takenAt: new Date(r.checkpoint.takenAt).toISOString(), rolledBack: r.rolledBack, preRestore: r.preRestore?.id ?? null }));
       } else {
@@ -282,6 +351,7 @@ Examples:
       const repo = await openStore(o);
       repo.requireJob(job);
       const status =
+        ((await askDaemon(repo.dir, { op: 'status', job })) as JobStatus | undefined) ??
         ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'status' })) as JobStatus | undefined) ??
         jobStatus(repo, job, false, null);
       if (o.json) console.log(JSON.stringify(status));
@@ -291,29 +361,30 @@ Examples:
 
   program
     .command('jobs')
-    .description('list known jobs, their process and last checkpoint')
+    .description('list known jobs: process, state, whether the daemon manages them and how often, last checkpoint')
     .option('--json', 'print a JSON array')
     .addOption(storeOption())
     .addOption(cacheOption())
+    .addHelpText('after', `
+States: running, stopped (its process is gone; no daemon manages it), exited (a managed
+job's process ended; the daemon saw how), dead (a managed job's process is gone without
+the daemon seeing it end, e.g. killed while the daemon was down).
+
+Example:
+  crinc jobs --json`)
     .action(async (o: { json?: boolean; store?: string; cache?: string }) => {
       const repo = await openStore(o);
-      const rows = repo.listJobs().map((j) => {
-        const last = repo.latestCheckpoint(j.name);
-        const running = j.pid !== null && isRunning(j.pid);
-        return {
-          job: j.name,
-          pid: j.pid,
-          state: running ? 'running' : 'stopped',
-          command: j.command,
-          lastCheckpoint: last ? { id: last.id, takenAt: new Date(last.takenAt).toISOString() } : null,
-        };
-      });
+      const rows = ((await askDaemon(repo.dir, { op: 'jobs' })) as JobRow[] | undefined) ?? jobRows(repo);
       if (o.json) console.log(JSON.stringify(rows));
       else if (rows.length === 0) console.log('no jobs yet (start one with crinc run)');
       else
         printTable(
-          ['JOB', 'PID', 'STATE', 'LAST CHECKPOINT', 'COMMAND'],
-          rows.map((r) => [r.job, String(r.pid ?? '-'), r.state, r.lastCheckpoint ? `${r.lastCheckpoint.id} at ${r.lastCheckpoint.takenAt}` : '-', r.command.join(' ')]),
+          ['JOB', 'PID', 'STATE', 'MANAGED', 'LAST CHECKPOINT', 'COMMAND'],
+          rows.map((r) => [
+            r.job, String(r.pid ?? '-'), r.state + (r.managed?.ended && r.state !== 'running' ? ` (${r.managed.ended})` : ''),
+            r.managed ? `every ${formatDuration(r.managed.intervalMs)}` : '-',
+            r.lastCheckpoint ? `${r.lastCheckpoint.id} at ${r.lastCheckpoint.takenAt}` : '-', r.command.join(' '),
+          ]),
         );
       repo.close();
     });
@@ -392,7 +463,7 @@ ${RETENTION_HELP}`)
     .action(async (o: { dryRun?: boolean; json?: boolean; store?: string; cache?: string }) => {
       const repo = await openStore(o);
       const codecs = await openCodecs(repo);
-      const r = await collectGarbage(repo, codecs.chunks, { dryRun: Boolean(o.dryRun) });
+      const r = await withProgress('gc', (onProgress) => collectGarbage(repo, codecs.chunks, { dryRun: Boolean(o.dryRun), onProgress }));
       if (o.json) {
         console.log(JSON.stringify(r));
       } else {
@@ -416,7 +487,7 @@ ${RETENTION_HELP}`)
     .action(async (o: { readData?: boolean; json?: boolean; store?: string; cache?: string }) => {
       const repo = await openStore(o);
       const codecs = await openCodecs(repo);
-      const r = await verifyStore(repo, codecs, { readData: Boolean(o.readData) });
+      const r = await withProgress('verify', (onProgress) => verifyStore(repo, codecs, { readData: Boolean(o.readData), onProgress }));
       if (o.json) {
         console.log(JSON.stringify({ ...r, damaged: r.damaged.map((d) => ({ ...d, takenAt: new Date(d.takenAt).toISOString() })) }));
       } else {
@@ -436,6 +507,68 @@ ${RETENTION_HELP}`)
     });
 
   return program;
+}
+
+/**
+ * Turns signals into a stop request of a foreground controller (the reason of the
+ * returned signal). The first request wins; later signals (a scheduler repeats SIGTERM)
+ * are ignored.
+ */
+function stopOnSignals(requests: Partial<Record<NodeJS.Signals, StopRequest>>): AbortController {
+  const abort = new AbortController();
+  for (const [signal, request] of Object.entries(requests)) {
+    process.on(signal, () => {
+      if (!abort.signal.aborted) abort.abort(request);
+    });
+  }
+  return abort;
+}
+
+/** Options of a controller in the foreground (run, attach without a daemon). */
+function foregroundOptions(job: string, intervalMs: number, tracking: boolean, killOnExit: boolean, signal: AbortSignal): ControlOptions {
+  return {
+    job,
+    intervalMs,
+    killOnExit,
+    tracking,
+    verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1',
+    signal,
+    onCheckpoint: (cp) => console.log(`checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`),
+    onSkip: (why) => console.log(`skipped a checkpoint: ${why}`),
+    onError: (e) => console.error(`crinc: checkpoint failed: ${e.message}`),
+    onNotice: (m) => console.log(m),
+  };
+}
+
+function printStart(job: string, start: JobStart): void {
+  if (start.how === 'started') {
+    console.log(`started job ${job} as pid ${start.pid}` + (start.freshRequested ? ' (--fresh: its checkpoints are ignored)' : ' (no checkpoint to resume from)'));
+    return;
+  }
+  const { checkpoint, rolledBack } = start.restore;
+  console.log(`resumed job ${job} from checkpoint ${checkpoint.id} (taken ${new Date(checkpoint.takenAt).toISOString()}) as pid ${start.pid}`);
+  for (const f of rolledBack) console.log(`  rolled back ${f}`);
+}
+
+/** Says how a foreground controller ended, and sets crinc's exit code (README, "Resume, final checkpoint, exit codes"). */
+function printOutcome(job: string, outcome: RunOutcome, killOnExit: boolean): void {
+  if (outcome.reason === 'job-exited') {
+    const how = outcome.exitSignal ? ` on ${outcome.exitSignal}` : outcome.exitCode !== null ? ` with code ${outcome.exitCode}` : '';
+    console.log(`job ${job} (pid ${outcome.pid}) exited${how}`);
+    // Unknown (an attached process is not our child): 0.
+    if (outcome.exitSignal) process.exitCode = SIGNALED_EXIT_BASE + osConstants.signals[outcome.exitSignal];
+    else if (outcome.exitCode !== null) process.exitCode = outcome.exitCode;
+  } else if (outcome.reason === 'checkpointed') {
+    console.log(`checkpointed and stopped: job ${job} saved as checkpoint ${outcome.finalCheckpoint!.id}; run the same command again to resume it (exit code ${EXIT_CHECKPOINTED})`);
+    process.exitCode = EXIT_CHECKPOINTED;
+  } else {
+    console.log(killOnExit ? `stopped; job ${job} killed` : `stopped checkpointing; job ${job} goes on as pid ${outcome.pid}`);
+  }
+}
+
+function printRegistered(r: Registered): void {
+  if (r.resumedFrom !== undefined) console.log(`resumed job ${r.job} from checkpoint ${r.resumedFrom} as pid ${r.pid}`);
+  console.log(`job ${r.job} runs as pid ${r.pid}; the daemon (pid ${r.daemonPid}) checkpoints it every ${formatDuration(r.intervalMs)} (crinc jobs, crinc status ${r.job})`);
 }
 
 function checkpointJson(c: CheckpointRecord) {

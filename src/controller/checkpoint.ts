@@ -11,7 +11,7 @@ import { isGone } from '../sys/proc.js';
 import type { ArrayRecycler } from './array-recycler.js';
 import type { Codecs } from './codecs.js';
 import { JobNotRunningError } from './errors.js';
-import { Ingest, NO_CLEAN_PAGES, type PageIndex, TrackingMissError } from './ingest.js';
+import { Ingest, NO_CLEAN_PAGES, type PageIndex, type ProgressCallback, TrackingMissError } from './ingest.js';
 import type { FrozenTracking, TrackingSession } from './tracking-session.js';
 import { type CapturedFile, captureJobFiles, jobFileManifests } from './job-files.js';
 import { isRunning } from './procfs.js';
@@ -71,6 +71,8 @@ export interface CheckpointOptions {
   tracking?: TrackingSession;
   /** Hash pages called clean anyway and fail on any that changed (CRINC_VERIFY_TRACKING=1). */
   verifyTracking?: boolean;
+  /** Bytes of CRIU's images ingested, for a progress line. */
+  onProgress?: ProgressCallback;
 }
 
 export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: string, options: CheckpointOptions = {}): Promise<CheckpointRecord> {
@@ -120,6 +122,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
         jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs,
         verify: Boolean(options.verifyTracking),
         arrays: tracking?.arrays,
+        onProgress: options.onProgress,
       });
       storeLock.release();
       tracking?.committed(record.pageIndex);
@@ -152,6 +155,7 @@ interface CommitInput {
   frozenWorkMs: number;
   verify: boolean;
   arrays: ArrayRecycler | undefined;
+  onProgress: ProgressCallback | undefined;
 }
 
 /** Ingest of the dumped images and captured files, then the commit. */
@@ -160,6 +164,7 @@ async function commitImages(repo: Repository, codecs: Codecs, input: CommitInput
   const stats = readDumpStats(workDir);
   const writer = repo.newChunkWriter(codecs.chunks);
   const ingest = new Ingest(codecs, repo, writer, input.verify && frozen !== undefined, input.arrays);
+  ingest.onProgress = input.onProgress;
   const clean = frozen?.clean ?? NO_CLEAN_PAGES;
   let images: FileManifest[];
   let jobFiles: FileManifest[];

@@ -1,7 +1,9 @@
-// The control socket of a running job controller (`crinc run`): other crinc commands
-// ask it to checkpoint (so its dirty tracking stays continuous) or for the job's status.
+// The control socket of a running controller: a job's (`crinc run`, `crinc attach`),
+// which other crinc commands ask to checkpoint (so its dirty tracking stays continuous)
+// or for the job's status, and the daemon's (`crinc daemon`), which speaks the same
+// protocol with more requests (src/controller/daemon.ts).
 // One JSON request per connection, one JSON response, newline-terminated. The socket
-// lives in the job's directory (0700, root-only) and is itself 0600.
+// lives in a root-only directory (0700) and is itself 0600.
 import { chmodSync, existsSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
@@ -30,7 +32,7 @@ export function controlSocketPath(jobDir: string): string {
   return join(jobDir, CONTROL_SOCKET);
 }
 
-export async function serveControl(path: string, handle: (req: ControlRequest) => Promise<unknown>): Promise<Server> {
+export async function serveControl<Req extends { op: string } = ControlRequest>(path: string, handle: (req: Req) => Promise<unknown>): Promise<Server> {
   // A socket file left by a controller that died is stale: nothing listens on it.
   if (existsSync(path)) rmSync(path);
   const server = createServer((conn) => {
@@ -41,9 +43,9 @@ export async function serveControl(path: string, handle: (req: ControlRequest) =
       if (buf.length > MAX_REQUEST_BYTES) conn.destroy();
       const nl = buf.indexOf('\n');
       if (nl < 0) return;
-      let req: ControlRequest;
+      let req: Req;
       try {
-        req = JSON.parse(buf.slice(0, nl)) as ControlRequest;
+        req = JSON.parse(buf.slice(0, nl)) as Req;
       } catch {
         conn.end(JSON.stringify({ ok: false, error: { name: 'ControlError', message: 'malformed request' } }) + '\n');
         return;
@@ -65,14 +67,14 @@ export async function serveControl(path: string, handle: (req: ControlRequest) =
 }
 
 /** Asks the controller; undefined when no controller listens (the caller works standalone). */
-export async function askController(path: string, req: ControlRequest): Promise<unknown | undefined> {
+export async function askController<Req extends { op: string } = ControlRequest>(path: string, req: Req): Promise<unknown | undefined> {
   if (!existsSync(path)) return undefined;
   return new Promise((resolve, reject) => {
     const conn = createConnection(path);
     let buf = '';
     let connected = false;
     conn.setEncoding('utf8');
-    conn.setTimeout(CONTROL_TIMEOUT_MS, () => conn.destroy(new ControlError(`the job's controller did not answer within ${CONTROL_TIMEOUT_MS / 60_000} min`)));
+    conn.setTimeout(CONTROL_TIMEOUT_MS, () => conn.destroy(new ControlError(`the controller at ${path} did not answer within ${CONTROL_TIMEOUT_MS / 60_000} min`)));
     conn.on('connect', () => {
       connected = true;
       conn.write(JSON.stringify(req) + '\n');
@@ -89,7 +91,7 @@ export async function askController(path: string, req: ControlRequest): Promise<
         if (res.ok) resolve(res.result);
         else reject(new RemoteError(res.error.name, res.error.message));
       } catch {
-        reject(new ControlError(`the job's controller gave a malformed answer: ${buf.slice(0, 200)}`));
+        reject(new ControlError(`the controller at ${path} gave a malformed answer: ${buf.slice(0, 200)}`));
       }
     });
   });

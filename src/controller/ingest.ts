@@ -26,6 +26,9 @@ const PAGES_FILE = /^pages-(\d+)\.img$/;
  * ranges whose pages have not changed since the previous checkpoint, and that
  * checkpoint's pages. Without tracking it is empty.
  */
+/** Progress of a long pipeline (ingest, restore, gc, verify) in bytes, for a progress line. */
+export type ProgressCallback = (doneBytes: number, totalBytes: number) => void;
+
 export interface CleanPages {
   forProcess(pid: number): { clean: readonly Range[]; baseline: ProcessPages } | undefined;
 }
@@ -107,6 +110,11 @@ export class Ingest {
   private readonly inFlight: Promise<ChunkBatch>[] = [];
   private filling: ChunkBatch | undefined;
 
+  /** Bytes of the image directory ingested so far, of progressTotal, reported to onProgress. */
+  onProgress: ProgressCallback | undefined;
+  private progressDone = 0;
+  private progressTotal = 0;
+
   constructor(
     private readonly codecs: Codecs,
     private readonly repo: Repository,
@@ -115,6 +123,11 @@ export class Ingest {
     /** Where the per-process arrays come from; the caller gives them back when the page index is done with. */
     private readonly arrays = new ArrayRecycler(),
   ) {}
+
+  private advance(bytes: number): void {
+    this.progressDone += bytes;
+    this.onProgress?.(this.progressDone, this.progressTotal);
+  }
 
   /** Every file of a CRIU image directory, as manifests. */
   async imageDirectory(dir: string, clean: CleanPages): Promise<FileManifest[]> {
@@ -127,6 +140,7 @@ export class Ingest {
       pagesOwner.set(`pages-${pagemap.pagesId}.img`, { pid: pid ? Number(pid[1]) : null, pagemap });
     }
     const manifests: FileManifest[] = [];
+    for (const name of names) this.progressTotal += statSync(join(dir, name)).size;
     for (const name of names) {
       const path = join(dir, name);
       const st = statSync(path);
@@ -140,6 +154,7 @@ export class Ingest {
         ids = await this.pagesFile(path, undefined, null, clean);
       } else {
         ids = this.blocks(path, FILE_BLOCK_BYTES);
+        this.advance(st.size);
       }
       manifests.push({
         role: 'image',
@@ -184,6 +199,7 @@ export class Ingest {
           ids.set(proof!.baseline.ids.subarray(b * CHUNK_ID_BYTES, (b + run) * CHUNK_ID_BYTES), page * CHUNK_ID_BYTES);
           this.stats.pagesClean += run;
           page += run;
+          this.advance(run * PAGE_BYTES);
           continue;
         }
         // A run of pages to read: up to a batch, stopping before the next clean page.
@@ -191,6 +207,7 @@ export class Ingest {
         while (end < pageCount && end - page < PAGES_PER_BATCH && !(reuse && reuse[end]! >= 0 && !this.verifyClean)) end++;
         await this.hashRun(fd, path, page, end, ids);
         if (this.verifyClean && reuse) this.checkClean(pid!, vaddrs!, page, end, ids, reuse, proof!.baseline);
+        this.advance((end - page) * PAGE_BYTES);
         page = end;
       }
       await this.drainNewPages();

@@ -11,6 +11,7 @@ import { CHUNK_ID_BYTES } from '../store/format.js';
 import { type CheckpointRecord, type ChunkLocations, type FileManifest, idHex, isZeroId, type Repository } from '../store/repository.js';
 import { lockStore } from '../store/store-lock.js';
 import type { Codecs } from './codecs.js';
+import type { ProgressCallback } from './ingest.js';
 
 /** Largest single read of a pack: neighbouring chunks are read together up to this. */
 const PACK_SPAN_BYTES = 4 * 1024 * 1024;
@@ -57,7 +58,8 @@ interface Submitted {
   blocks: number[];
 }
 
-export async function materializeFile(repo: Repository, manifest: FileManifest, codecs: Codecs, dest: string): Promise<void> {
+/** `advance`: told the bytes of the file written so far, batch by batch (holes included at the end). */
+export async function materializeFile(repo: Repository, manifest: FileManifest, codecs: Codecs, dest: string, advance?: (bytes: number) => void): Promise<void> {
   const count = manifest.ids.length / CHUNK_ID_BYTES;
   if (count !== Math.ceil(manifest.size / manifest.blockBytes)) {
     throw new Error(`manifest of ${manifest.path} has ${count} blocks for ${manifest.size} bytes`);
@@ -73,6 +75,8 @@ export async function materializeFile(repo: Repository, manifest: FileManifest, 
   const out = new CoalescingWriter(fd);
   const pool = codecs.pool;
   const inFlight: Submitted[] = [];
+  let written = 0;
+  let reported = 0;
   try {
     const finish = async (s: Submitted) => {
       let batch: ChunkBatch;
@@ -91,8 +95,11 @@ export async function materializeFile(repo: Repository, manifest: FileManifest, 
         const raw = batch.raw(j);
         if (raw.length !== expected) throw new Error(`block ${b} of ${manifest.path} holds ${raw.length} bytes, ${expected} expected`);
         out.write(b * manifest.blockBytes, raw);
+        written += raw.length;
       }
       pool.release(batch);
+      advance?.(written - reported);
+      reported = written;
     };
     // Spans are read ahead of decoding: on an S3 store each is a ranged GET, and several
     // in flight hide the round trips. Each span's chunks are copied into batches in order.
@@ -147,6 +154,7 @@ export async function materializeFile(repo: Repository, manifest: FileManifest, 
     while (inFlight.length > 0) await finish(inFlight.shift()!);
     out.flush();
     ftruncateSync(fd, manifest.size);
+    advance?.(manifest.size - reported); // the zero blocks, left as holes
     fsyncSync(fd);
   } finally {
     // Let batches still out come back to the pool before the error goes up.
@@ -200,12 +208,15 @@ function spanBuffer(s: number, bytes: number): Buffer {
 }
 
 /** A checkpoint's CRIU image directory, as CRIU wrote it. */
-export async function materializeImages(repo: Repository, images: FileManifest[], codecs: Codecs, dir: string): Promise<void> {
+export async function materializeImages(repo: Repository, images: FileManifest[], codecs: Codecs, dir: string, onProgress?: ProgressCallback): Promise<void> {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const total = images.reduce((sum, m) => sum + m.size, 0);
+  let done = 0;
+  const advance = onProgress && ((bytes: number) => onProgress((done += bytes), total));
   for (const m of images) {
     if (m.role !== 'image') throw new Error(`${m.path} is not an image file`);
     if (m.path.includes('/')) throw new Error(`image file name ${m.path} has a slash`);
-    await materializeFile(repo, m, codecs, join(dir, m.path));
+    await materializeFile(repo, m, codecs, join(dir, m.path), advance);
   }
 }
 

@@ -9,7 +9,7 @@ import { lockStore, type StoreLock } from '../store/store-lock.js';
 import { makeStaging } from './checkpoint.js';
 import type { Codecs } from './codecs.js';
 import { JobStillRunningError, NoCheckpointError } from './errors.js';
-import { Ingest } from './ingest.js';
+import { Ingest, type ProgressCallback } from './ingest.js';
 import { type FileFacts, fileFacts, fileMatches, installFile } from './job-files.js';
 import { materializeFile, materializeImages } from './materialize.js';
 import { isRunning } from './procfs.js';
@@ -44,7 +44,8 @@ export function resolveCheckpoint(repo: Repository, jobName: string, target: Res
   );
 }
 
-export async function restoreJob(repo: Repository, codecs: Codecs, jobName: string, target: RestoreTarget): Promise<RestoreResult> {
+/** `onProgress`: bytes of the checkpoint's images materialized, for a progress line. */
+export async function restoreJob(repo: Repository, codecs: Codecs, jobName: string, target: RestoreTarget, onProgress?: ProgressCallback): Promise<RestoreResult> {
   const job = repo.requireJob(jobName);
   if (job.pid !== null && isRunning(job.pid)) throw new JobStillRunningError(jobName, job.pid);
   const checkpoint = resolveCheckpoint(repo, jobName, target);
@@ -66,7 +67,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
 
     // 1. Materialize and verify: images, then the files that differ from the checkpoint.
     const files = await repo.checkpointFiles(checkpoint.id, codecs.chunks);
-    await materializeImages(repo, files.filter((f) => f.role === 'image'), codecs, imagesDir);
+    await materializeImages(repo, files.filter((f) => f.role === 'image'), codecs, imagesDir, onProgress);
     const changed: { manifest: FileManifest; wanted: string; current: string | null; facts: FileFacts | null }[] = [];
     for (const [i, m] of files.filter((f) => f.role === 'job-file').entries()) {
       if (fileMatches(m, codecs.pages)) continue;

@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { becomeChildSubreaper, lastErrno, waitpidRaw } from '../sys/libc.js';
-import { parentOf } from '../sys/proc.js';
+import { procStat } from '../sys/proc.js';
 import { WNOHANG } from '../tracking/uffd-abi.js';
 import { JobBusyError } from '../store/errors.js';
 import { type CheckpointRecord, type Repository, validateJobName } from '../store/repository.js';
@@ -93,7 +93,7 @@ async function namespaceInit(unsharePid: number): Promise<number> {
   throw new JobStartError(`the job's process did not start within ${JOB_START_TIMEOUT_MS / 1000} s`);
 }
 
-export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 'command' | 'cwd'>) {
+export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 'command' | 'cwd'> & { env?: NodeJS.ProcessEnv }): Promise<RunningJob> {
   validateJobName(opts.job);
   const executable = findExecutable(opts.command[0]!, opts.cwd);
   if (!executable) throw new JobStartError(`cannot start the job: "${opts.command[0]}" is not an executable file (nor found on PATH)`);
@@ -110,7 +110,7 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
   const child = spawn(
     'unshare',
     ['--pid', '--fork', 'setsid', 'sh', '-c', JOB_EXEC_SCRIPT, 'sh', join(jobDir, 'stdout.log'), join(jobDir, 'stderr.log'), ...opts.command],
-    { cwd: opts.cwd, detached: true, stdio: ['ignore', launcherLog, launcherLog] },
+    { cwd: opts.cwd, env: opts.env ?? process.env, detached: true, stdio: ['ignore', launcherLog, launcherLog] },
   );
   closeSync(launcherLog);
   const spawnError = new Promise<never>((_, reject) => child.once('error', (e) => reject(new JobStartError(`cannot start the job: ${e.message}`))));
@@ -127,17 +127,33 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
     updatedAt: now,
   });
   const exited = new Promise<JobExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  /** Lets this process end while the job goes on. */
-  const release = () => child.unref();
-  return { pid, exited, jobDir, release };
+  return { pid, exited, jobDir, release: () => child.unref() };
 }
 
 export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions): Promise<RunOutcome> {
   // A long-lived controller keeps every chunk id in memory: new ids need no query.
   repo.preloadKnown();
   const latest = opts.fresh ? undefined : repo.latestCheckpoint(opts.job);
-  const { pid, exited, jobDir, release, start } = latest ? await resumeJob(repo, codecs, opts, latest) : await startFresh(repo, opts);
+  const { start, ...running } = latest ? await resumeJob(repo, codecs, opts, latest) : await startFresh(repo, opts);
   opts.onStart(start);
+  return controlJob(repo, codecs, opts, running);
+}
+
+export interface RunningJob {
+  pid: number;
+  /** Settles when the job's process has ended (with its status when this process is its parent). */
+  exited: Promise<JobExit>;
+  jobDir: string;
+  /** Lets this process end while the job goes on. */
+  release: () => void;
+}
+
+/** What controlling a running job needs: no command (it runs already), no start options. */
+export type ControlOptions = Omit<RunOptions, 'command' | 'cwd' | 'fresh' | 'onStart'>;
+
+/** Checkpoints a running job every interval and serves its control socket, until it ends or opts.signal stops it. */
+export async function controlJob(repo: Repository, codecs: Codecs, opts: ControlOptions, running: RunningJob): Promise<RunOutcome> {
+  const { pid, exited, jobDir, release } = running;
   const tracking = opts.tracking ? await startTracking(pid, opts.onNotice) : undefined;
   const checkpoint = async (keepImagesDir?: string) => {
     const cp = await takeCheckpoint(repo, codecs, opts.job, { keepImagesDir, tracking, verifyTracking: opts.verifyTracking });
@@ -167,32 +183,42 @@ async function startFresh(repo: Repository, opts: RunOptions) {
 }
 
 /**
- * Restores the job's newest checkpoint through the restore pipeline and adopts the
- * restored process: `criu restore -d` leaves it to the nearest subreaper, this process.
+ * The restore behind a resume (crinc run, or the daemon's run): refuses while the job's
+ * process runs or when its checkpoints are of another command, and says what to do
+ * when the restore fails. The caller must be a child subreaper to adopt the process.
  */
-async function resumeJob(repo: Repository, codecs: Codecs, opts: RunOptions, checkpoint: CheckpointRecord) {
-  const job = repo.requireJob(opts.job);
-  if (job.pid !== null && isRunning(job.pid)) throw new JobExistsError(opts.job, job.pid);
-  if (JSON.stringify(job.command) !== JSON.stringify(opts.command)) {
+export async function restoreForResume(repo: Repository, codecs: Codecs, jobName: string, command: string[], checkpoint: CheckpointRecord): Promise<RestoreResult> {
+  const job = repo.requireJob(jobName);
+  if (job.pid !== null && isRunning(job.pid)) throw new JobExistsError(jobName, job.pid);
+  if (JSON.stringify(job.command) !== JSON.stringify(command)) {
     throw new ResumeError(
-      `job "${opts.job}" has checkpoints of another command (${job.command.join(' ')}); ` +
-        `resuming them would not run "${opts.command.join(' ')}". Use another --job name, or --fresh to start this command anew`,
+      `job "${jobName}" has checkpoints of another command (${job.command.join(' ')}); ` +
+        `resuming them would not run "${command.join(' ')}". Use another --job name, or --fresh to start this command anew`,
     );
   }
-  becomeChildSubreaper();
-  let restore: RestoreResult;
   try {
-    restore = await restoreJob(repo, codecs, opts.job, { id: checkpoint.id });
+    return await restoreJob(repo, codecs, jobName, { id: checkpoint.id });
   } catch (e) {
     throw new ResumeError(
-      `cannot resume job "${opts.job}" from its checkpoint ${checkpoint.id}: ${(e as Error).message}\n` +
+      `cannot resume job "${jobName}" from its checkpoint ${checkpoint.id}: ${(e as Error).message}\n` +
         `Its checkpoints and files are as they were. --fresh starts the command anew instead.`,
       { cause: e },
     );
   }
+}
+
+/**
+ * Restores the job's newest checkpoint through the restore pipeline and adopts the
+ * restored process: `criu restore -d` leaves it to the nearest subreaper, this process.
+ */
+async function resumeJob(repo: Repository, codecs: Codecs, opts: RunOptions, checkpoint: CheckpointRecord) {
+  becomeChildSubreaper();
+  const restore = await restoreForResume(repo, codecs, opts.job, opts.command, checkpoint);
   const { pid } = restore;
-  const parent = parentOf(pid);
-  if (parent !== process.pid) throw new ControllerError(`the restored job (pid ${pid}) is a child of ${parent}, not of this controller: cannot watch it`);
+  const parent = procStat(pid)?.ppid;
+  if (parent !== process.pid) {
+    throw new ControllerError(`the restored job (pid ${pid}) is ${parent === undefined ? 'gone' : `a child of ${parent}`}, not a child of this controller: cannot watch it`);
+  }
   repo.saveJob({ ...repo.requireJob(opts.job), controllerPid: process.pid, updatedAt: Date.now() });
   let poll: NodeJS.Timeout | undefined;
   const exited = new Promise<JobExit>((resolve, reject) => {
@@ -216,7 +242,7 @@ function decodeWaitStatus(status: number): JobExit {
 }
 
 /** Loads the eBPF programs and arms write protection; without them checkpoints are full, and say why. */
-async function startTracking(pid: number, notice: (m: string) => void): Promise<TrackingSession | undefined> {
+export async function startTracking(pid: number, notice: (m: string) => void): Promise<TrackingSession | undefined> {
   let tracker: JobTracker | undefined;
   try {
     const { JobTracker } = await import('../tracking/bpf/job-tracker.js');
@@ -231,7 +257,7 @@ async function startTracking(pid: number, notice: (m: string) => void): Promise<
 
 async function superviseJob(
   repo: Repository,
-  opts: RunOptions,
+  opts: ControlOptions,
   pid: number,
   exited: Promise<JobExit>,
   checkpoint: () => Promise<CheckpointRecord>,

@@ -1,7 +1,7 @@
 // On-disk format constants of a crinc store. docs/FORMAT.md describes the layout; any
 // change to it bumps STORE_FORMAT_VERSION.
 
-export const STORE_FORMAT_VERSION = 2;
+export const STORE_FORMAT_VERSION = 3;
 /** Pack headers carry the store format version they were written under: 1 or 2, same layout. */
 export const OLDEST_PACK_FORMAT_VERSION = 1;
 

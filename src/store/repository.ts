@@ -73,6 +73,21 @@ export interface JobRecord {
   updatedAt: number;
 }
 
+/** A job the daemon manages: its schedule, and how it ended when it did. */
+export interface ManagedJobRecord {
+  job: string;
+  /** Started by the daemon (`crinc run`) or an existing process (`crinc attach`). */
+  origin: 'run' | 'attach';
+  intervalMs: number;
+  tracking: boolean;
+  /** `exited`: the daemon saw the process end; `dead`: it was found gone (e.g. while the daemon was down). */
+  state: 'active' | 'exited' | 'dead';
+  /** How it ended, for a person: "exit code 3", "signal SIGKILL", "gone while the daemon was down". */
+  ended: string | null;
+  registeredAt: number;
+  updatedAt: number;
+}
+
 export type CheckpointKind = 'checkpoint' | 'pre-restore';
 export type CheckpointMode = 'full' | 'incremental' | 'files';
 
@@ -367,6 +382,30 @@ export class Repository {
            controller_pid = excluded.controller_pid, state = excluded.state, updated_at = excluded.updated_at`,
       )
       .run({ ...job, command: JSON.stringify(job.command) });
+  }
+
+  listManagedJobs(): ManagedJobRecord[] {
+    return (this.db.prepare('SELECT * FROM managed_jobs ORDER BY job').all() as Record<string, unknown>[]).map(managedFromRow);
+  }
+
+  findManagedJob(job: string): ManagedJobRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM managed_jobs WHERE job = ?').get(job) as Record<string, unknown> | undefined;
+    return row ? managedFromRow(row) : undefined;
+  }
+
+  saveManagedJob(m: ManagedJobRecord): void {
+    this.db
+      .prepare(
+        `INSERT INTO managed_jobs (job, origin, interval_ms, tracking, state, ended, registered_at, updated_at)
+         VALUES (@job, @origin, @intervalMs, @tracking, @state, @ended, @registeredAt, @updatedAt)
+         ON CONFLICT (job) DO UPDATE SET origin = excluded.origin, interval_ms = excluded.interval_ms, tracking = excluded.tracking,
+           state = excluded.state, ended = excluded.ended, registered_at = excluded.registered_at, updated_at = excluded.updated_at`,
+      )
+      .run({ ...m, tracking: m.tracking ? 1 : 0 });
+  }
+
+  removeManagedJob(job: string): void {
+    this.db.prepare('DELETE FROM managed_jobs WHERE job = ?').run(job);
   }
 
   /** Takes the job's lock, or says who holds it. */
@@ -868,6 +907,19 @@ function jobFromRow(r: Record<string, unknown>): JobRecord {
     pid: (r.pid as number | null) ?? null,
     controllerPid: (r.controller_pid as number | null) ?? null,
     state: r.state as JobState,
+    updatedAt: r.updated_at as number,
+  };
+}
+
+function managedFromRow(r: Record<string, unknown>): ManagedJobRecord {
+  return {
+    job: r.job as string,
+    origin: r.origin as ManagedJobRecord['origin'],
+    intervalMs: r.interval_ms as number,
+    tracking: (r.tracking as number) === 1,
+    state: r.state as ManagedJobRecord['state'],
+    ended: (r.ended as string | null) ?? null,
+    registeredAt: r.registered_at as number,
     updatedAt: r.updated_at as number,
   };
 }

@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { SECRET_BYTES } from '../codec/limits.js';
 import type { CommitRecord, StoreBackend } from './backend.js';
 import { S3AccessError, S3StoreError, StoreFormatError, StoreNotFoundError } from './errors.js';
-import { CHUNK_ID_BYTES, STORE_FORMAT_VERSION } from './format.js';
+import { CHUNK_ID_BYTES } from './format.js';
 import { PackedChunks, type PackWriter, packPath } from './pack.js';
 import { type RemoteCheckpoint, type RemotePack, Repository, type StoreIdentity } from './repository.js';
 
@@ -44,6 +44,11 @@ const CHECKPOINTS_PREFIX = 'checkpoints/';
 const PACK_SUFFIX = '.pack';
 const PACK_INDEX_SUFFIX = '.idx';
 const PACK_INDEX_MAGIC = Buffer.from('CRINCIX1', 'ascii');
+/**
+ * The format of the bucket's own objects (store.json, .idx chunk tables, checkpoint
+ * objects; docs/FORMAT.md "Stores on S3"), apart from the index's format version.
+ */
+const S3_OBJECT_FORMAT = 1;
 const PACK_INDEX_HEADER_BYTES = 24; // magic(8) + format version u32 + chunk count u32 + pack bytes u64
 const PACK_INDEX_ENTRY_BYTES = 32; // id(16) + data offset u32 + stored length u32 + raw length u32 + compression u8 + reserved(3)
 const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
@@ -152,7 +157,7 @@ export class S3Backend implements StoreBackend {
     if (!body) {
       if (!create) throw new StoreNotFoundError(this.location);
       const made: StoreObject = {
-        format: STORE_FORMAT_VERSION,
+        format: S3_OBJECT_FORMAT,
         storeId: randomBytes(16).toString('hex'),
         createdAt: new Date().toISOString(),
         secret: randomBytes(SECRET_BYTES).toString('base64'),
@@ -162,8 +167,8 @@ export class S3Backend implements StoreBackend {
       else body = Buffer.from(JSON.stringify(made));
     }
     const store = parseJson<StoreObject>(body, this.key(STORE_OBJECT));
-    if (store.format !== STORE_FORMAT_VERSION) {
-      throw new StoreFormatError(`${this.location} has store format ${store.format}; this crinc reads format ${STORE_FORMAT_VERSION}. Use the crinc release that wrote it.`);
+    if (store.format !== S3_OBJECT_FORMAT) {
+      throw new StoreFormatError(`${this.location} has store format ${store.format}; this crinc reads format ${S3_OBJECT_FORMAT}. Use the crinc release that wrote it.`);
     }
     const secret = Buffer.from(store.secret ?? '', 'base64');
     if (secret.length !== SECRET_BYTES || typeof store.storeId !== 'string') {
@@ -532,7 +537,7 @@ function parseJson<T>(body: Buffer, key: string): T {
 function encodePackIndex(chunks: PackedChunks, packBytes: number): Buffer {
   const out = Buffer.alloc(PACK_INDEX_HEADER_BYTES + chunks.count * PACK_INDEX_ENTRY_BYTES);
   PACK_INDEX_MAGIC.copy(out, 0);
-  out.writeUInt32LE(STORE_FORMAT_VERSION, 8);
+  out.writeUInt32LE(S3_OBJECT_FORMAT, 8);
   out.writeUInt32LE(chunks.count, 12);
   out.writeBigUInt64LE(BigInt(packBytes), 16);
   for (let i = 0; i < chunks.count; i++) {
@@ -550,7 +555,7 @@ function decodePackIndex(body: Buffer, key: string): { packBytes: number; chunks
   const damaged = (why: string) => new StoreFormatError(`${key} is damaged: ${why}`);
   if (body.length < PACK_INDEX_HEADER_BYTES || !body.subarray(0, 8).equals(PACK_INDEX_MAGIC)) throw damaged('no CRINCIX1 header');
   const version = body.readUInt32LE(8);
-  if (version !== STORE_FORMAT_VERSION) throw new StoreFormatError(`${key} has format ${version}; this crinc reads format ${STORE_FORMAT_VERSION}`);
+  if (version !== S3_OBJECT_FORMAT) throw new StoreFormatError(`${key} has format ${version}; this crinc reads format ${S3_OBJECT_FORMAT}`);
   const count = body.readUInt32LE(12);
   if (body.length !== PACK_INDEX_HEADER_BYTES + count * PACK_INDEX_ENTRY_BYTES) throw damaged(`${body.length} bytes for ${count} chunks`);
   const packBytes = Number(body.readBigUInt64LE(16));
@@ -573,7 +578,7 @@ interface CheckpointObject extends Omit<CommitRecord, 'files'> {
 
 function encodeCheckpoint(id: number, record: CommitRecord): Buffer {
   const object: CheckpointObject = {
-    format: STORE_FORMAT_VERSION,
+    format: S3_OBJECT_FORMAT,
     id,
     ...record,
     files: record.files.map((f) => ({ ...f, manifest: f.manifest.toString('base64') })),
@@ -583,7 +588,7 @@ function encodeCheckpoint(id: number, record: CommitRecord): Buffer {
 
 function decodeCheckpoint(id: number, body: Buffer, key: string): CommitRecord {
   const o = parseJson<CheckpointObject>(body, key);
-  if (o.format !== STORE_FORMAT_VERSION) throw new StoreFormatError(`${key} has format ${o.format}; this crinc reads format ${STORE_FORMAT_VERSION}`);
+  if (o.format !== S3_OBJECT_FORMAT) throw new StoreFormatError(`${key} has format ${o.format}; this crinc reads format ${S3_OBJECT_FORMAT}`);
   if (o.id !== id || !o.job?.name || !o.checkpoint || !Array.isArray(o.packs) || !Array.isArray(o.files)) {
     throw new StoreFormatError(`${key} is damaged: not a checkpoint object for id ${id}`);
   }

@@ -78,4 +78,20 @@ CREATE TABLE retention (
 INSERT INTO meta (key, value) VALUES ('gc_generation', '0');
 `,
   },
+  {
+    // Version 3: the jobs a daemon manages, with their schedules (docs/FORMAT.md, "managed_jobs").
+    version: 3,
+    sql: `
+CREATE TABLE IF NOT EXISTS managed_jobs (
+  job           TEXT PRIMARY KEY REFERENCES jobs(name),
+  origin        TEXT NOT NULL CHECK (origin IN ('run', 'attach')),
+  interval_ms   INTEGER NOT NULL,
+  tracking      INTEGER NOT NULL,
+  state         TEXT NOT NULL CHECK (state IN ('active', 'exited', 'dead')),
+  ended         TEXT,
+  registered_at INTEGER NOT NULL,
+  updated_at    INTEGER NOT NULL
+);
+`,
+  },
 ];

@@ -1,4 +1,4 @@
-// What /proc says about any process: whether it has exited, its parent, its children. One
+// What /proc says about any process: whether it has exited, and its children. One
 // place for the parsing (the state follows the last ')' of /proc/PID/stat, since the
 // command name may hold spaces and parentheses).
 import { readdirSync, readFileSync } from 'node:fs';
@@ -9,27 +9,36 @@ export function isGone(error: unknown): boolean {
   return code === 'ENOENT' || code === 'ESRCH';
 }
 
-/** The fields of /proc/PID/stat after the command name: state, ppid, pgrp, … */
-function statFields(pid: number): string[] {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+/** The fields of /proc/PID/stat crinc reads (proc(5) numbering in the comments). */
+export interface ProcStat {
+  /** (3) R, S, D, Z, X, … */
+  state: string;
+  /** (4) */
+  ppid: number;
+  /** (6) the session id: the pid of the session leader. */
+  session: number;
+  /** (7) the controlling terminal's device number; 0 for none. */
+  ttyNr: number;
+}
+
+/** /proc/PID/stat, or undefined when the process is gone. */
+export function procStat(pid: number): ProcStat | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch (error) {
+    if (isGone(error)) return undefined;
+    throw error;
+  }
   // pid (comm) state …: comm may hold spaces and parentheses; the state follows the last ')'.
-  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { state: f[0]!, ppid: Number(f[1]), session: Number(f[3]), ttyNr: Number(f[4]) };
 }
 
 /** Whether the process has exited and waits to be reaped (or is gone). */
 export function hasExited(pid: number): boolean {
-  try {
-    const state = statFields(pid)[0];
-    return state === 'Z' || state === 'X';
-  } catch (error) {
-    if (isGone(error)) return true;
-    throw error;
-  }
-}
-
-/** The PID of the process's parent (throws when the process is gone). */
-export function parentOf(pid: number): number {
-  return Number(statFields(pid)[1]);
+  const state = procStat(pid)?.state;
+  return state === undefined || state === 'Z' || state === 'X';
 }
 
 /** The children of every thread of a process (empty when it is gone). */
