@@ -192,4 +192,22 @@ describe('crinc daemon', () => {
     expect(row(sb, 'slow').managed!.ended).toBe('signal SIGKILL');
     expect(alive(r.pid)).toBe(false);
   });
+
+  it('crinc run of a job with checkpoints: the daemon resumes it from the newest one', async () => {
+    const newest = Math.max(...checkpointsOf(sb, 'slow').filter((c) => c.kind === 'checkpoint').map((c) => c.id));
+    const resumedAt = Date.now();
+    const out = sb.ok(['run', '--job', 'slow', '--interval', '3s', '--', COUNTER, '--region-mib', '4', '--tick-ms', '50']);
+    const m = new RegExp(`^resumed job slow from checkpoint ${newest} as pid (\\d+)$`, 'm').exec(out);
+    expect(m, out).not.toBeNull();
+    const pid = Number(m![1]);
+    sb.track(pid);
+    expect(row(sb, 'slow')).toMatchObject({ pid, state: 'running', managed: { origin: 'run', intervalMs: 3000, ended: null } });
+    // One history: the log rolled back to the checkpoint, new ticks follow without a gap.
+    await waitFor(() => ticks(sb.jobLog('slow')).some((t) => t.at > resumedAt), 'the resumed job to tick');
+    ticks(sb.jobLog('slow')).forEach((t, i) => expect(t.tick).toBe(i + 1));
+    await waitFor(() => checkpointsOf(sb, 'slow').some((c) => Date.parse(c.takenAt) > resumedAt), 'a checkpoint of the resumed job', 30_000);
+    process.kill(pid, 'SIGKILL');
+    await waitFor(() => row(sb, 'slow').state === 'exited', 'the daemon to reap the resumed job');
+    sb.untrack(pid);
+  });
 });
