@@ -5,6 +5,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { childrenOf, procStat } from '../src/sys/proc.js';
 import { alive, type CheckpointJson, CLI, COUNTER, killAndWait, Sandbox, ticks, waitFor } from './helpers.js';
 
 interface JobRow {
@@ -113,6 +114,17 @@ describe('crinc daemon', () => {
     expect(cp.job).toBe('slow');
     // The daemon took it: its log says so (read once the test's event loop has run again).
     await waitFor(() => daemon.events().some((e) => e.msg === 'checkpoint' && e.job === 'slow' && e.fields.id === cp.id), 'the daemon to log the checkpoint');
+  });
+
+  it('leaves no zombie behind: what its checkpoints start is reaped', async () => {
+    // The daemon is a child subreaper: an orphan of CRIU's action script would be its
+    // child and stay a zombie. One seen twice, seconds apart, is a leak, not a moment.
+    const zombies = () => childrenOf(daemon.child.pid!).filter((pid) => procStat(pid)?.state === 'Z');
+    const first = zombies();
+    await waitFor(() => checkpointsOf(sb, 'fast').length >= 3, 'more checkpoints of the fast job');
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    expect(zombies().filter((pid) => first.includes(pid))).toEqual([]);
+    expect(zombies().length).toBeLessThanOrEqual(1);
   });
 
   it('reports a job whose process ended, with how', async () => {

@@ -74,14 +74,21 @@ function logTail(path: string): string {
 // its answer on another; a non-zero exit makes CRIU fail the dump (the job goes on).
 // The controller may die meanwhile (SIGKILL): then a watcher stands in for it, reading
 // the notice and answering "fail", so CRIU thaws the job instead of waiting forever.
+// Every process the hook starts is waited for before it exits: an orphan would go to
+// the nearest subreaper (the daemon, a resuming crinc run), which does not reap
+// processes it did not start, and stay a zombie there. The watcher's wait is
+// interrupted by the hook's TERM at once, so stopping it adds nothing to the freeze.
 const HOOK_SCRIPT = `#!/bin/sh
 [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
-( while kill -0 "$CRINC_HOOK_PID" 2>/dev/null; do sleep 0.05; done
-  exec 3<>"$CRINC_HOOK_NOTIFY" 4<>"$CRINC_HOOK_ACK"; echo fail >&4; sleep 5 ) &
+( tail --pid="$CRINC_HOOK_PID" -s 0.05 -f /dev/null & t=$!
+  trap 'kill $t 2>/dev/null; wait $t; exit 0' TERM
+  wait $t
+  exec 3<>"$CRINC_HOOK_NOTIFY" 4<>"$CRINC_HOOK_ACK"; echo fail >&4; sleep 1 ) &
 watcher=$!
 echo post-dump > "$CRINC_HOOK_NOTIFY" || exit 1
 read -r reply < "$CRINC_HOOK_ACK"
 kill "$watcher" 2>/dev/null
+wait "$watcher"
 [ "$reply" = ok ]
 `;
 
