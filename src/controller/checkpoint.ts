@@ -8,7 +8,6 @@ import type { CheckpointRecord, FileManifest, Repository } from '../store/reposi
 import { lockStore, type StoreLock } from '../store/store-lock.js';
 import { faultPoint } from '../sys/fault.js';
 import { isGone } from '../sys/proc.js';
-import type { ArrayRecycler } from './array-recycler.js';
 import type { Codecs } from './codecs.js';
 import { JobNotRunningError } from './errors.js';
 import { Ingest, NO_CLEAN_PAGES, type PageIndex, type ProgressCallback, TrackingMissError } from './ingest.js';
@@ -121,7 +120,6 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
       const record = await commitImages(repo, codecs, {
         jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs,
         verify: Boolean(options.verifyTracking),
-        arrays: tracking?.arrays,
         onProgress: options.onProgress,
       });
       storeLock.release();
@@ -154,7 +152,6 @@ interface CommitInput {
   started: number;
   frozenWorkMs: number;
   verify: boolean;
-  arrays: ArrayRecycler | undefined;
   onProgress: ProgressCallback | undefined;
 }
 
@@ -163,7 +160,7 @@ async function commitImages(repo: Repository, codecs: Codecs, input: CommitInput
   const { jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs } = input;
   const stats = readDumpStats(workDir);
   const writer = repo.newChunkWriter(codecs.chunks);
-  const ingest = new Ingest(codecs, repo, writer, input.verify && frozen !== undefined, input.arrays);
+  const ingest = new Ingest(codecs, repo, writer, input.verify && frozen !== undefined);
   ingest.onProgress = input.onProgress;
   const clean = frozen?.clean ?? NO_CLEAN_PAGES;
   let images: FileManifest[];

@@ -2,7 +2,6 @@
 // new chunks. pages-*.img is read in large sequential runs, one 4 KiB chunk per page;
 // a page proven clean since the previous checkpoint reuses that checkpoint's chunk id
 // and is not read at all. Memory stays bounded by INGEST_BATCH_BYTES whatever the size.
-import { strict as assert } from 'node:assert';
 import { closeSync, fstatSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChunkBatch } from '../codec/chunk-batch.js';
@@ -12,7 +11,6 @@ import { CHUNK_ID_BYTES, type Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CH
 import type { ChunkWriter, FileManifest, Repository } from '../store/repository.js';
 import type { Range } from '../tracking/page-ranges.js';
 import { faultPoint } from '../sys/fault.js';
-import { ArrayRecycler } from './array-recycler.js';
 import type { Codecs } from './codecs.js';
 
 /** Pages read, hashed and stored per step: bounds the ingest's memory. */
@@ -50,9 +48,8 @@ export type PageIndex = Map<number, ProcessPages>;
  * For each page (ascending vaddrs), the index of its baseline page when it is proven
  * clean, else -1: one merge walk over three sorted sequences.
  */
-export function cleanBaselineIndex(vaddrs: Float64Array, clean: readonly Range[], baseline: ProcessPages, out: Int32Array = new Int32Array(vaddrs.length)): Int32Array {
-  assert(out.length === vaddrs.length, 'one index per page');
-  out.fill(-1);
+export function cleanBaselineIndex(vaddrs: Float64Array, clean: readonly Range[], baseline: ProcessPages): Int32Array {
+  const out = new Int32Array(vaddrs.length).fill(-1);
   let r = 0;
   let b = 0;
   for (let i = 0; i < vaddrs.length; i++) {
@@ -120,8 +117,6 @@ export class Ingest {
     private readonly repo: Repository,
     private readonly writer: ChunkWriter,
     private readonly verifyClean = false,
-    /** Where the per-process arrays come from; the caller gives them back when the page index is done with. */
-    private readonly arrays = new ArrayRecycler(),
   ) {}
 
   private advance(bytes: number): void {
@@ -183,11 +178,11 @@ export class Ingest {
       const size = fstatSync(fd).size;
       if (size % PAGE_BYTES !== 0) throw new Error(`${path}: size ${size} is not a whole number of pages`);
       const pageCount = size / PAGE_BYTES;
-      const ids = this.arrays.uint8(pageCount * CHUNK_ID_BYTES);
+      const ids = new Uint8Array(pageCount * CHUNK_ID_BYTES);
       // The address of each page in file order, when a pagemap says so.
-      const vaddrs = pagemap ? presentVaddrs(pagemap, pageCount, path, this.arrays.float64(pageCount)) : undefined;
+      const vaddrs = pagemap ? presentVaddrs(pagemap, pageCount, path) : undefined;
       const proof = vaddrs !== undefined && pid !== null ? clean.forProcess(pid) : undefined;
-      const reuse = proof ? cleanBaselineIndex(vaddrs!, proof.clean, proof.baseline, this.arrays.int32(pageCount)) : undefined;
+      const reuse = proof ? cleanBaselineIndex(vaddrs!, proof.clean, proof.baseline) : undefined;
       let page = 0;
       while (page < pageCount) {
         // A clean page reuses its previous id and is not read.
@@ -211,7 +206,6 @@ export class Ingest {
         page = end;
       }
       await this.drainNewPages();
-      if (reuse) this.arrays.give(reuse);
       if (vaddrs && pid !== null) this.pageIndex.set(pid, { vaddrs, ids });
       this.stats.pagesTotal += pageCount;
       return ids;
@@ -307,8 +301,8 @@ export class Ingest {
   }
 }
 
-function presentVaddrs(pagemap: Pagemap, pageCount: number, path: string, out: Float64Array): Float64Array {
-  assert(out.length === pageCount, 'one address per page');
+function presentVaddrs(pagemap: Pagemap, pageCount: number, path: string): Float64Array {
+  const out = new Float64Array(pageCount);
   let i = 0;
   for (const e of pagemap.entries) {
     if (!(e.flags & PE_PRESENT)) continue;

@@ -10,7 +10,6 @@ import { readFileSync } from 'node:fs';
 import type { JobTracker, TrackingReport } from '../tracking/bpf/job-tracker.js';
 import { pageCount, type Range, subtract, union } from '../tracking/page-ranges.js';
 import { TrackingLostError, WriteTracker } from '../tracking/write-protect.js';
-import { ArrayRecycler } from './array-recycler.js';
 import { type CleanPages, NO_CLEAN_PAGES, type PageIndex } from './ingest.js';
 import { processTree } from './procfs.js';
 import { CHUNK_ID_BYTES } from '../store/format.js';
@@ -99,8 +98,6 @@ export function namespacePid(hostPid: number): number {
 export class TrackingSession {
   private readonly processes = new Map<number, TrackedProcess>();
   private baseline: PageIndex | null = null;
-  /** The page arrays of each checkpoint's ingest, reused once they stop being the baseline. */
-  readonly arrays = new ArrayRecycler();
   private activity = emptyActivity();
   private disarmed = false;
   private pendingFrozen: { dirtyFraction: number | null } | null = null;
@@ -242,18 +239,12 @@ export class TrackingSession {
       this.disarmed = false;
     }
     if (!this.disarmed) this.armNewProcesses();
-    if (previous !== null) this.recycle(previous);
   }
 
   /** The checkpoint failed after the scan cleared the written bits: the next must be full. */
   failed(): void {
-    if (this.baseline !== null) this.recycle(this.baseline);
     this.baseline = null;
     this.pendingFrozen = null;
-  }
-
-  private recycle(pages: PageIndex): void {
-    for (const p of pages.values()) this.arrays.give(p.vaddrs, p.ids);
   }
 
   close(): void {
