@@ -5,11 +5,10 @@
 // daemon resumes every schedule and reports, rather than forgets, a job that died.
 import { closeSync, ftruncateSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { Server } from 'node:net';
-import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { collectGarbage } from '../store/gc.js';
 import { type CheckpointRecord, type ManagedJobRecord, Repository } from '../store/repository.js';
-import { becomeChildSubreaper, tryLockExclusive, waitpidRaw } from '../sys/libc.js';
+import { becomeChildSubreaper, decodeWaitStatus, tryLockExclusive, type WaitExit, waitpidRaw, WNOHANG } from '../sys/libc.js';
 import { procStat } from '../sys/proc.js';
 import { attachTarget, registerAttached } from './attach.js';
 import { takeCheckpoint } from './checkpoint.js';
@@ -29,8 +28,6 @@ export const DAEMON_SOCKET = 'daemon.sock';
 export const DAEMON_LOCK = 'daemon.lock';
 /** How often the daemon looks whether the processes of jobs that are not its children still run. */
 export const JOB_WATCH_MS = 1000;
-/** waitpid's WNOHANG. */
-const WNOHANG = 1;
 
 export type DaemonRequest =
   | { op: 'jobs' }
@@ -261,7 +258,7 @@ export class Daemon {
       : undefined;
     const m: ManagedJob = { record, pid, tracking: trackingSession, timer: undefined, due, exited };
     this.jobs.set(record.job, m);
-    exited?.then((status) => this.ended(m, 'exited', status.signal ? `signal ${status.signal}` : `exit code ${status.code}`));
+    exited?.then((status) => this.ended(m, 'exited', howEnded(status)));
     this.schedule(m);
     return m;
   }
@@ -358,7 +355,7 @@ export class Daemon {
       if (stat?.state === 'Z' && stat.ppid === process.pid) {
         const [r, status] = waitpidRaw(m.pid, WNOHANG);
         if (r === m.pid) {
-          this.ended(m, 'exited', (status & 0x7f) === 0 ? `exit code ${(status >> 8) & 0xff}` : `signal ${signalName(status & 0x7f)}`);
+          this.ended(m, 'exited', howEnded(decodeWaitStatus(status)));
           continue;
         }
       }
@@ -385,6 +382,6 @@ export class Daemon {
   }
 }
 
-function signalName(n: number): string {
-  return Object.entries(osConstants.signals).find(([, v]) => v === n)?.[0] ?? `signal ${n}`;
+function howEnded(exit: WaitExit): string {
+  return exit.signal ? `signal ${exit.signal}` : `exit code ${exit.code}`;
 }

@@ -5,11 +5,9 @@
 import { spawn } from 'node:child_process';
 import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { constants as osConstants } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { becomeChildSubreaper, lastErrno, waitpidRaw } from '../sys/libc.js';
+import { becomeChildSubreaper, decodeWaitStatus, lastErrno, type WaitExit, waitpidRaw, WNOHANG } from '../sys/libc.js';
 import { procStat } from '../sys/proc.js';
-import { WNOHANG } from '../tracking/uffd-abi.js';
 import { JobBusyError } from '../store/errors.js';
 import { type CheckpointRecord, type Repository, validateJobName } from '../store/repository.js';
 import { takeCheckpoint } from './checkpoint.js';
@@ -76,7 +74,6 @@ export interface RunOutcome {
   finalCheckpoint: CheckpointRecord | null;
 }
 
-type JobExit = { code: number | null; signal: NodeJS.Signals | null };
 
 /** The host PID of the process that `unshare --fork` made the namespace's init. */
 async function namespaceInit(unsharePid: number): Promise<number> {
@@ -126,7 +123,7 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
     state: 'running',
     updatedAt: now,
   });
-  const exited = new Promise<JobExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<WaitExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   return { pid, exited, jobDir, release: () => child.unref() };
 }
 
@@ -142,7 +139,7 @@ export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions)
 export interface RunningJob {
   pid: number;
   /** Settles when the job's process has ended (with its status when this process is its parent). */
-  exited: Promise<JobExit>;
+  exited: Promise<WaitExit>;
   jobDir: string;
   /** Lets this process end while the job goes on. */
   release: () => void;
@@ -221,7 +218,7 @@ async function resumeJob(repo: Repository, codecs: Codecs, opts: RunOptions, che
   }
   repo.saveJob({ ...repo.requireJob(opts.job), controllerPid: process.pid, updatedAt: Date.now() });
   let poll: NodeJS.Timeout | undefined;
-  const exited = new Promise<JobExit>((resolve, reject) => {
+  const exited = new Promise<WaitExit>((resolve, reject) => {
     poll = setInterval(() => {
       const [r, status] = waitpidRaw(pid, WNOHANG);
       if (r === 0) return;
@@ -232,13 +229,6 @@ async function resumeJob(repo: Repository, codecs: Codecs, opts: RunOptions, che
   });
   const release = () => clearInterval(poll);
   return { pid, exited, jobDir: repo.jobDir(opts.job), release, start: { how: 'restored', pid, restore } satisfies JobStart };
-}
-
-function decodeWaitStatus(status: number): JobExit {
-  const termSignal = status & 0x7f;
-  if (termSignal === 0) return { code: (status >> 8) & 0xff, signal: null };
-  const name = Object.entries(osConstants.signals).find(([, n]) => n === termSignal)?.[0] as NodeJS.Signals | undefined;
-  return { code: null, signal: name ?? null };
 }
 
 /** Loads the eBPF programs and arms write protection; without them checkpoints are full, and say why. */
@@ -259,10 +249,10 @@ async function superviseJob(
   repo: Repository,
   opts: ControlOptions,
   pid: number,
-  exited: Promise<JobExit>,
+  exited: Promise<WaitExit>,
   checkpoint: () => Promise<CheckpointRecord>,
 ): Promise<RunOutcome> {
-  let ended: JobExit | undefined;
+  let ended: WaitExit | undefined;
   let watchError: Error | undefined;
   const jobEnded = exited.then(
     (e) => (ended = e),

@@ -1,5 +1,6 @@
 // The few libc calls Node does not expose, through koffi.
 import koffi from 'koffi';
+import { constants as osConstants } from 'node:os';
 
 const libc = koffi.load('libc.so.6');
 const flockFn = libc.func('int flock(int fd, int operation)');
@@ -91,6 +92,22 @@ export function ptraceRaw(request: number, pid: number, addr: number | Buffer, d
       data,
     ),
   );
+}
+
+/** waitpid's option: return at once (0) when no child has changed state. */
+export const WNOHANG = 1;
+
+/** How a process ended, from a waitpid status: its exit code, or the signal that killed it. */
+export interface WaitExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export function decodeWaitStatus(status: number): WaitExit {
+  const termSignal = status & 0x7f;
+  if (termSignal === 0) return { code: (status >> 8) & 0xff, signal: null };
+  const name = Object.entries(osConstants.signals).find(([, n]) => n === termSignal)?.[0] as NodeJS.Signals | undefined;
+  return { code: null, signal: name ?? null };
 }
 
 /** waitpid(pid, &status, options): returns [pid or 0 or -1, status]. */

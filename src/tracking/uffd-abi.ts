@@ -146,7 +146,6 @@ export const PTRACE_O_TRACESYSGOOD = 1;
 export const PTRACE_EVENT_STOP = 128;
 /** waitpid: wait for any kind of child, clone children (threads) included. */
 export const WALL = 0x40000000;
-export const WNOHANG = 1;
 /** sizeof(kernel sigset_t) on x86-64, the addr argument of PTRACE_{GET,SET}SIGMASK. */
 export const KERNEL_SIGSET_BYTES = 8;
 

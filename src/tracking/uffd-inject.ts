@@ -18,7 +18,7 @@
 // on the way out of the stop (CRIU's compel does the same).
 import { hasExited } from '../sys/proc.js';
 import { readFileSync, openSync, readSync, closeSync } from 'node:fs';
-import { lastErrno, ptraceRaw, waitpidRaw } from '../sys/libc.js';
+import { lastErrno, ptraceRaw, waitpidRaw, WNOHANG } from '../sys/libc.js';
 import {
   KERNEL_SIGSET_BYTES,
   Ptrace,
@@ -30,7 +30,6 @@ import {
   USER_CS_64,
   USER_REGS,
   WALL,
-  WNOHANG,
 } from './uffd-abi.js';
 
 /** How long a seized thread may take to reach a ptrace stop before we give up. */
