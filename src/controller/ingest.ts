@@ -183,6 +183,7 @@ export class Ingest {
       const vaddrs = pagemap ? presentVaddrs(pagemap, pageCount, path) : undefined;
       const proof = vaddrs !== undefined && pid !== null ? clean.forProcess(pid) : undefined;
       const reuse = proof ? cleanBaselineIndex(vaddrs!, proof.clean, proof.baseline) : undefined;
+      if (reuse) this.dropQuarantined(reuse, proof!.baseline);
       let page = 0;
       while (page < pageCount) {
         // A clean page reuses its previous id and is not read.
@@ -211,6 +212,15 @@ export class Ingest {
       return ids;
     } finally {
       closeSync(fd);
+    }
+  }
+
+  /** A clean page whose previous chunk was found damaged (quarantined) is read and stored again. */
+  private dropQuarantined(reuse: Int32Array, baseline: ProcessPages): void {
+    if (!this.repo.hasQuarantine()) return;
+    for (let i = 0; i < reuse.length; i++) {
+      const b = reuse[i]!;
+      if (b >= 0 && this.repo.isQuarantined(baseline.ids, b * CHUNK_ID_BYTES)) reuse[i] = -1;
     }
   }
 

@@ -449,6 +449,16 @@ export class Repository {
     }
   }
 
+  /** Whether any chunk is quarantined (found damaged or missing): then clean-page reuse must ask isQuarantined. */
+  hasQuarantine(): boolean {
+    return false;
+  }
+
+  /** Whether the chunk id at ids[offset] was found damaged or missing: it must be stored again, never referenced. */
+  isQuarantined(_ids: Uint8Array, _offset = 0): boolean {
+    return false;
+  }
+
   /**
    * Loads every chunk id of a store of at most KNOWN_PRELOAD_MAX_IDS chunks into the
    * cache, for a long-lived controller: then an id missing from the cache is new without
