@@ -1,16 +1,21 @@
 // One end-to-end operation in its own process, so that its peak RSS is its own:
 //   node dist/bench/e2e-child.js ingest  '{"store":…,"image":…,"profile":false}'
 //   node dist/bench/e2e-child.js restore '{"store":…,"dest":…,"profile":false}'
-// Ingest does what src/controller/checkpoint.ts does after CRIU: Ingest over the image
-// directory, then Repository.commitCheckpoint. Restore does restore.ts's first step:
+// Ingest does what src/controller/checkpoint.ts does with CRIU's page stream, fed from a
+// local image directory instead (each pagemap's pages read from its pages-N.img), then
+// Repository.commitCheckpoint. Restore does restore.ts's first step:
 // load the manifests, materializeImages into dest. Prints one JSON line (ChildResult).
-import { readFileSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PE_PRESENT, readPagemap } from '../src/criu/images.js';
+import type { PageSource } from '../src/criu/page-server.js';
 import { PageCodec } from '../src/codec/page-codec.js';
 import { openCodecs } from '../src/controller/codecs.js';
-import { Ingest, NO_CLEAN_PAGES } from '../src/controller/ingest.js';
+import { Ingest, NO_CLEAN_PAGES, type StreamedPagesFile } from '../src/controller/ingest.js';
 import { materializeImages } from '../src/controller/materialize.js';
 import { PackReader, PackWriter } from '../src/store/pack.js';
-import { ChunkWriter, Repository } from '../src/store/repository.js';
+import { ChunkWriter, type FileManifest, Repository } from '../src/store/repository.js';
 import { Profiler, type ProfileRow } from './profile.js';
 
 export const BENCH_JOB = 'bench';
@@ -39,6 +44,42 @@ function memoryMiB(): Record<string, number> {
 function vmHwmKiB(): number {
   const m = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'));
   return m ? Number(m[1]) : 0;
+}
+
+/** A local CRIU image directory fed to the ingest as CRIU would stream it. */
+async function ingestImageDirectory(ingest: Ingest, dir: string): Promise<FileManifest[]> {
+  const small = mkdtempSync(join(tmpdir(), 'crinc-bench-images-'));
+  try {
+    const streamed: StreamedPagesFile[] = [];
+    for (const name of readdirSync(dir).sort()) {
+      if (/^pages-\d+\.img$/.test(name)) continue;
+      copyFileSync(join(dir, name), join(small, name));
+      const process = /^pagemap-(\d+)\.img$/.exec(name);
+      if (!name.startsWith('pagemap')) continue;
+      const pagemap = readPagemap(join(dir, name));
+      const pagesName = `pages-${pagemap.pagesId}.img`;
+      const fd = openSync(join(dir, pagesName), 'r');
+      const source: PageSource = {
+        read: (into) => {
+          for (let done = 0; done < into.length; ) done += readSync(fd, into, done, into.length - done, null);
+        },
+        skip: () => {
+          throw new Error('nothing is clean in a bench ingest');
+        },
+      };
+      try {
+        const stream = ingest.beginPages(pagesName, process ? Number(process[1]) : null, NO_CLEAN_PAGES);
+        for (const e of pagemap.entries) if (e.flags & PE_PRESENT) await ingest.addPages(stream, Number(e.vaddr), e.nrPages, source);
+        streamed.push(ingest.endPages(stream));
+      } finally {
+        closeSync(fd);
+      }
+    }
+    await ingest.finishPages();
+    return ingest.imageDirectory(small, streamed);
+  } finally {
+    rmSync(small, { recursive: true, force: true });
+  }
 }
 
 async function main(): Promise<void> {
@@ -71,7 +112,7 @@ async function main(): Promise<void> {
     const writer = repo.newChunkWriter(codecs.chunks);
     const ingest = new Ingest(codecs, repo, writer);
     const t0 = performance.now();
-    const images = await ingest.imageDirectory(args.image!, NO_CLEAN_PAGES);
+    const images = await ingestImageDirectory(ingest, args.image!);
     const t1 = performance.now();
     const memory = memoryMiB();
     const s = ingest.stats;

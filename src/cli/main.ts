@@ -328,7 +328,7 @@ its schedule.`)
       criuVersion();
       // A job the daemon manages comes back under it: its schedule goes on, and the daemon reaps the process.
       const viaDaemon = repo.findManagedJob(job) ? ((await askDaemon(repo.dir, { op: 'restore', job, target })) as RestoreResult | undefined) : undefined;
-      const r = viaDaemon ?? (await withProgress(`restore of ${job}`, async (onProgress) => restoreJob(repo, await openCodecs(repo), job, target, onProgress)));
+      const r = viaDaemon ?? (await withProgress(`restore of ${job}`, async (onProgress) => restoreJob(repo, await openCodecs(repo), job, target, { onProgress })));
       if (o.json) {
         console.log(JSON.stringify({ pid: r.pid, checkpoint: r.checkpoint.id, takenAt: new Date(r.checkpoint.takenAt).toISOString(), rolledBack: r.rolledBack, preRestore: r.preRestore?.id ?? null }));
       } else {

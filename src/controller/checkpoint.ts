@@ -1,22 +1,24 @@
-// The checkpoint pipeline: CRIU dump (job's files captured while frozen) → ingest →
-// one commit. A failure at any step leaves the store as it was; staging is removed.
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+// The checkpoint pipeline: CRIU dump, its pages streamed straight into the ingest (the
+// job's files captured while frozen) → one commit. A failure at any step leaves the
+// store as it was; staging (CRIU's small images only) is removed.
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { dump } from '../criu/criu.js';
-import { readDumpStats } from '../criu/images.js';
-import type { CheckpointRecord, FileManifest, Repository } from '../store/repository.js';
+import { type DumpStats, readDumpStats } from '../criu/images.js';
+import type { CheckpointRecord, ChunkWriter, FileManifest, Repository } from '../store/repository.js';
 import { lockStore, type StoreLock } from '../store/store-lock.js';
 import { faultPoint } from '../sys/fault.js';
 import { isGone } from '../sys/proc.js';
 import type { Codecs } from './codecs.js';
 import { JobNotRunningError } from './errors.js';
-import { Ingest, NO_CLEAN_PAGES, type PageIndex, type ProgressCallback, TrackingMissError } from './ingest.js';
+import { DumpStream } from './dump-stream.js';
+import { type CleanPages, Ingest, NO_CLEAN_PAGES, type PageIndex, type ProgressCallback, TrackingMissError } from './ingest.js';
 import type { FrozenTracking, TrackingSession } from './tracking-session.js';
 import { type CapturedFile, captureJobFiles, jobFileManifests } from './job-files.js';
-import { isRunning } from './procfs.js';
+import { isRunning, processTree } from './procfs.js';
 import { applyStoredRetention } from './retention.js';
 
-/** Staging lives on tmpfs: CRIU writes the images at memory speed, and nothing of it persists. */
+/** Staging lives on tmpfs: it holds CRIU's small images (KiB), never the job's pages. */
 export const STAGING_ROOT = '/dev/shm';
 
 /** crinc-<kind>-<pid of its owner>-<random>: a staging dir whose owner is dead is garbage. */
@@ -64,13 +66,13 @@ function commandLines(): string[] {
 }
 
 export interface CheckpointOptions {
-  /** Debug aid: also keep CRIU's images, as CRIU wrote them, in <dir>/<checkpoint id>/. */
+  /** Debug aid: also keep CRIU's images, as CRIU sent them (pages included), in <dir>/<checkpoint id>/. */
   keepImagesDir?: string;
   /** The controller's dirty tracking: clean pages are reused without reading them. */
   tracking?: TrackingSession;
   /** Hash pages called clean anyway and fail on any that changed (CRINC_VERIFY_TRACKING=1). */
   verifyTracking?: boolean;
-  /** Bytes of CRIU's images ingested, for a progress line. */
+  /** Bytes of the job's pages ingested, for a progress line. */
   onProgress?: ProgressCallback;
 }
 
@@ -104,41 +106,80 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     let captured: CapturedFile[] = [];
     let frozen: FrozenTracking | undefined;
     const { tracking } = options;
+    const verify = Boolean(options.verifyTracking);
+    const writer = repo.newChunkWriter(codecs.chunks);
+    // Verification needs tracking: whether it runs is known only once the tree is frozen.
+    const ingest = new Ingest(codecs, repo, writer, verify && tracking !== undefined);
+    ingest.onProgress = options.onProgress;
+    ingest.progressTotal = residentBytes(pid);
+    const teeDir = options.keepImagesDir ? mkdtempSync(join(options.keepImagesDir, '.streaming-')) : undefined;
+    // The tracking scan belongs to the freeze: at CRIU's first open of a pagemap, or at
+    // post-dump if CRIU opened none.
+    const scanWhileFrozen = (): CleanPages => {
+      faultPoint('checkpoint-while-frozen');
+      takenAt = Date.now();
+      frozen = tracking?.whileFrozen();
+      return frozen?.clean ?? NO_CLEAN_PAGES;
+    };
+    const stream = new DumpStream(ingest, imagesDir, scanWhileFrozen, teeDir);
+    let committing = false;
     try {
       const { frozenWorkMs } = await dump({
         pid,
         imagesDir,
         workDir,
+        pages: stream,
         whileFrozen: async () => {
-          faultPoint('checkpoint-while-frozen');
-          takenAt = Date.now();
+          if (!stream.opened) scanWhileFrozen();
           captured = captureJobFiles(pid, filesDir, previousFiles);
-          frozen = tracking?.whileFrozen();
         },
       });
       faultPoint('checkpoint-after-dump');
-      const record = await commitImages(repo, codecs, {
-        jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs,
-        verify: Boolean(options.verifyTracking),
-        onProgress: options.onProgress,
+      committing = true;
+      const record = await commitImages(repo, {
+        jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs, verify, ingest, writer, stream,
       });
       storeLock.release();
       tracking?.committed(record.pageIndex);
-      if (options.keepImagesDir) cpSync(imagesDir, join(options.keepImagesDir, String(record.checkpoint.id)), { recursive: true });
+      if (teeDir) {
+        cpSync(imagesDir, teeDir, { recursive: true });
+        renameSync(teeDir, join(options.keepImagesDir!, String(record.checkpoint.id)));
+      }
       faultPoint('checkpoint-after-commit');
       // Under the job lock: the newest checkpoint, which retention always keeps, is ours.
       await applyStoredRetention(repo, jobName);
       return record.checkpoint;
     } catch (e) {
+      // commitImages cleans up after itself: once it ran, the packs may be committed.
+      if (!committing) {
+        await ingest.abandon();
+        writer.abandon();
+      }
       // The scan (if it ran) cleared the written bits: only a full checkpoint is sound next.
       if (frozen) tracking?.failed();
       throw e;
+    } finally {
+      if (teeDir) rmSync(teeDir, { recursive: true, force: true });
     }
   } finally {
     rmSync(staging, { recursive: true, force: true });
     storeLock?.release();
     lock.release();
   }
+}
+
+/** The job's resident memory, the size the page stream will have (for a progress line). */
+function residentBytes(rootPid: number): number {
+  let total = 0;
+  for (const pid of processTree(rootPid)) {
+    try {
+      const m = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+      if (m) total += Number(m[1]) * 1024;
+    } catch (e) {
+      if (!isGone(e)) throw e;
+    }
+  }
+  return total;
 }
 
 interface CommitInput {
@@ -152,21 +193,22 @@ interface CommitInput {
   started: number;
   frozenWorkMs: number;
   verify: boolean;
-  onProgress: ProgressCallback | undefined;
+  ingest: Ingest;
+  writer: ChunkWriter;
+  stream: DumpStream;
 }
 
-/** Ingest of the dumped images and captured files, then the commit. */
-async function commitImages(repo: Repository, codecs: Codecs, input: CommitInput): Promise<{ checkpoint: CheckpointRecord; pageIndex: PageIndex }> {
-  const { jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs } = input;
-  const stats = readDumpStats(workDir);
-  const writer = repo.newChunkWriter(codecs.chunks);
-  const ingest = new Ingest(codecs, repo, writer, input.verify && frozen !== undefined);
-  ingest.onProgress = input.onProgress;
-  const clean = frozen?.clean ?? NO_CLEAN_PAGES;
+/** The rest of the ingest (compression of new pages, small images, captured files), then the commit. */
+async function commitImages(repo: Repository, input: CommitInput): Promise<{ checkpoint: CheckpointRecord; pageIndex: PageIndex }> {
+  const { jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs, ingest, writer, stream } = input;
+  const verified = input.verify && frozen !== undefined;
   let images: FileManifest[];
   let jobFiles: FileManifest[];
+  let stats: DumpStats;
   try {
-    images = await ingest.imageDirectory(imagesDir, clean);
+    stats = readDumpStats(workDir);
+    await ingest.finishPages();
+    images = ingest.imageDirectory(imagesDir, stream.pagesFiles);
     jobFiles = jobFileManifests(captured, ingest);
     if (ingest.misses.length > 0) throw new TrackingMissError(ingest.misses);
   } catch (e) {
@@ -174,8 +216,9 @@ async function commitImages(repo: Repository, codecs: Codecs, input: CommitInput
     writer.abandon();
     throw e;
   }
+  const clean = frozen?.clean ?? NO_CLEAN_PAGES;
   const notes = frozen?.notes ?? [];
-  if (input.verify && frozen) notes.push('verified: every page hashed, clean pages checked');
+  if (verified) notes.push('verified: every page hashed, clean pages checked');
   const checkpoint = await repo.commitCheckpoint(
     {
       job: jobName,
@@ -188,7 +231,8 @@ async function commitImages(repo: Repository, codecs: Codecs, input: CommitInput
       pagesHashed: ingest.stats.pagesHashed,
       pagesClean: ingest.stats.pagesClean,
       durationMs: performance.now() - started,
-      // CRIU's frozen time ends before its post-dump action; crinc's own frozen work follows it.
+      // CRIU's frozen time (its page stream to crinc included) ends before its post-dump
+      // action; crinc's own work there follows it.
       freezeMs: (stats.freezingTimeUs + stats.frozenTimeUs) / 1000 + frozenWorkMs,
       note: notes.length ? notes.join('; ') : null,
     },

@@ -1,12 +1,12 @@
-// Ingest: turns a CRIU image directory and the job's captured files into chunk ids and
-// new chunks. pages-*.img is read in large sequential runs, one 4 KiB chunk per page;
-// a page proven clean since the previous checkpoint reuses that checkpoint's chunk id
-// and is not read at all. Memory stays bounded by INGEST_BATCH_BYTES whatever the size.
+// Ingest: turns the pages CRIU streams (one 4 KiB chunk per page), its small image files
+// and the job's captured files into chunk ids and new chunks. A page proven clean since
+// the previous checkpoint reuses that checkpoint's chunk id and is passed over unhashed.
+// Memory stays bounded by INGEST_BATCH_BYTES (plus the codec pool's batches) whatever
+// the job's size; only the ids (16 bytes a page) grow with it.
 import { closeSync, fstatSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChunkBatch } from '../codec/chunk-batch.js';
 import { type PageCodec, PageFlag } from '../codec/page-codec.js';
-import { PE_PRESENT, readPagemap, type Pagemap } from '../criu/images.js';
 import { CHUNK_ID_BYTES, type Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
 import type { ChunkWriter, FileManifest, Repository } from '../store/repository.js';
 import type { Range } from '../tracking/page-ranges.js';
@@ -16,7 +16,6 @@ import type { Codecs } from './codecs.js';
 /** Pages read, hashed and stored per step: bounds the ingest's memory. */
 export const INGEST_BATCH_BYTES = 4 * 1024 * 1024;
 const PAGES_PER_BATCH = INGEST_BATCH_BYTES / PAGE_BYTES;
-const PAGEMAP_FILE = /^pagemap-(\d+)\.img$/;
 const PAGES_FILE = /^pages-(\d+)\.img$/;
 
 /**
@@ -45,22 +44,90 @@ export interface ProcessPages {
 export type PageIndex = Map<number, ProcessPages>;
 
 /**
- * For each page (ascending vaddrs), the index of its baseline page when it is proven
- * clean, else -1: one merge walk over three sorted sequences.
+ * Which pages of one process are proven clean, asked run after run at ascending
+ * addresses: one merge walk over three sorted sequences (the pages, the clean ranges,
+ * the baseline's pages) across the whole pagemap.
  */
-export function cleanBaselineIndex(vaddrs: Float64Array, clean: readonly Range[], baseline: ProcessPages): Int32Array {
-  const out = new Int32Array(vaddrs.length).fill(-1);
-  let r = 0;
-  let b = 0;
-  for (let i = 0; i < vaddrs.length; i++) {
-    const v = vaddrs[i]!;
-    while (r < clean.length && clean[r]!.end <= v) r++;
-    if (r === clean.length) break;
-    if (v < clean[r]!.start) continue;
-    while (b < baseline.vaddrs.length && baseline.vaddrs[b]! < v) b++;
-    if (b < baseline.vaddrs.length && baseline.vaddrs[b] === v) out[i] = b;
+export class CleanCursor {
+  private range = 0;
+  private page = 0;
+  private last = -1;
+
+  constructor(
+    private readonly clean: readonly Range[],
+    readonly baseline: ProcessPages,
+  ) {}
+
+  /** For each page (ascending, after every page asked before), its baseline page's index when it is proven clean, else -1. */
+  indexOf(vaddrs: Float64Array): Int32Array {
+    const out = new Int32Array(vaddrs.length).fill(-1);
+    const { clean, baseline } = this;
+    for (let i = 0; i < vaddrs.length; i++) {
+      const v = vaddrs[i]!;
+      if (v <= this.last) throw new PageStreamOrderError(v, this.last);
+      this.last = v;
+      while (this.range < clean.length && clean[this.range]!.end <= v) this.range++;
+      if (this.range === clean.length) break;
+      if (v < clean[this.range]!.start) continue;
+      while (this.page < baseline.vaddrs.length && baseline.vaddrs[this.page]! < v) this.page++;
+      if (this.page < baseline.vaddrs.length && baseline.vaddrs[this.page] === v) out[i] = this.page;
+    }
+    return out;
   }
-  return out;
+}
+
+export class PageStreamOrderError extends Error {
+  override name = 'PageStreamOrderError';
+  constructor(vaddr: number, last: number) {
+    super(`CRIU sent page 0x${vaddr.toString(16)} after 0x${last.toString(16)}: a pagemap's pages must come at ascending addresses`);
+  }
+}
+
+/** Where a run of pages comes from: read them into a buffer, or pass over them unread. */
+export interface PageSource {
+  read(into: Uint8Array): void;
+  skip(bytes: number): void;
+}
+
+/** A pages-N.img that streamed in: its name and the id of each page, in file order. */
+export interface StreamedPagesFile {
+  name: string;
+  ids: Uint8Array;
+}
+
+/** Pages of one pagemap as they arrive: ids and addresses, grown as needed. */
+export class PageStream {
+  ids = new Uint8Array(1024 * CHUNK_ID_BYTES);
+  private vaddrs = new Float64Array(1024);
+  private count = 0;
+
+  constructor(
+    readonly name: string,
+    readonly pid: number | null,
+    readonly cursor: CleanCursor | undefined,
+  ) {}
+
+  /** Appends the addresses of a run; returns the index of its first page (its ids are filled in later). */
+  append(vaddrs: Float64Array): number {
+    const first = this.count;
+    const need = first + vaddrs.length;
+    if (need > this.vaddrs.length) {
+      const capacity = Math.max(need, this.vaddrs.length * 2);
+      const grownIds = new Uint8Array(capacity * CHUNK_ID_BYTES);
+      grownIds.set(this.ids.subarray(0, first * CHUNK_ID_BYTES));
+      this.ids = grownIds;
+      const grownVaddrs = new Float64Array(capacity);
+      grownVaddrs.set(this.vaddrs.subarray(0, first));
+      this.vaddrs = grownVaddrs;
+    }
+    this.vaddrs.set(vaddrs, first);
+    this.count = need;
+    return first;
+  }
+
+  finish(): ProcessPages {
+    return { vaddrs: this.vaddrs.slice(0, this.count), ids: this.ids.slice(0, this.count * CHUNK_ID_BYTES) };
+  }
 }
 
 /** A page that tracking called clean although its content changed (verification mode). */
@@ -107,10 +174,10 @@ export class Ingest {
   private readonly inFlight: Promise<ChunkBatch>[] = [];
   private filling: ChunkBatch | undefined;
 
-  /** Bytes of the image directory ingested so far, of progressTotal, reported to onProgress. */
+  /** Bytes of pages ingested so far, of progressTotal (an estimate), reported to onProgress. */
   onProgress: ProgressCallback | undefined;
+  progressTotal = 0;
   private progressDone = 0;
-  private progressTotal = 0;
 
   constructor(
     private readonly codecs: Codecs,
@@ -124,33 +191,19 @@ export class Ingest {
     this.onProgress?.(this.progressDone, this.progressTotal);
   }
 
-  /** Every file of a CRIU image directory, as manifests. */
-  async imageDirectory(dir: string, clean: CleanPages): Promise<FileManifest[]> {
+  /**
+   * The small files of a CRIU image directory and the pages that streamed in (one
+   * manifest per pages-N.img, as if CRIU had written it there), as manifests.
+   */
+  imageDirectory(dir: string, streamed: readonly StreamedPagesFile[]): FileManifest[] {
     const names = readdirSync(dir).sort();
-    const pagesOwner = new Map<string, { pid: number | null; pagemap: Pagemap }>();
-    for (const name of names) {
-      if (!name.startsWith('pagemap')) continue;
-      const pagemap = readPagemap(join(dir, name));
-      const pid = PAGEMAP_FILE.exec(name);
-      pagesOwner.set(`pages-${pagemap.pagesId}.img`, { pid: pid ? Number(pid[1]) : null, pagemap });
-    }
     const manifests: FileManifest[] = [];
-    for (const name of names) this.progressTotal += statSync(join(dir, name)).size;
     for (const name of names) {
       const path = join(dir, name);
       const st = statSync(path);
       if (!st.isFile()) throw new Error(`unexpected non-file ${path} in a CRIU image directory`);
+      if (PAGES_FILE.test(name)) throw new Error(`${path}: CRIU wrote pages into the image directory although they stream to crinc`);
       this.stats.imageBytes += st.size;
-      const owner = pagesOwner.get(name);
-      let ids: Uint8Array;
-      if (owner) {
-        ids = await this.pagesFile(path, owner.pagemap, owner.pid, clean);
-      } else if (PAGES_FILE.test(name)) {
-        ids = await this.pagesFile(path, undefined, null, clean);
-      } else {
-        ids = this.blocks(path, FILE_BLOCK_BYTES);
-        this.advance(st.size);
-      }
       manifests.push({
         role: 'image',
         path: name,
@@ -158,12 +211,18 @@ export class Ingest {
         mode: st.mode & 0o7777,
         uid: st.uid,
         gid: st.gid,
-        blockBytes: owner || PAGES_FILE.test(name) ? PAGE_BYTES : FILE_BLOCK_BYTES,
-        ids,
+        blockBytes: FILE_BLOCK_BYTES,
+        ids: this.blocks(path, FILE_BLOCK_BYTES),
         identity: null,
       });
     }
-    return manifests;
+    for (const pages of streamed) {
+      const size = (pages.ids.length / CHUNK_ID_BYTES) * PAGE_BYTES;
+      this.stats.imageBytes += size;
+      // As CRIU creates image files: 0600, owned by the user it runs as.
+      manifests.push({ role: 'image', path: pages.name, size, mode: 0o600, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, blockBytes: PAGE_BYTES, ids: pages.ids, identity: null });
+    }
+    return manifests.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   }
 
   /** A regular file cut into fixed blocks (the job's files, CRIU's small images). */
@@ -172,47 +231,67 @@ export class Ingest {
     return blockIds(path, blockBytes, this.codecs.pages, this.batch, (id, block) => this.writer.put(id, block));
   }
 
-  private async pagesFile(path: string, pagemap: Pagemap | undefined, pid: number | null, clean: CleanPages): Promise<Uint8Array> {
-    const fd = openSync(path, 'r');
-    try {
-      const size = fstatSync(fd).size;
-      if (size % PAGE_BYTES !== 0) throw new Error(`${path}: size ${size} is not a whole number of pages`);
-      const pageCount = size / PAGE_BYTES;
-      const ids = new Uint8Array(pageCount * CHUNK_ID_BYTES);
-      // The address of each page in file order, when a pagemap says so.
-      const vaddrs = pagemap ? presentVaddrs(pagemap, pageCount, path) : undefined;
-      const proof = vaddrs !== undefined && pid !== null ? clean.forProcess(pid) : undefined;
-      const reuse = proof ? cleanBaselineIndex(vaddrs!, proof.clean, proof.baseline) : undefined;
-      if (reuse) this.dropQuarantined(reuse, proof!.baseline);
-      let page = 0;
-      while (page < pageCount) {
-        // A clean page reuses its previous id and is not read.
-        if (reuse && reuse[page]! >= 0 && !this.verifyClean) {
-          // A run of clean pages whose baseline pages are consecutive too: one copy.
-          const b = reuse[page]!;
-          let run = 1;
-          while (page + run < pageCount && reuse[page + run] === b + run) run++;
-          ids.set(proof!.baseline.ids.subarray(b * CHUNK_ID_BYTES, (b + run) * CHUNK_ID_BYTES), page * CHUNK_ID_BYTES);
-          this.stats.pagesClean += run;
-          page += run;
-          this.advance(run * PAGE_BYTES);
-          continue;
-        }
-        // A run of pages to read: up to a batch, stopping before the next clean page.
-        let end = page + 1;
-        while (end < pageCount && end - page < PAGES_PER_BATCH && !(reuse && reuse[end]! >= 0 && !this.verifyClean)) end++;
-        await this.hashRun(fd, path, page, end, ids);
-        if (this.verifyClean && reuse) this.checkClean(pid!, vaddrs!, page, end, ids, reuse, proof!.baseline);
-        this.advance((end - page) * PAGE_BYTES);
-        page = end;
+  /**
+   * Starts the pages of one pagemap as they stream in. pid: the process (its PID inside
+   * the image) whose pagemap it is, for clean-page reuse and the next baseline; null for
+   * shared memory, whose pages are always hashed.
+   */
+  beginPages(name: string, pid: number | null, clean: CleanPages): PageStream {
+    const proof = pid !== null ? clean.forProcess(pid) : undefined;
+    return new PageStream(name, pid, proof ? new CleanCursor(proof.clean, proof.baseline) : undefined);
+  }
+
+  /**
+   * The next nrPages present pages of a pagemap, at ascending addresses from vaddr, read
+   * from source: clean pages are skipped unread (unless verifying), the others hashed
+   * here and the new ones queued for compression. Memory: one batch, whatever nrPages.
+   */
+  async addPages(stream: PageStream, vaddr: number, nrPages: number, source: PageSource): Promise<void> {
+    const vaddrs = new Float64Array(nrPages);
+    for (let i = 0; i < nrPages; i++) vaddrs[i] = vaddr + i * PAGE_BYTES;
+    const first = stream.append(vaddrs);
+    const cursor = stream.cursor;
+    const reuse = cursor ? cursor.indexOf(vaddrs) : undefined;
+    if (reuse) this.dropQuarantined(reuse, cursor!.baseline);
+    const ids = stream.ids;
+    let page = 0;
+    while (page < nrPages) {
+      // A clean page reuses its previous id and is not hashed.
+      if (reuse && reuse[page]! >= 0 && !this.verifyClean) {
+        // A run of clean pages whose baseline pages are consecutive too: one copy.
+        const b = reuse[page]!;
+        let run = 1;
+        while (page + run < nrPages && reuse[page + run] === b + run) run++;
+        ids.set(cursor!.baseline.ids.subarray(b * CHUNK_ID_BYTES, (b + run) * CHUNK_ID_BYTES), (first + page) * CHUNK_ID_BYTES);
+        source.skip(run * PAGE_BYTES);
+        this.stats.pagesClean += run;
+        page += run;
+        this.advance(run * PAGE_BYTES);
+        continue;
       }
-      await this.drainNewPages();
-      if (vaddrs && pid !== null) this.pageIndex.set(pid, { vaddrs, ids });
-      this.stats.pagesTotal += pageCount;
-      return ids;
-    } finally {
-      closeSync(fd);
+      // A run of pages to hash: up to a batch, stopping before the next clean page.
+      let end = page + 1;
+      while (end < nrPages && end - page < PAGES_PER_BATCH && !(reuse && reuse[end]! >= 0 && !this.verifyClean)) end++;
+      const data = this.batch.subarray(0, (end - page) * PAGE_BYTES);
+      source.read(data);
+      await this.hashPages(data, ids, first + page);
+      if (this.verifyClean && reuse) this.checkClean(stream.pid!, vaddrs, page, end, ids, first, reuse, cursor!.baseline);
+      this.advance((end - page) * PAGE_BYTES);
+      page = end;
     }
+  }
+
+  /** The pagemap's pages are all in: its pages file, and the process's pages for the next baseline. */
+  endPages(stream: PageStream): StreamedPagesFile {
+    const { ids, vaddrs } = stream.finish();
+    if (stream.pid !== null) this.pageIndex.set(stream.pid, { vaddrs, ids });
+    this.stats.pagesTotal += vaddrs.length;
+    return { name: stream.name, ids };
+  }
+
+  /** Every new page queued for compression is compressed and handed to the writer. */
+  async finishPages(): Promise<void> {
+    await this.drainNewPages();
   }
 
   /** A clean page whose previous chunk was found damaged (quarantined) is read and stored again. */
@@ -225,28 +304,26 @@ export class Ingest {
   }
 
   /** Verification mode: every page called clean must hash to its previous id. */
-  private checkClean(pid: number, vaddrs: Float64Array, first: number, end: number, ids: Uint8Array, reuse: Int32Array, baseline: ProcessPages): void {
-    for (let p = first; p < end; p++) {
+  private checkClean(pid: number, vaddrs: Float64Array, from: number, end: number, ids: Uint8Array, first: number, reuse: Int32Array, baseline: ProcessPages): void {
+    for (let p = from; p < end; p++) {
       const b = reuse[p]!;
       if (b < 0) continue;
       // Counted as without verification: reused, not needing a hash.
       this.stats.pagesClean++;
       this.stats.pagesHashed--;
       const prev = baseline.ids.subarray(b * CHUNK_ID_BYTES, (b + 1) * CHUNK_ID_BYTES);
-      if (Buffer.compare(prev, ids.subarray(p * CHUNK_ID_BYTES, (p + 1) * CHUNK_ID_BYTES)) !== 0) {
+      if (Buffer.compare(prev, ids.subarray((first + p) * CHUNK_ID_BYTES, (first + p + 1) * CHUNK_ID_BYTES)) !== 0) {
         this.misses.push({ pid, vaddr: vaddrs[p]! });
       }
     }
   }
 
   /**
-   * Reads pages [first, end) (at most a batch), hashes them here (fast), and sends only
-   * the pages the store does not have to the pool for compression.
+   * Hashes pages (at most a batch) here (fast), their ids going to ids from page first
+   * on, and sends only the pages the store does not have to the pool for compression.
    */
-  private async hashRun(fd: number, path: string, first: number, end: number, ids: Uint8Array): Promise<void> {
-    const n = end - first;
-    const data = this.batch.subarray(0, n * PAGE_BYTES);
-    readFully(fd, data, first * PAGE_BYTES, path);
+  private async hashPages(data: Uint8Array, ids: Uint8Array, first: number): Promise<void> {
+    const n = data.length / PAGE_BYTES;
     this.codecs.pages.hashPages(data, this.batchIds, this.batchFlags);
     const candidates: number[] = [];
     for (let i = 0; i < n; i++) {
@@ -309,24 +386,6 @@ export class Ingest {
     if (this.filling) this.codecs.pool.release(this.filling);
     this.filling = undefined;
   }
-}
-
-function presentVaddrs(pagemap: Pagemap, pageCount: number, path: string): Float64Array {
-  const out = new Float64Array(pageCount);
-  let i = 0;
-  for (const e of pagemap.entries) {
-    if (!(e.flags & PE_PRESENT)) continue;
-    const start = Number(e.vaddr);
-    for (let p = 0; p < e.nrPages; p++) {
-      if (i >= pageCount) throw new Error(`${path}: the pagemap lists more present pages than the file holds`);
-      out[i++] = start + p * PAGE_BYTES;
-    }
-  }
-  if (i !== pageCount) throw new Error(`${path}: the pagemap lists ${i} present pages, the file holds ${pageCount}`);
-  for (let k = 1; k < out.length; k++) {
-    if (out[k]! <= out[k - 1]!) throw new Error(`${path}: the pagemap's addresses are not ascending`);
-  }
-  return out;
 }
 
 /**

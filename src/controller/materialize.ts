@@ -52,31 +52,74 @@ function writeAll(fd: number, data: Uint8Array, position: number): void {
   while (done < data.length) done += writeSync(fd, data, done, data.length - done, position + done);
 }
 
-/** Which chunks of a batch are where: their manifest index, for positions and error messages. */
+/** Which chunks of a batch are where: their index in the list read, for positions and error messages. */
 interface Submitted {
   batch: Promise<ChunkBatch>;
   blocks: number[];
 }
 
-/** `advance`: told the bytes of the file written so far, batch by batch (holes included at the end). */
-export async function materializeFile(repo: Repository, manifest: FileManifest, codecs: Codecs, dest: string, advance?: (bytes: number) => void): Promise<void> {
+/**
+ * `advance`: told the bytes of the file written so far, batch by batch (holes included at
+ * the end). `only`: write just these blocks (the others stay holes), for a partial file.
+ */
+export async function materializeFile(
+  repo: Repository,
+  manifest: FileManifest,
+  codecs: Codecs,
+  dest: string,
+  advance?: (bytes: number) => void,
+  only?: (block: number) => boolean,
+): Promise<void> {
   const count = manifest.ids.length / CHUNK_ID_BYTES;
   if (count !== Math.ceil(manifest.size / manifest.blockBytes)) {
     throw new Error(`manifest of ${manifest.path} has ${count} blocks for ${manifest.size} bytes`);
   }
   // Zero blocks stay holes: ftruncate gives them their zeros.
   const blocks: number[] = [];
-  for (let i = 0; i < count; i++) if (!isZeroId(manifest.ids, i)) blocks.push(i);
+  for (let i = 0; i < count; i++) if (!isZeroId(manifest.ids, i) && (!only || only(i))) blocks.push(i);
   const ids = new Uint8Array(blocks.length * CHUNK_ID_BYTES);
   blocks.forEach((b, k) => ids.set(manifest.ids.subarray(b * CHUNK_ID_BYTES, (b + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES));
-  const where = repo.locateChunks(ids);
 
   const fd = openSync(dest, 'w', 0o600);
   const out = new CoalescingWriter(fd);
-  const pool = codecs.pool;
-  const inFlight: Submitted[] = [];
   let written = 0;
   let reported = 0;
+  try {
+    await readChunks(repo, ids, codecs, (k, raw) => {
+      const b = blocks[k]!;
+      const expected = Math.min(manifest.blockBytes, manifest.size - b * manifest.blockBytes);
+      if (raw.length !== expected) throw new Error(`block ${b} of ${manifest.path} holds ${raw.length} bytes, ${expected} expected`);
+      out.write(b * manifest.blockBytes, raw);
+      written += raw.length;
+    }, () => {
+      advance?.(written - reported);
+      reported = written;
+    });
+    out.flush();
+    ftruncateSync(fd, manifest.size);
+    advance?.(manifest.size - reported); // the zero blocks, left as holes
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Reads the chunks ids (none of them the zero id) from the store and hands each, in
+ * order, to onChunk(k, raw) after checking it against its id. Chunks are located in one
+ * batched query, read in coalesced spans of their packs (read ahead), decompressed and
+ * verified on the codec pool. afterBatch runs after each batch of chunks went out.
+ */
+export async function readChunks(
+  repo: Repository,
+  ids: Uint8Array,
+  codecs: Codecs,
+  onChunk: (k: number, raw: Uint8Array) => void,
+  afterBatch?: () => void,
+): Promise<void> {
+  const where = repo.locateChunks(ids);
+  const pool = codecs.pool;
+  const inFlight: Submitted[] = [];
   try {
     const finish = async (s: Submitted) => {
       let batch: ChunkBatch;
@@ -89,23 +132,18 @@ export async function materializeFile(repo: Repository, manifest: FileManifest, 
         }
         throw e;
       }
-      for (let j = 0; j < batch.count; j++) {
-        const b = blocks[s.blocks[j]!]!;
-        const expected = Math.min(manifest.blockBytes, manifest.size - b * manifest.blockBytes);
-        const raw = batch.raw(j);
-        if (raw.length !== expected) throw new Error(`block ${b} of ${manifest.path} holds ${raw.length} bytes, ${expected} expected`);
-        out.write(b * manifest.blockBytes, raw);
-        written += raw.length;
+      try {
+        for (let j = 0; j < batch.count; j++) onChunk(s.blocks[j]!, batch.raw(j));
+      } finally {
+        pool.release(batch);
       }
-      pool.release(batch);
-      advance?.(written - reported);
-      reported = written;
+      afterBatch?.();
     };
     // Spans are read ahead of decoding: on an S3 store each is a ranged GET, and several
     // in flight hide the round trips. Each span's chunks are copied into batches in order.
     const spans = planSpans(where);
     const reads = new Map<number, Promise<number>>();
-    if (spanBuffersInUse) throw new Error('materializeFile runs one file at a time: its span buffers are shared');
+    if (spanBuffersInUse) throw new Error('readChunks runs one read at a time: its span buffers are shared');
     spanBuffersInUse = true;
     const startRead = (s: number) => {
       const span = spans[s];
@@ -147,19 +185,14 @@ export async function materializeFile(repo: Repository, manifest: FileManifest, 
       await submit();
     } finally {
       if (batch) pool.release(batch);
-      // No read may still write into the shared buffers once this file is done or failed.
+      // No read may still write into the shared buffers once this read is done or failed.
       for (const r of reads.values()) await r.catch(() => undefined);
       spanBuffersInUse = false;
     }
     while (inFlight.length > 0) await finish(inFlight.shift()!);
-    out.flush();
-    ftruncateSync(fd, manifest.size);
-    advance?.(manifest.size - reported); // the zero blocks, left as holes
-    fsyncSync(fd);
   } finally {
     // Let batches still out come back to the pool before the error goes up.
     for (const s of inFlight.splice(0)) await s.batch.then((b) => pool.release(b), () => undefined);
-    closeSync(fd);
   }
 }
 

@@ -1,9 +1,11 @@
-// The restore pipeline: pick the checkpoint, materialize and verify everything on tmpfs,
-// keep the job's current files in the store, put the checkpoint's files back, run
-// `criu restore`. Nothing on disk is touched until every chunk has been verified.
+// The restore pipeline: pick the checkpoint, write CRIU's small images to tmpfs (the job's
+// pages stay in the store), keep the job's current files in the store, put the
+// checkpoint's files back, run `criu restore --lazy-pages` with crinc serving the pages.
+// The job's files are touched only once every chunk of them has been verified; every
+// page is checked against its id as it is served.
 import { copyFileSync, existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { restoreDetached } from '../criu/criu.js';
+import { restoreLazy } from '../criu/criu.js';
 import { type CheckpointRecord, type FileManifest, type Repository } from '../store/repository.js';
 import { lockStore, type StoreLock } from '../store/store-lock.js';
 import { makeStaging } from './checkpoint.js';
@@ -11,7 +13,8 @@ import type { Codecs } from './codecs.js';
 import { JobStillRunningError, NoCheckpointError } from './errors.js';
 import { Ingest, type ProgressCallback } from './ingest.js';
 import { type FileFacts, fileFacts, fileMatches, installFile } from './job-files.js';
-import { materializeFile, materializeImages } from './materialize.js';
+import { stageLazyRestore } from './lazy-pages.js';
+import { materializeFile } from './materialize.js';
 import { isRunning } from './procfs.js';
 import { FILE_BLOCK_BYTES } from '../store/format.js';
 
@@ -24,6 +27,19 @@ export interface RestoreResult {
   rolledBack: string[];
   /** The snapshot that keeps what those files held just before (absent when none changed). */
   preRestore: CheckpointRecord | null;
+  /**
+   * Settles when every page is in. Already settled unless `lazy`; with `lazy`, this
+   * process must stay alive until then: the job faults on a page not yet in and the
+   * page server must answer (if it dies first, the job is killed by SIGBUS at that page).
+   */
+  allPagesIn: Promise<void>;
+}
+
+export interface RestoreOptions {
+  /** Bytes of the job's pages put in, for a progress line. */
+  onProgress?: ProgressCallback;
+  /** Return as soon as the job runs; pages go on arriving on demand and in the background. */
+  lazy?: boolean;
 }
 
 export function resolveCheckpoint(repo: Repository, jobName: string, target: RestoreTarget): CheckpointRecord {
@@ -44,8 +60,7 @@ export function resolveCheckpoint(repo: Repository, jobName: string, target: Res
   );
 }
 
-/** `onProgress`: bytes of the checkpoint's images materialized, for a progress line. */
-export async function restoreJob(repo: Repository, codecs: Codecs, jobName: string, target: RestoreTarget, onProgress?: ProgressCallback): Promise<RestoreResult> {
+export async function restoreJob(repo: Repository, codecs: Codecs, jobName: string, target: RestoreTarget, options: RestoreOptions = {}): Promise<RestoreResult> {
   const job = repo.requireJob(jobName);
   if (job.pid !== null && isRunning(job.pid)) throw new JobStillRunningError(jobName, job.pid);
   const checkpoint = resolveCheckpoint(repo, jobName, target);
@@ -54,6 +69,13 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
   const staging = makeStaging('restore');
   // The job's logs live there; a fresh cache of an S3 store does not have it yet.
   mkdirSync(repo.jobDir(jobName), { recursive: true, mode: 0o700 });
+  // Held until every page is in: GC must not remove a chunk still to be served.
+  const release = () => {
+    rmSync(staging, { recursive: true, force: true });
+    storeLock?.release();
+    lock.release();
+  };
+  let serving: Promise<void> | undefined;
   try {
     // Chunks are read and a pre-restore snapshot may be committed: GC waits meanwhile.
     storeLock = await lockStore(repo.dir, 'shared');
@@ -65,9 +87,9 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     const currentDir = join(staging, 'current');
     for (const d of [workDir, wantedDir, currentDir]) mkdirSync(d, { mode: 0o700 });
 
-    // 1. Materialize and verify: images, then the files that differ from the checkpoint.
+    // 1. CRIU's small images, the pages it restores itself, and the files that differ from the checkpoint.
     const files = await repo.checkpointFiles(checkpoint.id, codecs.chunks);
-    await materializeImages(repo, files.filter((f) => f.role === 'image'), codecs, imagesDir, onProgress);
+    const pages = await stageLazyRestore(repo, files.filter((f) => f.role === 'image'), codecs, imagesDir, options.onProgress);
     const changed: { manifest: FileManifest; wanted: string; current: string | null; facts: FileFacts | null }[] = [];
     for (const [i, m] of files.filter((f) => f.role === 'job-file').entries()) {
       if (fileMatches(m, codecs.pages)) continue;
@@ -120,8 +142,9 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     // 3. Put the checkpoint's files back, then let CRIU restore the processes.
     for (const c of changed) installFile(c.wanted, c.manifest);
     let pid: number;
+    let allPagesIn: Promise<void>;
     try {
-      ({ pid } = await restoreDetached({ imagesDir, workDir }));
+      ({ pid, allPagesIn } = await restoreLazy({ imagesDir, workDir, pages }));
     } catch (e) {
       // The job did not come back: give its files their newer content again.
       for (const c of changed) {
@@ -131,10 +154,11 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
       throw e;
     }
     repo.saveJob({ ...job, pid, state: 'running', updatedAt: Date.now() });
-    return { pid, checkpoint, rolledBack: changed.map((c) => c.manifest.path), preRestore };
+    if (!options.lazy) await allPagesIn;
+    serving = allPagesIn.finally(release);
+    serving.catch(() => undefined); // the caller observes allPagesIn
+    return { pid, checkpoint, rolledBack: changed.map((c) => c.manifest.path), preRestore, allPagesIn };
   } finally {
-    rmSync(staging, { recursive: true, force: true });
-    storeLock?.release();
-    lock.release();
+    if (!serving) release();
   }
 }

@@ -1,12 +1,17 @@
-// Running CRIU: version check, dump with a hook that runs while the tree is frozen,
-// and detached restore.
-import { execFile, execFileSync, spawn } from 'node:child_process';
-import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+// Running CRIU: version check, dump streaming its pages to crinc with a hook that runs
+// while the tree is frozen, and lazy restore fed by crinc's page server.
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { chmodSync, closeSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
+import { Socket } from 'node:net';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
+import { setReceiveTimeout, streamSocketPair } from '../sys/libc.js';
+import { type DumpStreamSink, PAGE_STREAM_SILENCE_MS, type PageLookup, PageServerProtocolError, receiveDump, serveLazyPages } from './page-server.js';
 
-const execFileAsync = promisify(execFile);
+/** The fd CRIU gets its end of the page stream on (--ps-socket). */
+const CRIU_PS_FD = 3;
+/** The fd `criu lazy-pages` reports readiness on (--status-fd). */
+const CRIU_STATUS_FD = 4;
 
 /** The oldest CRIU known to dump and restore on the kernels crinc targets (see README). */
 export const CRIU_MIN_VERSION = [4, 2] as const;
@@ -37,7 +42,7 @@ export class CriuMissingError extends CriuError {
 export class CriuFailedError extends CriuError {
   override name = 'CriuFailedError';
   constructor(
-    readonly action: 'dump' | 'restore',
+    readonly action: 'dump' | 'restore' | 'lazy-pages',
     readonly logPath: string,
     logTail: string,
   ) {
@@ -96,7 +101,9 @@ export interface DumpRequest {
   pid: number;
   imagesDir: string;
   workDir: string;
-  /** Runs while the whole tree is frozen, after CRIU has written the images. */
+  /** Takes every page as CRIU streams it (the tree is frozen from the first open on). */
+  pages: DumpStreamSink;
+  /** Runs while the whole tree is frozen, after CRIU has sent the pages and written the images. */
   whileFrozen: () => Promise<void>;
 }
 
@@ -115,14 +122,26 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
   execFileSync('mkfifo', ['-m', '600', notify, ack]);
   const logPath = join(req.workDir, 'dump.log');
 
-  const criu = spawn(
-    'criu',
-    ['dump', '-t', String(req.pid), '-D', req.imagesDir, '-W', req.workDir, '-o', 'dump.log', '-v4',
-      '--leave-running', '--action-script', hook, ...COMMON_OPTIONS],
-    { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, CRINC_HOOK_NOTIFY: notify, CRINC_HOOK_ACK: ack, CRINC_HOOK_PID: String(process.pid) } },
-  );
+  // The page stream: crinc keeps one end, CRIU inherits the other; nothing listens.
+  const [ours, theirs] = streamSocketPair();
+  let criu: ChildProcess;
+  try {
+    setReceiveTimeout(ours, PAGE_STREAM_SILENCE_MS);
+    criu = spawn(
+      'criu',
+      ['dump', '-t', String(req.pid), '-D', req.imagesDir, '-W', req.workDir, '-o', 'dump.log', '-v4',
+        '--leave-running', '--page-server', '--ps-socket', String(CRIU_PS_FD), '--action-script', hook, ...COMMON_OPTIONS],
+      { stdio: ['ignore', 'ignore', 'pipe', theirs], env: { ...process.env, CRINC_HOOK_NOTIFY: notify, CRINC_HOOK_ACK: ack, CRINC_HOOK_PID: String(process.pid) } },
+    );
+  } catch (e) {
+    closeSync(ours);
+    throw e;
+  } finally {
+    // CRIU holds its own copy now: when CRIU ends, the stream ends.
+    closeSync(theirs);
+  }
   let stderr = '';
-  criu.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  criu.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<number>((resolve, reject) => {
     criu.on('error', reject);
     criu.on('close', (code) => resolve(code ?? -1));
@@ -150,12 +169,25 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
     await writer.close();
   })();
 
+  // Pages are read on this thread with blocking reads until CRIU closes the transfer; a
+  // failure closes crinc's end, so CRIU's next send fails, its dump fails and it thaws the job.
+  let streamError: unknown;
+  try {
+    await receiveDump(ours, req.pages);
+  } catch (e) {
+    streamError = e;
+  } finally {
+    closeSync(ours);
+  }
+
   const code = await exited;
   // If CRIU never ran the hook, release our reader: a read-write open of a FIFO never
   // blocks, and closing it gives the waiting reader an empty message.
   const unblock = await open(notify, 'r+');
   await unblock.close();
   await hookServed;
+  // A stream cut short by CRIU is CRIU's failure; crinc's own failure (the store) comes first.
+  if (streamError && !(streamError instanceof PageServerProtocolError && code !== 0)) throw streamError;
   if (frozenError) throw frozenError;
   if (code !== 0) throw new CriuFailedError('dump', logPath, logTail(logPath) + (stderr ? `\n${stderr.trim()}` : ''));
   return { logPath, frozenWorkMs };
@@ -164,25 +196,88 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
 export interface RestoreRequest {
   imagesDir: string;
   workDir: string;
+  /** Answers the lazy-pages daemon's page requests (from the store). */
+  pages: PageLookup;
 }
 
-/** Restores detached; returns the restored root's PID as the host sees it. */
-export async function restoreDetached(req: RestoreRequest): Promise<{ pid: number; logPath: string }> {
+export interface LazyRestore {
+  /** The restored root's PID as the host sees it. */
+  pid: number;
+  logPath: string;
+  /** Settles when the daemon has put every page in (or failed: the job then faults on a missing page). */
+  allPagesIn: Promise<void>;
+}
+
+/**
+ * Restores detached with `--lazy-pages`: `criu lazy-pages` takes the pages from crinc's
+ * page server over a socket pair and puts them in on demand and in the background.
+ * Resolves as soon as the job runs.
+ */
+export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
   const pidFile = join(req.workDir, 'restored.pid');
   const logPath = join(req.workDir, 'restore.log');
+  const daemonLog = join(req.workDir, 'lazy-pages.log');
+  const [ours, theirs] = streamSocketPair();
+  let daemon: ChildProcess;
   try {
-    await execFileAsync(
+    daemon = spawn(
       'criu',
-      ['restore', '-D', req.imagesDir, '-W', req.workDir, '-o', 'restore.log', '-v4', '-d', '--pidfile', pidFile, ...COMMON_OPTIONS],
-      { maxBuffer: 16 * 1024 * 1024 },
+      ['lazy-pages', '-D', req.imagesDir, '-W', req.workDir, '-o', 'lazy-pages.log', '-v4', '--page-server', '--ps-socket', String(CRIU_PS_FD), '--status-fd', String(CRIU_STATUS_FD)],
+      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe'] },
     );
   } catch (e) {
-    const stderr = (e as { stderr?: string }).stderr ?? '';
+    closeSync(ours);
+    throw e;
+  } finally {
+    closeSync(theirs);
+  }
+  let daemonStderr = '';
+  daemon.stderr!.on('data', (d: Buffer) => (daemonStderr += d.toString()));
+  const daemonExited = new Promise<number>((resolve, reject) => {
+    daemon.on('error', reject);
+    daemon.on('close', (code) => resolve(code ?? -1));
+  });
+  const daemonFailed = async () => new CriuFailedError('lazy-pages', daemonLog, logTail(daemonLog) + (daemonStderr ? `\n${daemonStderr.trim()}` : ''));
+  const served = serveLazyPages(new Socket({ fd: ours, readable: true, writable: true }), req.pages);
+  served.catch(() => undefined); // observed below, with the daemon's exit
+  const allPagesIn = (async () => {
+    const code = await daemonExited;
+    await served.catch((e: unknown) => {
+      if (code === 0) throw e;
+    });
+    if (code !== 0) throw await daemonFailed();
+  })();
+  allPagesIn.catch(() => undefined); // the caller awaits it or not (--lazy)
+
+  // The daemon listens for the restore once it writes its status byte (or exits).
+  const ready = await new Promise<boolean>((resolve) => {
+    daemon.stdio[CRIU_STATUS_FD]!.once('data', () => resolve(true));
+    daemon.stdio[CRIU_STATUS_FD]!.once('end', () => resolve(false));
+  });
+  if (!ready) {
+    await allPagesIn.catch(() => undefined);
+    throw await daemonFailed();
+  }
+
+  const restore = spawn(
+    'criu',
+    ['restore', '-D', req.imagesDir, '-W', req.workDir, '-o', 'restore.log', '-v4', '-d', '--lazy-pages', '--pidfile', pidFile, ...COMMON_OPTIONS],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  restore.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number>((resolve, reject) => {
+    restore.on('error', reject);
+    restore.on('close', (c) => resolve(c ?? -1));
+  });
+  if (code !== 0) {
+    daemon.kill('SIGKILL');
+    await allPagesIn.catch(() => undefined);
     throw new CriuFailedError('restore', logPath, logTail(logPath) + (stderr ? `\n${stderr.trim()}` : ''));
   }
   const pid = Number(readFileSync(pidFile, 'utf8').trim());
   if (!Number.isInteger(pid) || pid <= 0) throw new CriuError(`criu restore wrote no valid pid to ${pidFile}`);
-  return { pid, logPath };
+  return { pid, logPath, allPagesIn };
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {

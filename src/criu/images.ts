@@ -4,7 +4,7 @@
 // pages-*.img is raw: the pages of the pagemap's PRESENT entries, back to back.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { bytesField, decodeMessage, varintField } from './protobuf.js';
+import { bytesField, decodeMessage, encodeVarintField, varintField } from './protobuf.js';
 
 export const IMG_COMMON_MAGIC = 0x54564319;
 export const IMG_SERVICE_MAGIC = 0x55105940;
@@ -75,6 +75,51 @@ export function readPagemap(path: string): Pagemap {
     return { vaddr, nrPages: Number(nrPages), flags };
   });
   return { pagesId: Number(pagesId), entries };
+}
+
+/**
+ * A pagemap image built entry by entry, byte for byte as CRIU writes one into a local
+ * image directory (criu/page-xfer.c, write_pagemap_loc; protobuf-c writes the required
+ * compat_nr_pages as 0, then flags and the 64-bit nr_pages).
+ */
+export class PagemapImageBuilder {
+  private readonly parts: Buffer[] = [];
+  private pending: number[] = [];
+
+  constructor(readonly pagesId: number) {
+    const magic = Buffer.alloc(8);
+    magic.writeUInt32LE(IMG_COMMON_MAGIC, 0);
+    magic.writeUInt32LE(PAGEMAP_MAGIC, 4);
+    this.parts.push(magic);
+    const head: number[] = [];
+    encodeVarintField(head, 1, pagesId);
+    this.entry(head);
+  }
+
+  add(vaddr: number, nrPages: number, flags: number): void {
+    const pe: number[] = [];
+    encodeVarintField(pe, 1, vaddr);
+    encodeVarintField(pe, 2, 0);
+    encodeVarintField(pe, 4, flags);
+    encodeVarintField(pe, 5, nrPages);
+    this.entry(pe);
+  }
+
+  bytes(): Buffer {
+    this.flush();
+    return Buffer.concat(this.parts);
+  }
+
+  private entry(message: number[]): void {
+    const len = message.length;
+    this.pending.push(len & 0xff, (len >>> 8) & 0xff, (len >>> 16) & 0xff, len >>> 24, ...message);
+    if (this.pending.length >= 64 * 1024) this.flush();
+  }
+
+  private flush(): void {
+    if (this.pending.length > 0) this.parts.push(Buffer.from(this.pending));
+    this.pending = [];
+  }
 }
 
 /** Pages stored in pages-N.img for this pagemap, in file order. */

@@ -1,6 +1,7 @@
-// A minimal reader for the protobuf wire format, enough for the few CRIU image messages
-// crinc interprets (pagemap entries, dump statistics). Field numbers come from CRIU's
-// images/*.proto; unknown fields are skipped, as protobuf requires.
+// A minimal reader and writer for the protobuf wire format, enough for the few CRIU image
+// messages crinc interprets (pagemap entries, dump statistics) or writes (pagemaps).
+// Field numbers come from CRIU's images/*.proto; unknown fields are skipped, as
+// protobuf requires.
 
 export class ProtobufDecodeError extends Error {
   override name = 'ProtobufDecodeError';
@@ -72,4 +73,20 @@ export function bytesField(fields: Map<number, FieldValue>, n: number): Uint8Arr
   if (v === undefined) return undefined;
   if (typeof v === 'bigint') throw new ProtobufDecodeError(`field ${n} is not length-delimited`);
   return v;
+}
+
+/** Appends a varint field (key, then value) to out: what protobuf-c writes for uint32/uint64/bool. */
+export function encodeVarintField(out: number[], field: number, value: number): void {
+  pushVarint(out, field << 3 | WIRE_VARINT);
+  pushVarint(out, value);
+}
+
+function pushVarint(out: number[], value: number): void {
+  if (!Number.isSafeInteger(value) || value < 0) throw new ProtobufDecodeError(`cannot encode ${value} as a varint`);
+  let v = value;
+  while (v >= 0x80) {
+    out.push((v % 0x80) | 0x80);
+    v = Math.floor(v / 0x80);
+  }
+  out.push(v);
 }

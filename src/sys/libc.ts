@@ -140,3 +140,31 @@ export function processVmWrite(pid: number, remoteAddress: number, data: Buffer)
 export function bufferAddress(buf: Buffer): bigint {
   return koffi.address(buf);
 }
+
+// ---------------------------------------------------------------------------------
+// Sockets for CRIU's page-server stream (src/criu/page-server.ts): a connected pair,
+// so that no listening endpoint exists, and a receive timeout.
+
+const socketpairFn = libc.func('int socketpair(int domain, int type, int protocol, _Out_ int *sv)');
+const setsockoptFn = libc.func('int setsockopt(int fd, int level, int name, void *value, uint32_t length)');
+
+const AF_UNIX = 1;
+const SOCK_STREAM = 1;
+const SOCK_CLOEXEC = 0o2000000;
+const SOL_SOCKET = 1;
+const SO_RCVTIMEO = 20;
+
+/** A connected AF_UNIX stream pair, close-on-exec on both ends (a child gets one by dup2). */
+export function streamSocketPair(): [number, number] {
+  const fds = new Int32Array(2);
+  if ((socketpairFn(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) as number) !== 0) throw new SyscallError('socketpair', koffi.errno());
+  return [fds[0]!, fds[1]!];
+}
+
+/** A blocking read on fd fails with EAGAIN after ms without data (SO_RCVTIMEO). */
+export function setReceiveTimeout(fd: number, ms: number): void {
+  const tv = Buffer.alloc(16);
+  tv.writeBigInt64LE(BigInt(Math.floor(ms / 1000)), 0);
+  tv.writeBigInt64LE(BigInt((ms % 1000) * 1000), 8);
+  if ((setsockoptFn(fd, SOL_SOCKET, SO_RCVTIMEO, tv, tv.length) as number) !== 0) throw new SyscallError('setsockopt(SO_RCVTIMEO)', koffi.errno());
+}
