@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // crinc's command line: thin commands over the controller.
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { appendFileSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
 import { packageRoot } from '../sys/package-root.js';
@@ -46,6 +47,64 @@ export const EXIT_CHECKPOINTED = 75;
 /** The shell's convention for a job killed by a signal: 128 + its number. */
 const SIGNALED_EXIT_BASE = 128;
 
+
+/** Set in the detached process that serves a `restore --lazy` (the fd of its result pipe). */
+const LAZY_SERVER_ENV = 'CRINC_LAZY_SERVER';
+
+/**
+ * `restore --lazy`: the same command runs again detached; it restores, reports its result
+ * on a pipe, and stays to serve pages. This process prints that result and returns.
+ */
+async function detachLazyRestore(json: boolean): Promise<void> {
+  const child = spawn(process.execPath, process.argv.slice(1), {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+    env: { ...process.env, [LAZY_SERVER_ENV]: '3' },
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  let report = '';
+  child.stdio[3]!.on('data', (d: Buffer) => (report += d.toString()));
+  const ended = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const reported = new Promise<void>((resolve) => child.stdio[3]!.once('end', () => resolve()));
+  await Promise.race([reported, ended]);
+  if (!report.endsWith('\n')) {
+    const code = await ended;
+    await new Promise((resolve) => setImmediate(resolve));
+    process.stderr.write(stderr);
+    process.exitCode = code ?? 1;
+    return;
+  }
+  child.unref();
+  (child.stderr as NodeJS.ReadableStream & { destroy(): void }).destroy();
+  const r = JSON.parse(report) as { pid: number; checkpoint: number; takenAt: string; rolledBack: string[]; preRestore: number | null; job: string; server: number };
+  if (json) {
+    console.log(JSON.stringify(r));
+  } else {
+    console.log(`restored ${r.job} from checkpoint ${r.checkpoint} (taken ${r.takenAt}): pid ${r.pid}, running; pages arrive from crinc process ${r.server}`);
+    for (const f of r.rolledBack) console.log(`  rolled back ${f}`);
+    if (r.preRestore !== null) console.log(`  their newer content is kept as snapshot ${r.preRestore} (crinc list ${r.job})`);
+  }
+}
+
+/** In the detached process: report the running job, then serve its pages until all are in. */
+async function serveLazyRestore(repo: Repository, job: string, r: RestoreResult): Promise<void> {
+  const report = { job, pid: r.pid, checkpoint: r.checkpoint.id, takenAt: new Date(r.checkpoint.takenAt).toISOString(), rolledBack: r.rolledBack, preRestore: r.preRestore?.id ?? null, server: process.pid };
+  const fd = Number(process.env[LAZY_SERVER_ENV]);
+  writeFileSync(fd, `${JSON.stringify(report)}\n`);
+  closeSync(fd);
+  // Nobody reads this process's stderr any more: what happens now goes to the job's directory.
+  process.stderr.on('error', () => undefined);
+  const log = join(repo.jobDir(job), 'lazy-restore.log');
+  try {
+    await r.allPagesIn;
+    appendFileSync(log, `${new Date().toISOString()} checkpoint ${r.checkpoint.id}: every page is in (pid ${r.pid})\n`);
+  } catch (e) {
+    appendFileSync(log, `${new Date().toISOString()} checkpoint ${r.checkpoint.id}: lazy restore failed: ${(e as Error).message}\n`);
+    process.exitCode = 1;
+  }
+  repo.close();
+}
 
 function requireRoot(): void {
   if (process.getuid?.() !== 0) throw new NotRootError();
@@ -308,11 +367,21 @@ ${RETENTION_HELP}`)
     .addOption(new Option('--at <time>', 'newest checkpoint taken at or before TIME: ISO 8601, "now", "90s ago", "10m ago"').conflicts('id'))
     .addOption(new Option('--id <id>', 'this checkpoint id (see crinc list)').argParser(intArg))
     .option('--json', 'print {"pid":…, "checkpoint":…} as JSON')
+    .option(
+      '--lazy',
+      'return as soon as the job runs; its pages keep arriving, on demand and in the background, from a crinc process ' +
+        'that stays behind until every page is in (pid in the output, log in the job\'s directory). If that process dies ' +
+        'first, the job is killed (SIGBUS) at its next access to a page not yet in; the checkpoint stays intact: restore it again',
+    )
     .addOption(storeOption())
     .addOption(cacheOption())
     .addHelpText('after', `
+Pages come from the store through CRIU's lazy-pages daemon; without --lazy the command
+returns once every page is in.
+
 Examples:
   crinc restore sim                      the newest checkpoint
+  crinc restore sim --lazy               running at once, pages follow
   crinc restore sim --at "10m ago"
   crinc restore sim --at 2026-11-28T14:00:00Z
   crinc restore sim --id 42
@@ -320,7 +389,11 @@ Examples:
 
 A job the daemon manages is restored by the daemon, which then checkpoints it again on
 its schedule.`)
-    .action(async (job: string, o: { at?: string; id?: number; json?: boolean; store?: string; cache?: string }) => {
+    .action(async (job: string, o: { at?: string; id?: number; json?: boolean; lazy?: boolean; store?: string; cache?: string }) => {
+      if (o.lazy && process.env[LAZY_SERVER_ENV] === undefined) {
+        await detachLazyRestore(o.json === true);
+        return;
+      }
       const repo = await openStore(o);
       let target: RestoreTarget;
       if (o.id !== undefined) target = { id: o.id };
@@ -328,7 +401,11 @@ its schedule.`)
       criuVersion();
       // A job the daemon manages comes back under it: its schedule goes on, and the daemon reaps the process.
       const viaDaemon = repo.findManagedJob(job) ? ((await askDaemon(repo.dir, { op: 'restore', job, target })) as RestoreResult | undefined) : undefined;
-      const r = viaDaemon ?? (await withProgress(`restore of ${job}`, async (onProgress) => restoreJob(repo, await openCodecs(repo), job, target, { onProgress })));
+      const r = viaDaemon ?? (await withProgress(`restore of ${job}`, async (onProgress) => restoreJob(repo, await openCodecs(repo), job, target, { onProgress, lazy: o.lazy })));
+      if (process.env[LAZY_SERVER_ENV] !== undefined) {
+        await serveLazyRestore(repo, job, r);
+        return;
+      }
       if (o.json) {
         console.log(JSON.stringify({ pid: r.pid, checkpoint: r.checkpoint.id, takenAt: new Date(r.checkpoint.takenAt).toISOString(), rolledBack: r.rolledBack, preRestore: r.preRestore?.id ?? null }));
       } else {

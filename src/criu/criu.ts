@@ -204,12 +204,29 @@ export interface LazyRestore {
   /** The restored root's PID as the host sees it. */
   pid: number;
   logPath: string;
-  /** Settles when the daemon has put every page in (or failed: the job then faults on a missing page). */
+  /** Settles when the daemon has put every page in; on failure the job has been killed. */
   allPagesIn: Promise<void>;
 }
 
+// A job whose pages are not all in must never run on without them: once the lazy-pages
+// daemon's userfaultfd closes, the kernel fills a missing page with zeros. The daemon
+// keeps it open while its page-server socket is open, so this watchdog holds a copy of
+// crinc's end: if crinc dies first, the daemon's requests go unanswered (the job waits
+// at its fault) until the watchdog has killed the job; only then does the socket close.
+// crinc stops the watchdog once every page is in (TERM: its wait ends at once).
+const LAZY_WATCHDOG_SCRIPT = `
+( tail --pid="$CRINC_PID" -s 0.1 -f /dev/null & t=$!
+  trap 'kill $t 2>/dev/null; wait $t; exit 0' TERM
+  wait $t
+  i=0; while [ ! -s "$PIDFILE" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  [ -s "$PIDFILE" ] && kill -9 "$(cat "$PIDFILE")" ) 3>&- &
+w=$!
+trap 'kill -TERM $w 2>/dev/null; wait $w; exit 0' TERM
+wait $w
+`;
+
 /**
- * Restores detached with `--lazy-pages`: `criu lazy-pages` takes the pages from crinc's
+ * Restores detached with \`--lazy-pages\`: \`criu lazy-pages\` takes the pages from crinc's
  * page server over a socket pair and puts them in on demand and in the background.
  * Resolves as soon as the job runs.
  */
@@ -219,33 +236,52 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
   const daemonLog = join(req.workDir, 'lazy-pages.log');
   const [ours, theirs] = streamSocketPair();
   let daemon: ChildProcess;
+  let watchdog: ChildProcess;
   try {
     daemon = spawn(
       'criu',
       ['lazy-pages', '-D', req.imagesDir, '-W', req.workDir, '-o', 'lazy-pages.log', '-v4', '--page-server', '--ps-socket', String(CRIU_PS_FD), '--status-fd', String(CRIU_STATUS_FD)],
       { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe'] },
     );
+    watchdog = spawn('sh', ['-c', LAZY_WATCHDOG_SCRIPT], {
+      stdio: ['ignore', 'ignore', 'ignore', ours],
+      env: { ...process.env, CRINC_PID: String(process.pid), PIDFILE: pidFile },
+    });
   } catch (e) {
     closeSync(ours);
     throw e;
   } finally {
     closeSync(theirs);
   }
+  const watchdogExited = new Promise<void>((resolve) => watchdog.once('close', () => resolve()));
+  const stopWatchdog = async () => {
+    watchdog.kill('SIGTERM');
+    await watchdogExited;
+  };
   let daemonStderr = '';
   daemon.stderr!.on('data', (d: Buffer) => (daemonStderr += d.toString()));
   const daemonExited = new Promise<number>((resolve, reject) => {
     daemon.on('error', reject);
     daemon.on('close', (code) => resolve(code ?? -1));
   });
-  const daemonFailed = async () => new CriuFailedError('lazy-pages', daemonLog, logTail(daemonLog) + (daemonStderr ? `\n${daemonStderr.trim()}` : ''));
+  const daemonFailed = () => new CriuFailedError('lazy-pages', daemonLog, logTail(daemonLog) + (daemonStderr ? `\n${daemonStderr.trim()}` : ''));
   const served = serveLazyPages(new Socket({ fd: ours, readable: true, writable: true }), req.pages);
   served.catch(() => undefined); // observed below, with the daemon's exit
+  let jobPid = 0;
   const allPagesIn = (async () => {
-    const code = await daemonExited;
-    await served.catch((e: unknown) => {
-      if (code === 0) throw e;
-    });
-    if (code !== 0) throw await daemonFailed();
+    try {
+      const code = await daemonExited;
+      await served.catch((e: unknown) => {
+        if (code === 0) throw e;
+      });
+      if (code !== 0) throw daemonFailed();
+    } catch (e) {
+      // Pages are missing: the job must not run on with zeros in their place.
+      if (jobPid > 0) killQuietly(jobPid);
+      throw e;
+    } finally {
+      await stopWatchdog();
+    }
   })();
   allPagesIn.catch(() => undefined); // the caller awaits it or not (--lazy)
 
@@ -256,7 +292,7 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
   });
   if (!ready) {
     await allPagesIn.catch(() => undefined);
-    throw await daemonFailed();
+    throw daemonFailed();
   }
 
   const restore = spawn(
@@ -277,7 +313,16 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
   }
   const pid = Number(readFileSync(pidFile, 'utf8').trim());
   if (!Number.isInteger(pid) || pid <= 0) throw new CriuError(`criu restore wrote no valid pid to ${pidFile}`);
+  jobPid = pid;
   return { pid, logPath, allPagesIn };
+}
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {

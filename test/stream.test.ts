@@ -1,0 +1,204 @@
+// Pages stream between CRIU and crinc, never staged: a checkpoint's pages arrive over
+// CRIU's page-server protocol on a socket pair, a restore feeds CRIU's lazy-pages daemon
+// from the store. Real CRIU, real processes.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, describe, expect, it } from 'vitest';
+import { alive, type CheckpointJson, COUNTER, crincAsync, killAndWait, Sandbox, sha256Dir, waitFor } from './helpers.js';
+
+/** The options crinc gives every dump and restore (src/criu/criu.ts), for a dump of our own. */
+const CRIU_OPTIONS = ['--ext-unix-sk', '--file-locks', '--tcp-established'];
+
+function verdicts(log: string): string[] {
+  return [...log.matchAll(/^verify (?:ok|FAIL).*$/gm)].map((m) => m[0]);
+}
+
+/** Asks the counter to check its whole region; resolves with its verdict line. */
+async function verifyJob(sb: Sandbox, job: string, pid: number, timeoutMs = 60_000): Promise<string> {
+  const before = verdicts(sb.jobLog(job)).length;
+  process.kill(pid, 'SIGUSR1');
+  return waitFor(() => verdicts(sb.jobLog(job))[before], `${job} to verify its memory`, timeoutMs);
+}
+
+describe('a checkpoint streams its pages: the same bytes as a local CRIU dump', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  it('keeps byte for byte what `criu dump` writes locally, and a plain `criu restore` of its export runs', async () => {
+    // --tick-ms 0: the job changes nothing unless told; stopped, it does not even run.
+    const { pid } = await sb.run('still', [COUNTER, '--region-mib', '48', '--window-pages', '64', '--tick-ms', '0']);
+    await waitFor(() => /^start pid/m.test(sb.jobLog('still')), 'the job to start');
+    process.kill(pid, 'SIGSTOP');
+    const kept = join(sb.dir, 'kept');
+    mkdirSync(kept);
+    const cp = sb.json<CheckpointJson>(['checkpoint', 'still'], { CRINC_KEEP_IMAGES: kept });
+    const streamed = join(kept, String(cp.id));
+    const local = join(sb.dir, 'local');
+    mkdirSync(local);
+    execFileSync('criu', ['dump', '-t', String(pid), '-D', local, '-o', 'dump.log', '--leave-running', ...CRIU_OPTIONS]);
+    const pageImages = (dir: string) =>
+      Object.fromEntries(Object.entries(sha256Dir(dir)).filter(([name]) => /^(pagemap-|pages-)/.test(name)));
+    const localPages = pageImages(local);
+    expect(Object.keys(localPages).filter((n) => n.startsWith('pages-')).length).toBeGreaterThan(0);
+    expect(Object.keys(localPages).filter((n) => n.startsWith('pagemap-')).length).toBeGreaterThan(0);
+    expect(pageImages(streamed)).toEqual(localPages);
+    // Nothing of the job's memory was staged: only the streamed tee holds pages files.
+    expect(cp.imageBytes).toBeGreaterThan(48 * 1024 * 1024);
+
+    // The store gives the same bytes back, and CRIU alone restores them.
+    const out = join(sb.dir, 'export');
+    sb.ok(['export', 'still', '--id', String(cp.id), '--to', out]);
+    expect(pageImages(out)).toEqual(localPages);
+    process.kill(pid, 'SIGCONT');
+    await killAndWait(pid);
+    const work = join(sb.dir, 'restore-work');
+    mkdirSync(work);
+    execFileSync('criu', ['restore', '-D', out, '-W', work, '-o', 'restore.log', '-d', '--pidfile', join(work, 'pid'), ...CRIU_OPTIONS]);
+    const restored = Number(readFileSync(join(work, 'pid'), 'utf8'));
+    sb.track(restored);
+    // Restored stopped, as it was dumped.
+    process.kill(restored, 'SIGCONT');
+    expect(await verifyJob(sb, 'still', restored)).toMatch(/^verify ok tick 0$/);
+  });
+});
+
+/** Sockets in /proc/net/unix and /proc/net/tcp{,6}: inode → listening. */
+function socketTable(): Map<number, { listening: boolean; kind: string }> {
+  const table = new Map<number, { listening: boolean; kind: string }>();
+  for (const line of readFileSync('/proc/net/unix', 'utf8').trim().split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    // Flags __SO_ACCEPTCON (0x10000): a listening socket.
+    table.set(Number(f[6]), { listening: (parseInt(f[3]!, 16) & 0x10000) !== 0, kind: 'unix' });
+  }
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    if (!existsSync(file)) continue;
+    for (const line of readFileSync(file, 'utf8').trim().split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      table.set(Number(f[9]), { listening: f[3] === '0A', kind: 'tcp' });
+    }
+  }
+  return table;
+}
+
+function socketInodes(pid: number): Map<number, number> {
+  const out = new Map<number, number>();
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+        if (m) out.set(Number(fd), Number(m[1]));
+      } catch {
+        // closed meanwhile
+      }
+    }
+  } catch {
+    // gone
+  }
+  return out;
+}
+
+function criuDumps(): { pid: number; args: string[] }[] {
+  const out: { pid: number; args: string[] }[] = [];
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const args = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+      if (args[0]?.endsWith('criu') && args[1] === 'dump') out.push({ pid: Number(p), args });
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}
+
+describe('the page stream cannot be reached by another process', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  it('has no listening endpoint: CRIU gets a connected socket pair, and a dump goes on through it', async () => {
+    await sb.run('target', [COUNTER, '--region-mib', '256', '--window-pages', '64', '--tick-ms', '50']);
+    const checkpoint = crincAsync(sb.store, ['checkpoint', 'target', '--json']);
+    const seen: { fd3Kind: string; listening: string[] }[] = [];
+    let done = false;
+    void checkpoint.done.then(() => (done = true));
+    while (!done) {
+      for (const dump of criuDumps()) {
+        const at = dump.args.indexOf('--ps-socket');
+        if (at < 0) continue;
+        const table = socketTable();
+        const criuSockets = socketInodes(dump.pid);
+        const fd = Number(dump.args[at + 1]);
+        const fdInode = criuSockets.get(fd);
+        if (fdInode === undefined) continue;
+        // Every socket CRIU and crinc hold: none listens.
+        const crincPid = Number(readFileSync(`/proc/${dump.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
+        const listening = [...criuSockets.values(), ...socketInodes(crincPid).values()]
+          .filter((ino) => table.get(ino)?.listening)
+          .map((ino) => `${table.get(ino)!.kind}:${ino}`);
+        seen.push({ fd3Kind: table.get(fdInode)?.kind ?? 'unknown', listening });
+        // No address or port option: nothing to connect to.
+        expect(dump.args).not.toContain('--port');
+        expect(dump.args).not.toContain('--address');
+      }
+      await sleep(10);
+    }
+    const r = await checkpoint.done;
+    expect(r.code, r.stderr).toBe(0);
+    expect(seen.length, 'the test saw the dump while it ran').toBeGreaterThan(0);
+    for (const s of seen) {
+      expect(s.fd3Kind).toBe('unix');
+      expect(s.listening).toEqual([]);
+    }
+    const cp = JSON.parse(r.stdout) as CheckpointJson;
+    expect(cp.pagesTotal).toBeGreaterThanOrEqual((256 * 1024 * 1024) / 4096);
+  });
+});
+
+describe('lazy restore of a 1 GiB job', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+  let cpId = 0;
+
+  it('returns while pages still arrive; the job verifies its whole memory', async () => {
+    const { pid } = await sb.run('big', [COUNTER, '--region-mib', '1024', '--window-pages', '256', '--tick-ms', '0'], ['--interval', '1h']);
+    await waitFor(() => /^start pid/m.test(sb.jobLog('big')), 'the job to fill its memory', 120_000);
+    process.kill(pid, 'SIGUSR2');
+    await waitFor(() => /^tick 1 at/m.test(sb.jobLog('big')), 'tick 1');
+    cpId = sb.json<CheckpointJson>(['checkpoint', 'big']).id;
+    await killAndWait(pid);
+
+    const r = sb.json<{ pid: number; checkpoint: number; server: number }>(['restore', 'big', '--lazy']);
+    sb.track(r.pid);
+    sb.track(r.server);
+    expect(r.checkpoint).toBe(cpId);
+    // The command came back while its page server still runs (1 GiB takes seconds to push).
+    expect(alive(r.server)).toBe(true);
+    expect(await verifyJob(sb, 'big', r.pid)).toMatch(/^verify ok tick 1$/);
+    await waitFor(() => !alive(r.server), 'the page server to finish', 120_000);
+    expect(readFileSync(join(sb.local, 'jobs', 'big', 'lazy-restore.log'), 'utf8')).toMatch(/every page is in/);
+    // Once every page is in, the job runs without crinc.
+    process.kill(r.pid, 'SIGUSR2');
+    await waitFor(() => /^tick 2 at/m.test(sb.jobLog('big')), 'tick 2 after the restore');
+    expect(await verifyJob(sb, 'big', r.pid)).toMatch(/^verify ok tick 2$/);
+    await killAndWait(r.pid);
+  });
+
+  it('crinc killed mid lazy restore: the job is killed, never runs on without its pages; a second restore works', async () => {
+    const r = sb.json<{ pid: number; checkpoint: number; server: number }>(['restore', 'big', '--lazy']);
+    sb.track(r.pid);
+    process.kill(r.server, 'SIGKILL');
+    // The job asks for a page crinc will never send: the watchdog kills it.
+    process.kill(r.pid, 'SIGUSR1');
+    await waitFor(() => !alive(r.pid), 'the job to be killed', 30_000);
+    expect(verdicts(sb.jobLog('big')).filter((v) => v.startsWith('verify FAIL'))).toEqual([]);
+
+    const again = sb.json<{ pid: number; checkpoint: number }>(['restore', 'big']);
+    sb.track(again.pid);
+    expect(again.checkpoint).toBe(cpId);
+    expect(await verifyJob(sb, 'big', again.pid)).toMatch(/^verify ok tick 1$/);
+    await killAndWait(again.pid);
+    expect(spawnSync('true').status).toBe(0);
+  });
+});
