@@ -7,7 +7,10 @@ import { type FrozenTracking, TrackingSession } from '../src/controller/tracking
 import { Repository } from '../src/store/repository.js';
 
 export interface StageTimes {
-  /** Ingest.imageDirectory (sync or async): the image's pages and files read, hashed, stored (ms). */
+  /**
+   * Ingest.addPages + finishPages + imageDirectory: the streamed pages read off CRIU's
+   * socket (waits for CRIU included), hashed, stored; the small image files (ms).
+   */
   ingestMs: number;
   /** Repository.commitCheckpoint: manifests, pack finish + fsync, the SQLite transaction (ms). */
   commitMs: number;
@@ -44,7 +47,7 @@ export class StageTimers {
 
   install(): void {
     const t = (): StageTimes => this.times;
-    this.wrap(Ingest.prototype, 'imageDirectory', 'ingest', (ms) => (t().ingestMs += ms));
+    for (const method of ['addPages', 'finishPages', 'imageDirectory']) this.wrap(Ingest.prototype, method, 'ingest', (ms) => (t().ingestMs += ms));
     this.wrap(Repository.prototype, 'commitCheckpoint', 'commit', (ms) => (t().commitMs += ms));
     this.wrap(TrackingSession.prototype, 'whileFrozen', 'scan', (ms, result) => {
       t().scanMs += ms;

@@ -319,7 +319,7 @@ function report(
     ['dirty', '#', 'order', 'tick ms', 'A mode', 'A ingest s', 'B ingest s', 'A/B', 'A pages read', 'B pages read', 'A new MiB', 'B new MiB', 'A freeze ms', 'B freeze ms', 'A scan / committed ms', 'A ms: dump+rest + ingest + commit', 'B ms: dump+rest + ingest + commit'],
     rows,
     [
-      'ingest s: Ingest.imageDirectory (pages and image files read, hashed, stored) + Repository.commitCheckpoint (manifests, packs, SQLite), + TrackingSession.committed for A: what a checkpoint costs after CRIU.',
+      'ingest s: Ingest.addPages + finishPages + imageDirectory (streamed pages read off the socket, waits for CRIU included, hashed, stored; small image files) + Repository.commitCheckpoint (manifests, packs, SQLite), + TrackingSession.committed for A.',
       'tick ms: the job\'s own time to write its pages that interval (A: write protection armed, D: disarmed).',
       'pages read: pagesHashed. new MiB: storedBytes (compressed new chunks). freeze: CRIU freezing + frozen time + crinc\'s work while frozen (scan, file capture).',
       'A scan / committed ms: TrackingSession.whileFrozen (eBPF drain, PAGEMAP_SCAN; inside the freeze and the dump) / .committed (new baseline, adaptive arming).',

@@ -3,20 +3,22 @@
 // PASS/MISS; asserts nothing. Everything it creates lives under one /dev/shm directory and
 // is removed, and every process it starts is killed by pid, at the end or on Ctrl-C.
 //
-//   node dist/bench/run.js [--only corpus,e2e,dirty] [--region-mib N]
+//   node dist/bench/run.js [--only corpus,e2e,dirty,stream] [--region-mib N] [--stream-mib 1024,4096]
 import { cpus, loadavg } from 'node:os';
 import { buildCorpus } from './corpus.js';
 import { codecTable, TARGETS, type CodecResults } from './codec-table.js';
 import { dirtyTracking } from './dirty.js';
 import { E2E_TARGETS, endToEnd, type E2EResults } from './e2e.js';
+import { streaming } from './stream.js';
 import { MIB, printTable, Scratch, since, verdict } from './util.js';
 
-const SECTIONS = ['corpus', 'e2e', 'dirty'] as const;
+const SECTIONS = ['corpus', 'e2e', 'dirty', 'stream'] as const;
 type Section = (typeof SECTIONS)[number];
 
-function parseArgs(argv: string[]): { only: Set<Section>; regionMib: number } {
+function parseArgs(argv: string[]): { only: Set<Section>; regionMib: number; streamSizes: number[] } {
   let only = new Set<Section>(SECTIONS);
   let regionMib = 1024;
+  let streamSizes = [1024, 4096];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--only' && argv[i + 1]) {
@@ -26,11 +28,13 @@ function parseArgs(argv: string[]): { only: Set<Section>; regionMib: number } {
       only = new Set(names as Section[]);
     } else if (a === '--region-mib' && argv[i + 1]) {
       regionMib = Number(argv[++i]);
+    } else if (a === '--stream-mib' && argv[i + 1]) {
+      streamSizes = argv[++i]!.split(',').map(Number);
     } else {
-      throw new Error(`usage: node dist/bench/run.js [--only ${SECTIONS.join(',')}] [--region-mib N]`);
+      throw new Error(`usage: node dist/bench/run.js [--only ${SECTIONS.join(',')}] [--region-mib N] [--stream-mib N,M]`);
     }
   }
-  return { only, regionMib };
+  return { only, regionMib, streamSizes };
 }
 
 /** Every target with its result, in one place. */
@@ -55,7 +59,7 @@ function summary(codec: CodecResults | undefined, e2e: E2EResults | undefined): 
 }
 
 async function main(): Promise<number> {
-  const { only, regionMib } = parseArgs(process.argv.slice(2));
+  const { only, regionMib, streamSizes } = parseArgs(process.argv.slice(2));
   const scratch = new Scratch();
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
@@ -101,6 +105,9 @@ async function main(): Promise<number> {
     });
     await section('dirty', async () => {
       if (!(await dirtyTracking(scratch))) console.log('\nDirty tracking (issue 4): not built yet (bench/dirty.ts)');
+    });
+    await section('stream', async () => {
+      await streaming(scratch, streamSizes);
     });
   } finally {
     await scratch.cleanup();

@@ -1,7 +1,7 @@
 // Pages stream between CRIU and crinc, never staged: a checkpoint's pages arrive over
 // CRIU's page-server protocol on a socket pair, a restore feeds CRIU's lazy-pages daemon
 // from the store. Real CRIU, real processes.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -64,19 +64,19 @@ describe('a checkpoint streams its pages: the same bytes as a local CRIU dump', 
   });
 });
 
-/** Sockets in /proc/net/unix and /proc/net/tcp{,6}: inode → listening. */
-function socketTable(): Map<number, { listening: boolean; kind: string }> {
-  const table = new Map<number, { listening: boolean; kind: string }>();
+/** Sockets in /proc/net/unix and /proc/net/tcp{,6}: inode → listening, and a unix socket's path. */
+function socketTable(): Map<number, { listening: boolean; kind: string; path: string }> {
+  const table = new Map<number, { listening: boolean; kind: string; path: string }>();
   for (const line of readFileSync('/proc/net/unix', 'utf8').trim().split('\n').slice(1)) {
     const f = line.trim().split(/\s+/);
     // Flags __SO_ACCEPTCON (0x10000): a listening socket.
-    table.set(Number(f[6]), { listening: (parseInt(f[3]!, 16) & 0x10000) !== 0, kind: 'unix' });
+    table.set(Number(f[6]), { listening: (parseInt(f[3]!, 16) & 0x10000) !== 0, kind: 'unix', path: f[7] ?? '' });
   }
   for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
     if (!existsSync(file)) continue;
     for (const line of readFileSync(file, 'utf8').trim().split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
-      table.set(Number(f[9]), { listening: f[3] === '0A', kind: 'tcp' });
+      table.set(Number(f[9]), { listening: f[3] === '0A', kind: 'tcp', path: '' });
     }
   }
   return table;
@@ -132,12 +132,20 @@ describe('the page stream cannot be reached by another process', () => {
         const fd = Number(dump.args[at + 1]);
         const fdInode = criuSockets.get(fd);
         if (fdInode === undefined) continue;
-        // Every socket CRIU and crinc hold: none listens.
+        // No TCP socket of CRIU or crinc listens; no unix socket of crinc does but the
+        // controller's control socket (root-only, in the store, carries no pages). CRIU's
+        // own parasite socket (abstract, crtools-pr-…) is CRIU's business, not the pages'.
         const crincPid = Number(readFileSync(`/proc/${dump.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
-        const listening = [...criuSockets.values(), ...socketInodes(crincPid).values()]
-          .filter((ino) => table.get(ino)?.listening)
-          .map((ino) => `${table.get(ino)!.kind}:${ino}`);
-        seen.push({ fd3Kind: table.get(fdInode)?.kind ?? 'unknown', listening });
+        const control = join(sb.store, 'jobs', 'target', 'control.sock');
+        const crincSockets = [...socketInodes(crincPid).values()];
+        const describe = (ino: number) => `${table.get(ino)!.kind}:${ino} ${table.get(ino)!.path}`;
+        const listening = [
+          ...[...criuSockets.values(), ...crincSockets].filter((ino) => table.get(ino)?.listening && table.get(ino)!.kind === 'tcp'),
+          ...crincSockets.filter((ino) => table.get(ino)?.listening && table.get(ino)!.path !== control),
+        ].map(describe);
+        // The page stream itself: an unnamed, connected unix socket (a socket pair).
+        const stream = table.get(fdInode);
+        seen.push({ fd3Kind: stream ? `${stream.kind}${stream.listening ? ' listening' : ''}${stream.path ? ` ${stream.path}` : ''}` : 'unknown', listening });
         // No address or port option: nothing to connect to.
         expect(dump.args).not.toContain('--port');
         expect(dump.args).not.toContain('--address');
@@ -199,6 +207,5 @@ describe('lazy restore of a 1 GiB job', () => {
     expect(again.checkpoint).toBe(cpId);
     expect(await verifyJob(sb, 'big', again.pid)).toMatch(/^verify ok tick 1$/);
     await killAndWait(again.pid);
-    expect(spawnSync('true').status).toBe(0);
   });
 });

@@ -125,8 +125,9 @@ export class PageStream {
     return first;
   }
 
+  /** Views, not copies: a copy of a large job's ids would briefly double them. */
   finish(): ProcessPages {
-    return { vaddrs: this.vaddrs.slice(0, this.count), ids: this.ids.slice(0, this.count * CHUNK_ID_BYTES) };
+    return { vaddrs: this.vaddrs.subarray(0, this.count), ids: this.ids.subarray(0, this.count * CHUNK_ID_BYTES) };
   }
 }
 

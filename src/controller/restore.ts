@@ -42,6 +42,17 @@ export interface RestoreOptions {
   lazy?: boolean;
 }
 
+/** Longest wait for a killed job to be gone before its files are put back. */
+const KILLED_JOB_GONE_MS = 30_000;
+
+async function waitUntilGone(pid: number): Promise<void> {
+  const deadline = Date.now() + KILLED_JOB_GONE_MS;
+  while (isRunning(pid)) {
+    if (Date.now() > deadline) throw new Error(`the restored job (pid ${pid}) was killed but is still there after ${KILLED_JOB_GONE_MS / 1000} s`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 export function resolveCheckpoint(repo: Repository, jobName: string, target: RestoreTarget): CheckpointRecord {
   repo.requireJob(jobName);
   if ('id' in target) {
@@ -141,20 +152,34 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
 
     // 3. Put the checkpoint's files back, then let CRIU restore the processes.
     for (const c of changed) installFile(c.wanted, c.manifest);
+    // The job did not come back: its files get their newer content again.
+    const putBack = () => {
+      for (const c of changed) {
+        if (c.current) installFile(c.current, { ...c.manifest, ...c.facts!, size: statSync(c.current).size });
+        else rmSync(c.manifest.path, { force: true });
+      }
+    };
     let pid: number;
     let allPagesIn: Promise<void>;
     try {
       ({ pid, allPagesIn } = await restoreLazy({ imagesDir, workDir, pages }));
     } catch (e) {
-      // The job did not come back: give its files their newer content again.
-      for (const c of changed) {
-        if (c.current) installFile(c.current, { ...c.manifest, ...c.facts!, size: statSync(c.current).size });
-        else rmSync(c.manifest.path, { force: true });
-      }
+      putBack();
       throw e;
     }
     repo.saveJob({ ...job, pid, state: 'running', updatedAt: Date.now() });
-    if (!options.lazy) await allPagesIn;
+    if (!options.lazy) {
+      try {
+        await allPagesIn;
+      } catch (e) {
+        // A page could not be put in (a damaged chunk, say): the job has been killed,
+        // never to run on without it. Once it is gone, its files are as they were.
+        await waitUntilGone(pid);
+        putBack();
+        repo.saveJob({ ...job, pid, state: 'stopped', updatedAt: Date.now() });
+        throw e;
+      }
+    }
     serving = allPagesIn.finally(release);
     serving.catch(() => undefined); // the caller observes allPagesIn
     return { pid, checkpoint, rolledBack: changed.map((c) => c.manifest.path), preRestore, allPagesIn };

@@ -268,16 +268,22 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
   const served = serveLazyPages(new Socket({ fd: ours, readable: true, writable: true }), req.pages);
   served.catch(() => undefined); // observed below, with the daemon's exit
   let jobPid = 0;
+  let pagesFailed = false;
   const allPagesIn = (async () => {
     try {
+      // The server ends first when all went well (the daemon's FORCE_CLOSE answered), or
+      // when a page could not be served: then the daemon would wait forever for it.
+      await Promise.race([served, daemonExited]);
       const code = await daemonExited;
-      await served.catch((e: unknown) => {
-        if (code === 0) throw e;
-      });
       if (code !== 0) throw daemonFailed();
+      await served;
     } catch (e) {
-      // Pages are missing: the job must not run on with zeros in their place.
+      // Pages are missing: the job must not run on with zeros in their place. Once it is
+      // killed, the watchdog lets the socket close and the daemon ends.
+      pagesFailed = true;
       if (jobPid > 0) killQuietly(jobPid);
+      await stopWatchdog();
+      await daemonExited;
       throw e;
     } finally {
       await stopWatchdog();
@@ -314,6 +320,7 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
   const pid = Number(readFileSync(pidFile, 'utf8').trim());
   if (!Number.isInteger(pid) || pid <= 0) throw new CriuError(`criu restore wrote no valid pid to ${pidFile}`);
   jobPid = pid;
+  if (pagesFailed) killQuietly(pid);
   return { pid, logPath, allPagesIn };
 }
 
