@@ -4,6 +4,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { JobTracker } from '../src/tracking/bpf/job-tracker.js';
 import { type Job, ROOT, startJob } from './workload.js';
 import type { Scratch } from './util.js';
 
@@ -61,5 +62,16 @@ export class Dirtier {
 
   kill(): Promise<void> {
     return this.job.kill();
+  }
+}
+
+/** The eBPF job tracker, or undefined (said under the section's title) when it does not load here. */
+export async function openTracker(title: string): Promise<JobTracker | undefined> {
+  try {
+    const { JobTracker } = await import('../src/tracking/bpf/job-tracker.js');
+    return JobTracker.open();
+  } catch (e) {
+    console.log(`\n${title}: skipped, the eBPF tracker does not load: ${(e as Error).message}`);
+    return undefined;
   }
 }

@@ -27,8 +27,7 @@ import { type Codecs, openCodecs } from '../src/controller/codecs.js';
 import { DISARM_DIRTY_FRACTION, REARM_DIRTY_FRACTION, TrackingSession } from '../src/controller/tracking-session.js';
 import type { CheckpointRecord } from '../src/store/repository.js';
 import { Repository } from '../src/store/repository.js';
-import type { JobTracker } from '../src/tracking/bpf/job-tracker.js';
-import { DIRTIER, Dirtier, type Tick } from './dirty-job.js';
+import { DIRTIER, Dirtier, openTracker, type Tick } from './dirty-job.js';
 import { StageProfile } from './dirty-profile.js';
 import { type StageTimes, StageTimers } from './dirty-timers.js';
 import type { ProfileRow } from './profile.js';
@@ -116,14 +115,8 @@ export async function dirtyTracking(scratch: Scratch, options: DirtyOptions = DI
     return true;
   }
 
-  let tracker: JobTracker;
-  try {
-    const { JobTracker } = await import('../src/tracking/bpf/job-tracker.js');
-    tracker = JobTracker.open();
-  } catch (e) {
-    console.log(`\n${title}: skipped, the eBPF tracker does not load: ${(e as Error).message}`);
-    return true;
-  }
+  const tracker = await openTracker(title);
+  if (!tracker) return true;
   const closers: (() => void | Promise<void>)[] = [() => tracker.close()];
   const closeAll = async (): Promise<void> => {
     for (const fn of closers.splice(0).reverse()) {

@@ -25,7 +25,7 @@ import { readDumpStats } from '../src/criu/images.js';
 import { Repository } from '../src/store/repository.js';
 import { becomeChildSubreaper, WNOHANG, waitpidRaw } from '../src/sys/libc.js';
 import type { JobTracker } from '../src/tracking/bpf/job-tracker.js';
-import { DIRTIER, Dirtier } from './dirty-job.js';
+import { DIRTIER, Dirtier, openTracker } from './dirty-job.js';
 import { type StageTimes, StageTimers } from './dirty-timers.js';
 import { criuDump } from './workload.js';
 import { GIB, memAvailable, MIB, printTable, type Scratch, verdict } from './util.js';
@@ -201,14 +201,8 @@ export async function streaming(scratch: Scratch, sizesMib: number[] = [1024, 40
     console.log(`\n${title}: skipped, ${DIRTIER} is not built (bash scripts/setup.sh --build-only)`);
     return;
   }
-  let tracker: JobTracker;
-  try {
-    const { JobTracker } = await import('../src/tracking/bpf/job-tracker.js');
-    tracker = JobTracker.open();
-  } catch (e) {
-    console.log(`\n${title}: skipped, the eBPF tracker does not load: ${(e as Error).message}`);
-    return;
-  }
+  const tracker = await openTracker(title);
+  if (!tracker) return;
   becomeChildSubreaper();
   const timers = new StageTimers();
   timers.install();
