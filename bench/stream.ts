@@ -87,8 +87,9 @@ async function killRestored(pid: number): Promise<void> {
 
 async function oneSize(scratch: Scratch, tracker: JobTracker, timers: StageTimers, mib: number): Promise<SizeResult> {
   const result: SizeResult = { mib, full: { a: [], b: [] }, dirty1: { a: [], b: [] }, restore: { a: [], b: [], lazyRunning: NaN, lazyAllIn: NaN } };
-  // The job, a bare image, two stores of (incompressible) pages, a restored copy, slack.
-  const need = 5 * mib * MIB + GIB;
+  // The job, a bare image and two stores of (incompressible) pages at once (the second
+  // store goes before the restores, which add a restored copy), and slack.
+  const need = 4 * mib * MIB + GIB;
   const avail = memAvailable(readFileSync('/proc/meminfo', 'utf8'));
   if (avail < need) {
     result.skipped = `${(avail / GIB).toFixed(1)} GiB available, ${(need / GIB).toFixed(1)} GiB needed`;
@@ -98,8 +99,7 @@ async function oneSize(scratch: Scratch, tracker: JobTracker, timers: StageTimer
   try {
     const job = await Dirtier.start(scratch, mib);
     closers.push(() => job.kill());
-    const open = async (name: string): Promise<Side> => {
-      const dir = scratch.dir(`${name}-${mib}`);
+    const open = async (dir: string): Promise<Side> => {
       const repo = Repository.open(dir, { create: true });
       repo.preloadKnown();
       const now = Date.now();
@@ -110,8 +110,9 @@ async function oneSize(scratch: Scratch, tracker: JobTracker, timers: StageTimer
       closers.push(() => rmSync(dir, { recursive: true, force: true }));
       return { repo, codecs };
     };
-    const tracked = await open('stream-store-tracking');
-    const untracked = await open('stream-store-full');
+    const tracked = await open(scratch.dir(`stream-store-tracking-${mib}`));
+    const untrackedDir = scratch.dir(`stream-store-full-${mib}`);
+    const untracked = await open(untrackedDir);
     const session = new TrackingSession(job.pid, tracker);
     let sessionOpen = true;
     const closeSession = () => {
@@ -133,6 +134,8 @@ async function oneSize(scratch: Scratch, tracker: JobTracker, timers: StageTimer
     result.full.b.push(bareDump(job.pid, bareDir));
     result.full.a.push(await crinc(untracked));
     result.full.b.push(bareDump(job.pid, bareDir));
+    untracked.repo.close();
+    rmSync(untrackedDir, { recursive: true, force: true });
 
     const onePercent = Math.max(1, Math.round(job.pages / 100));
     await job.tick(onePercent);

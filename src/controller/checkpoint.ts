@@ -219,6 +219,7 @@ async function commitImages(repo: Repository, input: CommitInput): Promise<{ che
   const clean = frozen?.clean ?? NO_CLEAN_PAGES;
   const notes = frozen?.notes ?? [];
   if (verified) notes.push('verified: every page hashed, clean pages checked');
+  if (ingest.stats.pagesStoredRaw > 0) notes.push(`${ingest.stats.pagesStoredRaw} new pages stored uncompressed: compression could not keep up while the job was frozen`);
   const checkpoint = await repo.commitCheckpoint(
     {
       job: jobName,

@@ -7,7 +7,7 @@ import { closeSync, fstatSync, openSync, readdirSync, readSync, statSync } from 
 import { join } from 'node:path';
 import type { ChunkBatch } from '../codec/chunk-batch.js';
 import { type PageCodec, PageFlag } from '../codec/page-codec.js';
-import { CHUNK_ID_BYTES, type Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
+import { CHUNK_ID_BYTES, Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
 import type { ChunkWriter, FileManifest, Repository } from '../store/repository.js';
 import type { Range } from '../tracking/page-ranges.js';
 import { faultPoint } from '../sys/fault.js';
@@ -155,10 +155,20 @@ export interface IngestStats {
   pagesHashed: number;
   pagesClean: number;
   pagesZero: number;
+  /** New pages stored uncompressed because the pool was busy while the job was frozen. */
+  pagesStoredRaw: number;
+}
+
+/** A pool batch being compressed; done once its promise settled (checked without waiting). */
+interface InFlight {
+  promise: Promise<ChunkBatch>;
+  done: boolean;
+  batch: ChunkBatch | undefined;
+  error: unknown;
 }
 
 export class Ingest {
-  readonly stats: IngestStats = { imageBytes: 0, pagesTotal: 0, pagesHashed: 0, pagesClean: 0, pagesZero: 0 };
+  readonly stats: IngestStats = { imageBytes: 0, pagesTotal: 0, pagesHashed: 0, pagesClean: 0, pagesZero: 0, pagesStoredRaw: 0 };
   /** Every process's pages of this image, for the next checkpoint's clean-page reuse. */
   readonly pageIndex: PageIndex = new Map();
   /** Verification mode: clean pages hashed anyway; these changed. */
@@ -172,7 +182,7 @@ export class Ingest {
    *   changed (CRINC_VERIFY_TRACKING): slower, and proves the tracking.
    */
   /** Pool batches of new pages being compressed, oldest first. */
-  private readonly inFlight: Promise<ChunkBatch>[] = [];
+  private readonly inFlight: InFlight[] = [];
   private filling: ChunkBatch | undefined;
 
   /** Bytes of pages ingested so far, of progressTotal (an estimate), reported to onProgress. */
@@ -339,29 +349,68 @@ export class Ingest {
       if (this.batchFlags[i] !== PageFlag.Duplicate && !this.writer.hasPending(this.batchIds, i * CHUNK_ID_BYTES)) candidates.push(i);
     }
     for (const i of this.repo.unknownChunks(this.batchIds, candidates)) {
-      await this.compressNewPage(data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+      await this.compressNewPage(data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), this.batchIds.slice(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
     }
     this.stats.pagesHashed += n;
+    await this.yieldToPool();
   }
 
-  /** Queues a new page for compression on the pool; completed batches go to the writer in order. */
-  private async compressNewPage(page: Uint8Array): Promise<void> {
+  /**
+   * Queues a new page for compression on the pool; completed batches go to the writer.
+   * The job is frozen while pages stream in, so nothing waits for the pool: when all its
+   * batches are busy, the page is stored as it is (uncompressed) instead. CRIU's pages
+   * then flow at the speed of hashing, not of compression.
+   */
+  private async compressNewPage(page: Uint8Array, id: Uint8Array): Promise<void> {
     const pool = this.codecs.pool;
-    this.filling ??= await pool.acquire();
+    this.storeSettled();
+    if (!this.filling) {
+      // Keep one batch free for filling, or acquire() would wait on our own results.
+      if (this.inFlight.length >= pool.batchCount - 1) {
+        this.writer.putStored(id, page, PAGE_BYTES, Compression.None);
+        this.stats.pagesStoredRaw++;
+        return;
+      }
+      this.filling = await pool.acquire();
+    }
     this.filling.addPages(1).set(page);
     if (this.filling.freeChunks > 0 && this.filling.freeBytes >= PAGE_BYTES) return;
-    this.inFlight.push(pool.hashAndCompress(this.filling));
+    this.submit(this.filling);
     this.filling = undefined;
-    // Keep one batch free for filling, or acquire() would wait on our own results.
-    while (this.inFlight.length >= pool.batchCount - 1) this.storeCompressed(await this.inFlight.shift()!);
+  }
+
+  private submit(batch: ChunkBatch): void {
+    const entry: InFlight = { done: false, batch: undefined, error: undefined, promise: this.codecs.pool.hashAndCompress(batch) };
+    entry.promise.then(
+      (b) => Object.assign(entry, { done: true, batch: b }),
+      (e: unknown) => Object.assign(entry, { done: true, error: e }),
+    );
+    this.inFlight.push(entry);
+  }
+
+  /** Stores the compressed batches that are back, oldest first, without waiting. */
+  private storeSettled(): void {
+    while (this.inFlight[0]?.done) {
+      const entry = this.inFlight.shift()!;
+      if (entry.error !== undefined) throw entry.error;
+      this.storeCompressed(entry.batch!);
+    }
+  }
+
+  /** Lets the pool's finished batches come back (their messages need a turn of the event loop). */
+  private async yieldToPool(): Promise<void> {
+    if (this.inFlight.length > 0) await new Promise((resolve) => setImmediate(resolve));
   }
 
   private async drainNewPages(): Promise<void> {
     if (this.filling && this.filling.count > 0) {
-      this.inFlight.push(this.codecs.pool.hashAndCompress(this.filling));
+      this.submit(this.filling);
       this.filling = undefined;
     }
-    while (this.inFlight.length > 0) this.storeCompressed(await this.inFlight.shift()!);
+    while (this.inFlight.length > 0) {
+      const entry = this.inFlight.shift()!;
+      this.storeCompressed(await entry.promise);
+    }
   }
 
   private storeCompressed(batch: ChunkBatch): void {
@@ -379,7 +428,7 @@ export class Ingest {
     const pending = this.inFlight.splice(0);
     for (const p of pending) {
       try {
-        this.codecs.pool.release(await p);
+        this.codecs.pool.release(await p.promise);
       } catch {
         // a failed batch went back to the pool with its error
       }

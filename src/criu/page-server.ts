@@ -97,17 +97,25 @@ class SocketSource implements PageSource {
   read(into: Uint8Array): void {
     let done = 0;
     while (done < into.length) {
-      let n: number;
+      const n = this.readSome(into.subarray(done));
+      if (n === 0) throw new PageServerProtocolError('CRIU closed its page stream before the end (it failed or was killed; its log says why)');
+      done += n;
+    }
+  }
+
+  /** One read(2); a signal that interrupts it (EINTR) is no error. */
+  private readSome(into: Uint8Array): number {
+    for (;;) {
       try {
-        n = readSync(this.fd, into, done, into.length - done, null);
+        return readSync(this.fd, into, 0, into.length, null);
       } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EINTR') continue;
+        if (code === 'EAGAIN') {
           throw new PageServerProtocolError(`CRIU sent nothing for ${PAGE_STREAM_SILENCE_MS / 1000} s in the middle of its page stream`);
         }
         throw e;
       }
-      if (n === 0) throw new PageServerProtocolError('CRIU closed its page stream before the end (it failed or was killed; its log says why)');
-      done += n;
     }
   }
 
@@ -121,7 +129,7 @@ class SocketSource implements PageSource {
 
   /** The next message, or null at a clean end of the stream (no byte of a message read). */
   message(header: Buffer): PageServerMessage | null {
-    const n = readSync(this.fd, header, 0, PS_IOV_BYTES, null);
+    const n = this.readSome(header);
     if (n === 0) return null;
     if (n < PS_IOV_BYTES) this.read(header.subarray(n));
     return decodeMessage(header);
@@ -171,7 +179,13 @@ export async function receiveDump(fd: number, sink: DumpStreamSink): Promise<voi
 
 function writeAll(fd: number, data: Buffer): void {
   let done = 0;
-  while (done < data.length) done += writeSync(fd, data, done, data.length - done);
+  while (done < data.length) {
+    try {
+      done += writeSync(fd, data, done, data.length - done);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EINTR') throw e;
+    }
+  }
 }
 
 /** Pages for a lazy restore: nrPages at vaddr of the process whose PID inside the image is pid. */

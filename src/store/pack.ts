@@ -136,6 +136,9 @@ export class PackWriter {
     this.fd = -1;
     renameSync(this.partialPath, this.finalPath);
     fsyncDir(dirname(this.finalPath));
+    // A checkpoint keeps its finished packs until it commits: without this, a large
+    // job's checkpoint (a pack per 64 MiB) would hold a write buffer per pack.
+    this.buffer = Buffer.alloc(0);
   }
 
   /** Drops an uncommitted pack, finished or not: nothing references it. */
