@@ -2,13 +2,15 @@
 // each pages-N.img as a sparse file holding only the pages CRIU restores itself (those of
 // VMAs that cannot be lazy: file-backed, stack, shared memory; criu/include/vma.h,
 // vma_entry_can_be_lazy), and a lookup that serves every other page from the store to
-// the lazy-pages daemon. The job's memory never lands on staging.
-import { readdirSync } from 'node:fs';
+// the lazy-pages daemon. The job's memory never lands on staging. The staged pagemaps
+// merge neighbouring entries alike (same pages, same order; what CRIU reads is the
+// same), so the daemon asks for large runs; `crinc export` still writes CRIU's own.
+import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { PE_LAZY, PE_PRESENT, readPagemap } from '../criu/images.js';
+import { PagemapImageBuilder, PE_LAZY, PE_PRESENT, readPagemap } from '../criu/images.js';
 import type { PageLookup } from '../criu/page-server.js';
 import { CHUNK_ID_BYTES, PAGE_BYTES } from '../store/format.js';
-import { type FileManifest, isZeroId, type Repository } from '../store/repository.js';
+import { type ChunkLocations, type FileManifest, isZeroId, type Repository } from '../store/repository.js';
 import type { Codecs } from './codecs.js';
 import type { ProgressCallback } from './ingest.js';
 import { materializeFile, materializeImages, readChunks } from './materialize.js';
@@ -21,15 +23,23 @@ export class LazyPageError extends Error {
   override name = 'LazyPageError';
 }
 
-/** One process's present pages, by pagemap entry: where each entry's pages sit in its pages file. */
+/** One process's lazy pages, in runs of consecutive addresses, and where each is stored. */
 interface ProcessPages {
   starts: number[];
   counts: number[];
+  /** Each run's first page, as an index in the pages file. */
   firstPage: number[];
   ids: Uint8Array;
+  /** Per page of the pages file: its index in where, or -1 (a zero page, or one CRIU restores itself). */
+  slot: Int32Array;
+  where: ChunkLocations;
 }
 
-/** Writes the checkpoint's images for a lazy restore into dir; returns the lookup for the rest. */
+/**
+ * Writes the checkpoint's images for a lazy restore into dir; returns the lookup for the
+ * rest. Every lazy page is located in the store here, once: a missing chunk stops the
+ * restore before anything is touched, and a request costs no query.
+ */
 export async function stageLazyRestore(repo: Repository, images: FileManifest[], codecs: Codecs, dir: string, onProgress?: ProgressCallback): Promise<PageLookup> {
   const pagesFiles = new Map(images.filter((m) => PAGES_FILE.test(m.path)).map((m) => [m.path, m]));
   await materializeImages(repo, images.filter((m) => !pagesFiles.has(m.path)), codecs, dir);
@@ -42,26 +52,59 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
     if (!manifest) throw new LazyPageError(`the checkpoint has ${name} but not its ${pagesName}`);
     pagesFiles.delete(pagesName);
     const pid = PROCESS_PAGEMAP.exec(name);
-    const own: ProcessPages = { starts: [], counts: [], firstPage: [], ids: manifest.ids };
+    const pageCount = manifest.ids.length / CHUNK_ID_BYTES;
+    const own: ProcessPages = { starts: [], counts: [], firstPage: [], ids: manifest.ids, slot: new Int32Array(pageCount).fill(-1), where: NOWHERE };
     // Pages CRIU restores itself, by index in the pages file; lazy ones are left as holes.
-    const eager = new Uint8Array(manifest.ids.length / CHUNK_ID_BYTES);
+    const eager = new Uint8Array(pageCount);
+    // CRIU's entries are at most a pipe buffer (1 MiB) long, and the daemon asks for at
+    // most an entry at a time: neighbouring entries alike are merged (the same pages
+    // in the same order), so it asks for up to 4 MiB at once.
+    const merged = new PagemapImageBuilder(pagemap.pagesId);
+    let run: { vaddr: number; nrPages: number; flags: number } | undefined;
+    const endRun = () => {
+      if (run) merged.add(run.vaddr, run.nrPages, run.flags);
+      run = undefined;
+    };
+    const located: number[] = [];
     let page = 0;
     for (const e of pagemap.entries) {
+      const vaddr = Number(e.vaddr);
+      if (run && run.flags === e.flags && run.vaddr + run.nrPages * PAGE_BYTES === vaddr && run.nrPages + e.nrPages <= MERGED_ENTRY_PAGES) run.nrPages += e.nrPages;
+      else {
+        endRun();
+        run = { vaddr, nrPages: e.nrPages, flags: e.flags };
+      }
       if (!(e.flags & PE_PRESENT)) continue;
       const lazy = pid !== null && (e.flags & PE_LAZY) !== 0;
-      if (lazy) {
-        own.starts.push(Number(e.vaddr));
-        own.counts.push(e.nrPages);
-        own.firstPage.push(page);
-        totalBytes += e.nrPages * PAGE_BYTES;
-      } else {
+      if (!lazy) {
         eager.fill(1, page, page + e.nrPages);
+      } else {
+        const last = own.starts.length - 1;
+        if (last >= 0 && own.starts[last]! + own.counts[last]! * PAGE_BYTES === vaddr && own.firstPage[last]! + own.counts[last]! === page) {
+          own.counts[last]! += e.nrPages;
+        } else {
+          own.starts.push(vaddr);
+          own.counts.push(e.nrPages);
+          own.firstPage.push(page);
+        }
+        for (let p = page; p < page + e.nrPages; p++) {
+          if (isZeroId(manifest.ids, p)) continue;
+          own.slot[p] = located.length;
+          located.push(p);
+        }
+        totalBytes += e.nrPages * PAGE_BYTES;
       }
       page += e.nrPages;
     }
-    if (page !== eager.length) throw new LazyPageError(`${name} lists ${page} present pages, ${pagesName} holds ${eager.length}`);
+    endRun();
+    if (page !== pageCount) throw new LazyPageError(`${name} lists ${page} present pages, ${pagesName} holds ${pageCount}`);
     await materializeFile(repo, manifest, codecs, join(dir, pagesName), undefined, (block) => eager[block] === 1);
-    if (pid) processes.set(Number(pid[1]), own);
+    if (!pid) continue;
+    writeFileSync(join(dir, name), merged.bytes(), { mode: 0o600 });
+    const ids = new Uint8Array(located.length * CHUNK_ID_BYTES);
+    located.forEach((p, k) => ids.set(manifest.ids.subarray(p * CHUNK_ID_BYTES, (p + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES));
+    if (located.length > 0) own.where = repo.locateChunks(ids);
+    processes.set(Number(pid[1]), own);
   }
   if (pagesFiles.size > 0) throw new LazyPageError(`the checkpoint has ${[...pagesFiles.keys()].join(', ')} without a pagemap`);
 
@@ -74,25 +117,50 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
     if (e < 0 || offset >= p.counts[e]! || !Number.isInteger(offset)) {
       throw new LazyPageError(`criu lazy-pages asked for page 0x${vaddr.toString(16)} of process ${pid}, which the checkpoint does not hold as lazy`);
     }
-    // Fewer pages than asked, up to the entry's end, is allowed: the daemon asks again.
+    // Fewer pages than asked, up to the run's end, is allowed: the daemon asks again.
     const n = Math.min(nrPages, p.counts[e]! - offset);
     const first = p.firstPage[e]! + offset;
     const out = Buffer.alloc(n * PAGE_BYTES);
     const wanted: number[] = [];
-    for (let i = 0; i < n; i++) if (!isZeroId(p.ids, first + i)) wanted.push(i);
-    const ids = new Uint8Array(wanted.length * CHUNK_ID_BYTES);
-    wanted.forEach((i, k) => ids.set(p.ids.subarray((first + i) * CHUNK_ID_BYTES, (first + i + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES));
+    for (let i = 0; i < n; i++) if (p.slot[first + i]! >= 0) wanted.push(i);
     if (wanted.length > 0) {
+      const ids = new Uint8Array(wanted.length * CHUNK_ID_BYTES);
+      const located: ChunkLocations = {
+        pack: new Array<string>(wanted.length),
+        offset: new Float64Array(wanted.length),
+        storedLength: new Uint32Array(wanted.length),
+        rawLength: new Uint32Array(wanted.length),
+        compression: new Uint8Array(wanted.length),
+      };
+      wanted.forEach((i, k) => {
+        const page = first + i;
+        ids.set(p.ids.subarray(page * CHUNK_ID_BYTES, (page + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES);
+        const w = p.slot[page]!;
+        located.pack[k] = p.where.pack[w]!;
+        located.offset[k] = p.where.offset[w]!;
+        located.storedLength[k] = p.where.storedLength[w]!;
+        located.rawLength[k] = p.where.rawLength[w]!;
+        located.compression[k] = p.where.compression[w]!;
+      });
       await readChunks(repo, ids, codecs, (k, raw) => {
         if (raw.length !== PAGE_BYTES) throw new LazyPageError(`page chunk of ${raw.length} bytes in process ${pid}'s pages`);
         out.set(raw, wanted[k]! * PAGE_BYTES);
-      });
+      }, undefined, located);
     }
     sentBytes += out.length;
     onProgress?.(sentBytes, totalBytes);
     return out;
   };
 }
+
+/**
+ * Merged entries stay within the daemon's largest request (uffd.c, MAX_XFER_LEN, 4 MiB):
+ * it sizes a buffer by its longest entry in an int, which a 2 GiB entry overflows (it
+ * crashed here).
+ */
+const MERGED_ENTRY_PAGES = (4 * 1024 * 1024) / PAGE_BYTES;
+
+const NOWHERE: ChunkLocations = { pack: [], offset: new Float64Array(0), storedLength: new Uint32Array(0), rawLength: new Uint32Array(0), compression: new Uint8Array(0) };
 
 /** The entry whose start is the greatest at or below vaddr, or -1 (starts ascending). */
 function entryAt(starts: number[], vaddr: number): number {

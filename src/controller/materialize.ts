@@ -107,8 +107,9 @@ export async function materializeFile(
 /**
  * Reads the chunks ids (none of them the zero id) from the store and hands each, in
  * order, to onChunk(k, raw) after checking it against its id. Chunks are located in one
- * batched query, read in coalesced spans of their packs (read ahead), decompressed and
- * verified on the codec pool. afterBatch runs after each batch of chunks went out.
+ * batched query (unless the caller located them: `located`), read in coalesced spans of
+ * their packs (read ahead), decompressed and verified on the codec pool. afterBatch runs
+ * after each batch of chunks went out.
  */
 export async function readChunks(
   repo: Repository,
@@ -116,8 +117,9 @@ export async function readChunks(
   codecs: Codecs,
   onChunk: (k: number, raw: Uint8Array) => void,
   afterBatch?: () => void,
+  located?: ChunkLocations,
 ): Promise<void> {
-  const where = repo.locateChunks(ids);
+  const where = located ?? repo.locateChunks(ids);
   const pool = codecs.pool;
   const inFlight: Submitted[] = [];
   try {
