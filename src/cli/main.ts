@@ -22,6 +22,7 @@ import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-
 import { pruneJob } from '../controller/retention.js';
 import { recoverStore } from '../controller/recovery.js';
 import { verifyStore } from '../controller/verify.js';
+import { repairStore } from '../controller/repair.js';
 import { collectGarbage } from '../store/gc.js';
 import { type CheckpointRecord, Repository } from '../store/repository.js';
 import { DEFAULT_CACHE_ROOT, isS3Url, openS3Store } from '../store/s3.js';
@@ -57,6 +58,9 @@ interface StoreOptions {
 }
 
 /** A store directory, or an S3 store (s3://bucket/prefix) with its local index in the cache. */
+/** The store this command opened: a damaged or missing chunk that ends the command is quarantined in it. */
+let openedStore: Repository | undefined;
+
 async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   requireRoot();
   const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
@@ -75,6 +79,8 @@ async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   const recovered = recoverStore(repo);
   const count = recovered.packFiles.length + recovered.stagingDirs.length;
   if (count > 0) console.error(`crinc: removed ${count} leftover file(s) of interrupted checkpoints, restores or GCs: ${[...recovered.packFiles, ...recovered.stagingDirs].join(', ')}`);
+  if (recovered.checkpoints.length > 0) console.error(`crinc: indexed checkpoint(s) ${recovered.checkpoints.join(', ')}, committed by a crinc that was killed before it could index them`);
+  openedStore = repo;
   return repo;
 }
 
@@ -283,15 +289,16 @@ ${RETENTION_HELP}`)
       const repo = await openStore(o);
       if (job) repo.requireJob(job);
       const cps = repo.listCheckpoints(job);
+      const damaged = repo.damagedCheckpoints();
       if (o.json) {
-        console.log(JSON.stringify(cps.map(checkpointJson)));
+        console.log(JSON.stringify(cps.map((c) => ({ ...checkpointJson(c), damaged: damaged.get(c.id) ?? null }))));
       } else if (cps.length === 0) {
         console.log(job ? `job ${job} has no checkpoints yet` : 'no checkpoints yet');
       } else {
         printTable(
           ['ID', 'JOB', 'TAKEN AT', 'KIND', 'MODE', 'IMAGE', 'NEW', 'DEDUP', 'DURATION', 'FROZEN'],
           cps.map((c) => [
-            String(c.id), c.job, new Date(c.takenAt).toISOString(), c.kind, c.mode,
+            damaged.has(c.id) ? `${c.id} DAMAGED` : String(c.id), c.job, new Date(c.takenAt).toISOString(), c.kind, c.mode,
             formatBytes(c.imageBytes), formatBytes(c.storedBytes),
             c.storedBytes > 0 ? `${(c.imageBytes / c.storedBytes).toFixed(1)}x` : '∞',
             `${Math.round(c.durationMs)} ms`, `${Math.round(c.freezeMs)} ms`,
@@ -506,6 +513,38 @@ ${RETENTION_HELP}`)
       repo.close();
     });
 
+  program
+    .command('repair')
+    .description('rebuild the index of a store directory from its packs and checkpoint objects (after index.sqlite was lost or damaged), then check every checkpoint; damaged ones are marked (crinc list) and named')
+    .option('--read-data', 'also read and check every chunk')
+    .option('--forget-damaged', 'forget the checkpoints found damaged (their intact chunks stay for the others)')
+    .option('--json', 'print the report as JSON')
+    .addOption(new Option('--store <dir>', `store directory (default: $CRINC_STORE or ${DEFAULT_STORE}); an s3:// store's index is rebuilt by deleting its --cache`))
+    .addHelpText('after', '\nExamples:\n  crinc repair\n  crinc repair --read-data --forget-damaged')
+    .action(async (o: { readData?: boolean; forgetDamaged?: boolean; json?: boolean; store?: string }) => {
+      requireRoot();
+      const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
+      if (isS3Url(spec)) throw new InvalidArgumentError(`the index of an s3:// store is a cache: delete its --cache directory and the next command rebuilds it from ${spec}`);
+      const r = await withProgress('repair', (onProgress) =>
+        repairStore(resolve(spec), { readData: Boolean(o.readData), forgetDamaged: Boolean(o.forgetDamaged), onProgress: (d, t, phase) => phase === 'verify' && onProgress?.(d, t) }));
+      if (o.json) {
+        console.log(JSON.stringify({ ...r, verify: { ...r.verify, damaged: r.verify.damaged.map((d) => ({ ...d, takenAt: new Date(d.takenAt).toISOString() })) } }));
+      } else {
+        const b = r.rebuild;
+        console.log(`index rebuilt from ${b.packs} packs (${b.chunks} chunks) and ${b.checkpoints} checkpoint objects`);
+        for (const p of b.unreadablePacks) console.log(`pack ${p.pack} cannot be read: ${p.problem}`);
+        for (const c of b.unreadableCheckpoints) console.log(`checkpoint object ${c.id} cannot be read: ${c.problem}`);
+        for (const d of r.verify.damaged) {
+          console.log(`checkpoint ${d.id} of ${d.job} (${d.kind}, taken ${new Date(d.takenAt).toISOString()}) is damaged${r.forgotten.length > 0 ? ': forgotten' : ''}:`);
+          for (const p of d.problems) console.log(`  ${p}`);
+        }
+        if (r.verify.ok) console.log('every checkpoint is whole');
+        else if (r.forgotten.length === 0 && r.verify.damaged.length > 0) console.log('run crinc repair --forget-damaged to forget the damaged checkpoints (crinc list marks them)');
+      }
+      const unreadable = r.rebuild.unreadablePacks.length + r.rebuild.unreadableCheckpoints.length;
+      if (unreadable > 0 || (!r.verify.ok && r.forgotten.length < r.verify.damaged.length)) process.exitCode = 1;
+    });
+
   return program;
 }
 
@@ -594,6 +633,7 @@ async function main(): Promise<void> {
     await buildProgram().parseAsync(process.argv);
   } catch (e) {
     const err = e as Error;
+    openedStore?.noteReadFailure(err);
     if (err instanceof TimeSpecError || err.name !== 'Error') {
       console.error(`crinc: ${err.message}`);
     } else {

@@ -93,7 +93,11 @@ export async function verifyStore(repo: Repository, codecs: Codecs, options: Ver
         options.onProgress?.(report.bytesRead, total);
       }
       const packName = new Map(packs.map((p) => [p.id, p.name]));
-      for (const [i, problem] of badChunks) report.badChunks.push({ chunk: idHex(table.ids.idAt(i)), pack: packName.get(table.pack[i]!)!, problem });
+      for (const [i, problem] of badChunks) {
+        report.badChunks.push({ chunk: idHex(table.ids.idAt(i)), pack: packName.get(table.pack[i]!)!, problem });
+        // Referenced or not: a new checkpoint must not deduplicate against it.
+        repo.quarantineChunk(table.ids.idAt(i).slice(), problem);
+      }
     }
     await checkManifests(repo, codecs, table, upTo, badPacks, badChunks, report);
     report.ok = report.packProblems.length === 0 && report.badChunks.length === 0 && report.damaged.length === 0;
@@ -170,17 +174,22 @@ async function readPackData(repo: Repository, codecs: Codecs, pack: PackRow, tab
     while (k < chunks.length) {
       const batch = await pool.acquire();
       const taken: number[] = [];
-      while (k < chunks.length && batch.freeChunks > 0 && batch.freeBytes >= table.storedLength[chunks[k]!]!) {
+      // A chunk needs room for its stored bytes and, once decoded, its raw bytes: freeBytes bounds both.
+      const room = (i: number) => Math.max(table.storedLength[i]!, table.rawLength[i]!);
+      while (k < chunks.length && batch.freeChunks > 0 && batch.freeBytes >= room(chunks[k]!)) {
         // One span: blobs from chunks[k] on, while they fit the batch and the span.
         const first = table.offset[chunks[k]!]! - BLOB_HEADER_BYTES;
         let end = k;
-        let bytes = 0;
+        let storedBytes = 0;
+        let rawBytes = 0;
         let chunkRoom = batch.freeChunks;
         while (
-          end < chunks.length && chunkRoom > 0 && bytes + table.storedLength[chunks[end]!]! <= batch.freeBytes &&
+          end < chunks.length && chunkRoom > 0 &&
+          storedBytes + table.storedLength[chunks[end]!]! <= batch.freeBytes && rawBytes + table.rawLength[chunks[end]!]! <= batch.freeBytes &&
           table.offset[chunks[end]!]! + table.storedLength[chunks[end]!]! - first <= VERIFY_SPAN_BYTES
         ) {
-          bytes += table.storedLength[chunks[end]!]!;
+          storedBytes += table.storedLength[chunks[end]!]!;
+          rawBytes += table.rawLength[chunks[end]!]!;
           chunkRoom--;
           end++;
         }
@@ -260,19 +269,28 @@ async function checkManifests(
     if (!problem) return;
     let seen = named.get(checkpoint);
     if (!seen) named.set(checkpoint, (seen = new IdSet()));
-    if (seen.add(ids, o)) note(checkpoint, `chunk ${idHex(ids.subarray(o, o + CHUNK_ID_BYTES))} of ${path} ${problem}`);
+    if (!seen.add(ids, o)) return;
+    const id = ids.slice(o, o + CHUNK_ID_BYTES);
+    note(checkpoint, `chunk ${idHex(id)} of ${path} ${problem}`);
+    // Never built on again; the checkpoint is marked damaged until a new copy heals it.
+    repo.quarantineChunk(id, problem, [checkpoint]);
   };
-  report.checkpoints = repo.listCheckpoints().filter((c) => c.id <= upTo).length;
+  const checked = repo.listCheckpoints().filter((c) => c.id <= upTo).map((c) => c.id);
+  report.checkpoints = checked.length;
+  // What this run finds replaces what earlier runs recorded (healed chunks, forgotten checkpoints).
+  repo.clearDamage(checked);
   await walkManifests(repo, codecs.chunks, { after: 0, upTo }, (f) => {
     if (f.parts) for (let o = 0; o < f.parts.length; o += CHUNK_ID_BYTES) checkId(f.checkpoint, `${f.path} (manifest part)`, f.parts, o);
     if (f.error) {
       note(f.checkpoint, `the manifest of ${f.path} cannot be read: ${f.error.message}`);
+      repo.markDamaged(f.checkpoint, null, `the manifest of ${f.path} cannot be read`);
       return;
     }
     const ids = f.ids!;
     const blocks = ids.length / CHUNK_ID_BYTES;
     if (!Number.isInteger(blocks) || blocks !== Math.ceil(f.size / f.blockBytes)) {
       note(f.checkpoint, `the manifest of ${f.path} lists ${blocks} blocks for ${f.size} bytes`);
+      repo.markDamaged(f.checkpoint, null, `the manifest of ${f.path} lists ${blocks} blocks for ${f.size} bytes`);
       return;
     }
     for (let b = 0; b < blocks; b++) if (!isZeroId(ids, b)) checkId(f.checkpoint, f.path, ids, b * CHUNK_ID_BYTES);
