@@ -34,6 +34,8 @@ export const DEFAULT_STORE = '/var/lib/crinc';
 const DEFAULT_INTERVAL = '5m';
 /** How often the daemon collects garbage by default: forgotten checkpoints' space comes back within the hour. */
 const DAEMON_GC_EVERY = '1h';
+/** How often the daemon re-reads a slice of the store by default: damage is found (and quarantined) within hours. */
+const DAEMON_SCRUB_EVERY = '1h';
 /** Debug aid: keep each checkpoint's CRIU images, as CRIU wrote them, in $CRINC_KEEP_IMAGES/<id>/. */
 const KEEP_IMAGES_ENV = 'CRINC_KEEP_IMAGES';
 /** Verification mode: every page hashed anyway; a page tracking called clean that changed fails the checkpoint. */
@@ -116,6 +118,7 @@ export function buildProgram(): Command {
     .command('daemon')
     .description('serve the store: checkpoint every managed job on its own schedule, watch their processes, collect garbage, answer the other crinc commands on <store>/daemon.sock')
     .addOption(new Option('--gc-every <duration>', 'run crinc gc this often ("0" for never)').default(DAEMON_GC_EVERY).argParser(durationOrZeroArg))
+    .addOption(new Option('--scrub-every <duration>', 're-read and check a slice (1 GiB) of the packs this often, quarantining damage ("0" for never)').default(DAEMON_SCRUB_EVERY).argParser(durationOrZeroArg))
     .addOption(storeOption())
     .addHelpText('after', `
 Examples:
@@ -128,15 +131,16 @@ status and checkpoint ask it. Jobs keep running when it stops; when it starts ag
 resumes their schedules and marks jobs whose process died meanwhile "dead".
 Logs: one JSON object per line on stderr (time, level, job, msg, fields); readable
 lines when stderr is a terminal.`)
-    .action(async (o: { gcEvery: number | string; store?: string }) => {
+    .action(async (o: { gcEvery: number | string; scrubEvery: number | string; store?: string }) => {
       requireRoot();
       criuVersion();
       const gcEveryMs = typeof o.gcEvery === 'string' ? parseDuration(o.gcEvery) : o.gcEvery;
+      const scrubEveryMs = typeof o.scrubEvery === 'string' ? parseDuration(o.scrubEvery) : o.scrubEvery;
       const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
       if (isS3Url(spec)) {
         throw new InvalidArgumentError(`crinc daemon serves a store directory, and ${spec} is an S3 store: run each job with crinc run --foreground --store ${spec} instead`);
       }
-      const daemon = await Daemon.start(resolve(spec), { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1', gcEveryMs });
+      const daemon = await Daemon.start(resolve(spec), { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1', gcEveryMs, scrubEveryMs });
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);

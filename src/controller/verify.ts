@@ -29,6 +29,10 @@ import type { Codecs } from './codecs.js';
 const VERIFY_SPAN_BYTES = 4 * 1024 * 1024;
 /** Per damaged checkpoint, at most this many chunk ids are named. */
 const MAX_NAMED_CHUNKS = 5;
+/** A scrub (crinc daemon --scrub-every) reads at most about this many bytes of packs per run. */
+export const SCRUB_SLICE_BYTES = 1024 * 1024 * 1024;
+/** The meta row where the scrub remembers the pack id it goes on from. */
+const SCRUB_CURSOR_KEY = 'scrub_cursor';
 
 export interface VerifyOptions {
   readData: boolean;
@@ -101,6 +105,65 @@ export async function verifyStore(repo: Repository, codecs: Codecs, options: Ver
     }
     await checkManifests(repo, codecs, table, upTo, badPacks, badChunks, report);
     report.ok = report.packProblems.length === 0 && report.badChunks.length === 0 && report.damaged.length === 0;
+    return report;
+  } finally {
+    lock.release();
+  }
+}
+
+export interface ScrubReport {
+  packs: number;
+  bytesRead: number;
+  /** Chunks found damaged or missing (now quarantined). */
+  badChunks: number;
+  /** Checkpoints marked damaged (only looked for when something was found). */
+  damaged: DamagedCheckpoint[];
+  /** Whether this slice reached the last pack (the next one starts from the first). */
+  wrapped: boolean;
+}
+
+/**
+ * One bounded slice of a scrub: the packs from where the last slice stopped are checked
+ * as verify --read-data does, up to about SCRUB_SLICE_BYTES; damaged or missing chunks
+ * are quarantined, and when there were any, every checkpoint's manifests are checked so
+ * that the damaged ones are marked. Over runs the scrub goes round the whole store.
+ */
+export async function scrubSlice(repo: Repository, codecs: Codecs, maxBytes = SCRUB_SLICE_BYTES): Promise<ScrubReport> {
+  const lock = await lockStore(repo.dir, 'shared');
+  try {
+    repo.refreshAfterCollection();
+    const upTo = maxCheckpointId(repo);
+    const table = loadChunkTable(repo);
+    const byPack = chunksByPack(table);
+    const from = Number(repo.db.prepare('SELECT value FROM meta WHERE key = ?').pluck().get(SCRUB_CURSOR_KEY) ?? 0);
+    const packs = listPacks(repo).filter((p) => p.id >= from);
+    const report: ScrubReport = { packs: 0, bytesRead: 0, badChunks: 0, damaged: [], wrapped: true };
+    const badPacks = new Map<number, string>();
+    const badChunks = new Map<number, string>();
+    let next = 0;
+    for (const p of packs) {
+      if (report.bytesRead >= maxBytes) {
+        next = p.id;
+        report.wrapped = false;
+        break;
+      }
+      const problem = checkPack(repo, p, table, byPack.get(p.id) ?? []);
+      if (problem) badPacks.set(p.id, problem);
+      else await readPackData(repo, codecs, p, table, byPack.get(p.id) ?? [], badChunks);
+      report.packs++;
+      report.bytesRead += p.bytes;
+    }
+    repo.db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)').run(SCRUB_CURSOR_KEY, String(next));
+    for (const [i, problem] of badChunks) repo.quarantineChunk(table.ids.idAt(i).slice(), problem);
+    for (const [packId, problem] of badPacks) {
+      for (const i of byPack.get(packId) ?? []) repo.quarantineChunk(table.ids.idAt(i).slice(), `its pack is damaged (${problem})`);
+    }
+    report.badChunks = badChunks.size + [...badPacks.keys()].reduce((n, id) => n + (byPack.get(id)?.length ?? 0), 0);
+    if (report.badChunks > 0) {
+      const found: VerifyReport = { ok: false, readData: true, checkpoints: 0, packs: 0, chunks: 0, bytesRead: 0, packProblems: [], badChunks: [], damaged: [] };
+      await checkManifests(repo, codecs, table, upTo, badPacks, badChunks, found);
+      report.damaged = found.damaged;
+    }
     return report;
   } finally {
     lock.release();
@@ -266,6 +329,7 @@ async function checkManifests(
     if (k < 0) problem = 'is not in the index';
     else if (badPacks.has(table.pack[k]!)) problem = `is in a damaged pack (${badPacks.get(table.pack[k]!)})`;
     else if (badChunks.has(k)) problem = `is damaged (${badChunks.get(k)})`;
+    else if (repo.isQuarantined(ids, o)) problem = 'is quarantined (found damaged or missing earlier)';
     if (!problem) return;
     let seen = named.get(checkpoint);
     if (!seen) named.set(checkpoint, (seen = new IdSet()));
