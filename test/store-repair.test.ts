@@ -81,7 +81,8 @@ describe('index lost, byte flipped, pack deleted: nothing spreads, everything is
   beforeAll(async () => {
     // Pages change only on SIGUSR2 (--tick-ms 0): between two checkpoints without a tick the
     // region is the same. Two windows: a tick's pages are overwritten two ticks later.
-    const run = await sb.run(JOB, [COUNTER, '--region-mib', '1', '--window-pages', '128', '--tick-ms', '0'], ['--interval', '1h'], true, { CRINC_KEEP_IMAGES: kept });
+    // Its --out file is a job file: unchanged between two checkpoints without a tick.
+    const run = await sb.run(JOB, [COUNTER, '--region-mib', '1', '--window-pages', '128', '--tick-ms', '0', '--out', join(sb.dir, 'out.txt')], ['--interval', '1h'], true, { CRINC_KEEP_IMAGES: kept });
     pid = run.pid;
     for (let i = 0; i < 3; i++) {
       await tick();
@@ -152,19 +153,25 @@ describe('index lost, byte flipped, pack deleted: nothing spreads, everything is
       const row = locate.get(id) as { pack: string; offset: number; compression: number } | undefined;
       if (row && row.compression === 0 && inOlder.has(id.toString('hex'))) target = { id: id.toString('hex'), pack: row.pack, offset: row.offset };
     }
+    // And the block of the job file (the same in the last two checkpoints: no tick since).
+    const fileBlock = db.prepare(`SELECT manifest FROM files WHERE checkpoint = ? AND role = 'job-file'`).pluck().get(newest) as Buffer;
+    expect(fileBlock.length).toBe(16);
+    const fileRow = locate.get(fileBlock) as { pack: string; offset: number };
     db.close();
     expect(target, 'a stable, uncompressed page').toBeDefined();
-    const fd = openSync(packPath(sb.store, target!.pack), 'r+');
-    const b = Buffer.alloc(1);
-    readSync(fd, b, 0, 1, target!.offset + 33);
-    b[0] = b[0]! ^ 0x10;
-    writeSync(fd, b, 0, 1, target!.offset + 33);
-    closeSync(fd);
+    for (const [pack, at] of [[target!.pack, target!.offset + 33], [fileRow.pack, fileRow.offset + 5]] as const) {
+      const fd = openSync(packPath(sb.store, pack), 'r+');
+      const b = Buffer.alloc(1);
+      readSync(fd, b, 0, 1, at);
+      b[0] = b[0]! ^ 0x10;
+      writeSync(fd, b, 0, 1, at);
+      closeSync(fd);
+    }
 
     const v = sb.cli(['verify', '--read-data', '--json']);
     expect(v.code).toBe(1);
     const report = JSON.parse(v.stdout) as VerifyJson;
-    expect(report.badChunks.map((c) => c.chunk)).toEqual([target!.id]);
+    expect(report.badChunks.map((c) => c.chunk).sort()).toEqual([target!.id, fileBlock.toString('hex')].sort());
     const damagedIds = report.damaged.map((d) => d.id).sort((x, y) => x - y);
     expect(damagedIds).toEqual(expect.arrayContaining(ids.slice(-2)));
     const marked = list().filter((c) => c.damaged !== null).map((c) => c.id);
@@ -175,13 +182,17 @@ describe('index lost, byte flipped, pack deleted: nothing spreads, everything is
     expect(refused.stderr).toContain(`chunk ${target!.id}`);
     expect(refused.stderr).not.toMatch(/a bug/);
 
-    // The running job still holds the right page: its next checkpoint (no tick: same memory) stores it again.
+    // The running job still holds the right page and file: its next checkpoint (no tick: same
+    // memory, same file) stores both again: the page though tracking calls it clean, the file
+    // though its identity did not change.
     const next = sb.json<CheckpointJson>(['checkpoint', JOB], { CRINC_KEEP_IMAGES: kept });
     expect(imagesOf(next.id)).toEqual(sha256Dir(join(kept, String(next.id))));
     const after = new Database(join(sb.store, 'index.sqlite'), { readonly: true });
     const where = after.prepare('SELECT p.name FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?').pluck().get(Buffer.from(target!.id, 'hex')) as string;
     expect(where, 'the chunk now lives in the new copy').not.toBe(target!.pack);
     expect(after.prepare('SELECT count(*) FROM quarantine').pluck().get()).toBe(0);
+    const fileWhere = after.prepare('SELECT p.name FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?').pluck().get(fileBlock) as string;
+    expect(fileWhere, 'the job file block now lives in the new copy').not.toBe(fileRow.pack);
     after.close();
     // Healed: the damaged checkpoints restore (export) as CRIU wrote them, and nothing is marked.
     expect(list().filter((c) => c.damaged !== null)).toEqual([]);

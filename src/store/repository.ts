@@ -406,6 +406,11 @@ export class Repository {
       faultPoint('retention-in-transaction');
     })();
     await this.backend.forgetCheckpoints(ids);
+    this.clearForgotten(ids);
+  }
+
+  /** The objects of these forgotten checkpoints are deleted: their ids need not be remembered. */
+  clearForgotten(ids: number[]): void {
     const done = this.db.prepare('DELETE FROM forgotten WHERE id = ?');
     this.db.transaction(() => {
       for (const id of ids) done.run(id);
@@ -1000,7 +1005,7 @@ export class Repository {
     const forgotten = this.forgottenCheckpoints();
     // An interrupted forget: its rows are gone, its objects go now.
     backend.removeCheckpointObjects([...forgotten]);
-    this.db.prepare('DELETE FROM forgotten').run();
+    this.clearForgotten([...forgotten]);
     const newCheckpoints: RemoteCheckpoint[] = [];
     const newPacks: RemotePack[] = [];
     for (const id of backend.checkpointObjectIds()) {

@@ -272,6 +272,12 @@ export class S3Backend implements StoreBackend {
       newCheckpoints.push({ id, record });
     });
     newCheckpoints.sort((a, b) => a.id - b.id);
+    // A forget interrupted between its index transaction and the deletion of its objects.
+    const forgotten = [...repo.forgottenCheckpoints()];
+    if (forgotten.length > 0) {
+      await this.forgetCheckpoints(forgotten.filter((id) => bucketIds.has(id)));
+      repo.clearForgotten(forgotten);
+    }
     repo.applyRemote({
       goneCheckpoints: [...cached.checkpoints].filter((id) => !bucketIds.has(id)),
       gonePacks: [...cached.packs].filter((n) => !complete(n)),
