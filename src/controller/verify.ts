@@ -2,25 +2,19 @@
 // its size, header and trailer; every chunk lies inside its pack; every manifest's
 // chunks are indexed), and with readData every indexed chunk is read, decompressed and
 // checked against its id on the codec pool. Damage is reported per checkpoint.
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import type { ChunkBatch, ChunkCompression } from '../codec/chunk-batch.js';
 import { CorruptChunkError } from '../codec/errors.js';
-import { isGone } from '../sys/proc.js';
 import {
   BLOB_HEADER_BYTES,
   CHUNK_ID_BYTES,
   Compression,
-  OLDEST_PACK_FORMAT_VERSION,
   PACK_HEADER_BYTES,
-  PACK_MAGIC,
   PACK_TRAILER_BYTES,
-  PACK_TRAILER_MAGIC,
-  STORE_FORMAT_VERSION,
 } from '../store/format.js';
 import { IdSet } from '../store/id-set.js';
+import { packFrameProblem } from '../store/pack-table.js';
 import { type ChunkTable, listPacks, loadChunkTable, maxCheckpointId, type PackRow, walkManifests } from '../store/inventory.js';
-import { packPath } from '../store/pack.js';
-import { RemoteStoreUnsupportedError } from '../store/errors.js';
+import { PackMissingError } from '../store/errors.js';
 import { idHex, isZeroId, type Repository } from '../store/repository.js';
 import { lockStore } from '../store/store-lock.js';
 import type { Codecs } from './codecs.js';
@@ -62,17 +56,24 @@ export interface VerifyReport {
   damaged: DamagedCheckpoint[];
 }
 
-export async function verifyStore(repo: Repository, codecs: Codecs, options: VerifyOptions): Promise<VerifyReport> {
-  if (repo.remote) {
-    throw new RemoteStoreUnsupportedError(repo.location, 'verify', 'it checks pack files in place. crinc export of a checkpoint reads every chunk it needs and checks each against its id');
-  }
-  // Shared: checkpoints may commit meanwhile, GC waits. Checkpoints committed after the
-  // chunk table was read are not checked (their chunks might be missing from it).
+/**
+ * Runs fn with the store lock shared (checkpoints may commit meanwhile, GC waits) on the
+ * checkpoints and chunk table as of now. Checkpoints committed after the chunk table was
+ * read are not checked (their chunks might be missing from it).
+ */
+async function withSnapshot<T>(repo: Repository, fn: (upTo: number, table: ChunkTable) => Promise<T>): Promise<T> {
   const lock = await lockStore(repo.dir, 'shared');
   try {
     repo.refreshAfterCollection();
     const upTo = maxCheckpointId(repo);
-    const table = loadChunkTable(repo);
+    return await fn(upTo, loadChunkTable(repo));
+  } finally {
+    lock.release();
+  }
+}
+
+export async function verifyStore(repo: Repository, codecs: Codecs, options: VerifyOptions): Promise<VerifyReport> {
+  return withSnapshot(repo, async (upTo, table) => {
     const packs = listPacks(repo);
     const report: VerifyReport = {
       ok: true, readData: options.readData, checkpoints: 0, packs: packs.length, chunks: table.ids.size,
@@ -81,7 +82,7 @@ export async function verifyStore(repo: Repository, codecs: Codecs, options: Ver
     const byPack = chunksByPack(table);
     const badPacks = new Map<number, string>();
     for (const p of packs) {
-      const problem = checkPack(repo, p, table, byPack.get(p.id) ?? []);
+      const problem = await checkPack(repo, p, table, byPack.get(p.id) ?? []);
       if (problem) {
         badPacks.set(p.id, problem);
         report.packProblems.push({ pack: p.name, problem });
@@ -106,9 +107,7 @@ export async function verifyStore(repo: Repository, codecs: Codecs, options: Ver
     await checkManifests(repo, codecs, table, upTo, badPacks, badChunks, report);
     report.ok = report.packProblems.length === 0 && report.badChunks.length === 0 && report.damaged.length === 0;
     return report;
-  } finally {
-    lock.release();
-  }
+  });
 }
 
 export interface ScrubReport {
@@ -129,11 +128,7 @@ export interface ScrubReport {
  * that the damaged ones are marked. Over runs the scrub goes round the whole store.
  */
 export async function scrubSlice(repo: Repository, codecs: Codecs, maxBytes = SCRUB_SLICE_BYTES): Promise<ScrubReport> {
-  const lock = await lockStore(repo.dir, 'shared');
-  try {
-    repo.refreshAfterCollection();
-    const upTo = maxCheckpointId(repo);
-    const table = loadChunkTable(repo);
+  return withSnapshot(repo, async (upTo, table) => {
     const byPack = chunksByPack(table);
     const from = Number(repo.db.prepare('SELECT value FROM meta WHERE key = ?').pluck().get(SCRUB_CURSOR_KEY) ?? 0);
     const packs = listPacks(repo).filter((p) => p.id >= from);
@@ -147,7 +142,7 @@ export async function scrubSlice(repo: Repository, codecs: Codecs, maxBytes = SC
         report.wrapped = false;
         break;
       }
-      const problem = checkPack(repo, p, table, byPack.get(p.id) ?? []);
+      const problem = await checkPack(repo, p, table, byPack.get(p.id) ?? []);
       if (problem) badPacks.set(p.id, problem);
       else await readPackData(repo, codecs, p, table, byPack.get(p.id) ?? [], badChunks);
       report.packs++;
@@ -165,9 +160,7 @@ export async function scrubSlice(repo: Repository, codecs: Codecs, maxBytes = SC
       report.damaged = found.damaged;
     }
     return report;
-  } finally {
-    lock.release();
-  }
+  });
 }
 
 function chunksByPack(table: ChunkTable): Map<number, number[]> {
@@ -181,39 +174,35 @@ function chunksByPack(table: ChunkTable): Map<number, number[]> {
   return out;
 }
 
-/** The pack's file against its row and its chunks' rows: exists, size, header, trailer, bounds. */
-function checkPack(repo: Repository, pack: PackRow, table: ChunkTable, chunks: number[]): string | undefined {
-  let fd: number;
+/**
+ * The pack against its row and its chunks' rows: exists, size, header, trailer, bounds.
+ * Read through the backend (a file, or ranged GETs of an S3 object).
+ */
+async function checkPack(repo: Repository, pack: PackRow, table: ChunkTable, chunks: number[]): Promise<string | undefined> {
+  const size = pack.bytes;
+  if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) return 'the index gives it fewer bytes than a pack has';
+  const header = Buffer.alloc(PACK_HEADER_BYTES);
+  const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
+  const beyond = Buffer.alloc(1);
   try {
-    fd = openSync(packPath(repo.dir, pack.name), 'r');
+    await repo.readPackInto(pack.name, 0, header);
+    if ((await repo.readPackInto(pack.name, size - PACK_TRAILER_BYTES, trailer)) < PACK_TRAILER_BYTES) return `the pack is shorter than the ${size} bytes the index says`;
+    if ((await repo.readPackInto(pack.name, size, beyond)) > 0) return `the pack is longer than the ${size} bytes the index says`;
   } catch (e) {
-    if (isGone(e)) return 'the pack file is missing';
+    if (e instanceof PackMissingError) return 'the pack file is missing';
     throw e;
   }
-  try {
-    const size = fstatSync(fd).size;
-    if (size !== pack.bytes) return `the file has ${size} bytes, the index says ${pack.bytes}`;
-    if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) return 'the file is too short for a pack';
-    const header = Buffer.alloc(PACK_HEADER_BYTES);
-    const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
-    readSync(fd, header, 0, header.length, 0);
-    readSync(fd, trailer, 0, trailer.length, size - PACK_TRAILER_BYTES);
-    const version = header.readUInt32LE(8);
-    if (Buffer.compare(header.subarray(0, 8), PACK_MAGIC) !== 0) return 'bad header magic';
-    if (version < OLDEST_PACK_FORMAT_VERSION || version > STORE_FORMAT_VERSION) return `unknown pack format version ${version}`;
-    if (Buffer.compare(trailer.subarray(8), PACK_TRAILER_MAGIC) !== 0) return 'bad trailer magic';
-    const blobs = trailer.readUInt32LE(0);
-    if (blobs < chunks.length) return `the trailer counts ${blobs} blobs, the index places ${chunks.length} chunks in it`;
-    for (const i of chunks) {
-      const start = table.offset[i]! - BLOB_HEADER_BYTES;
-      if (start < PACK_HEADER_BYTES || table.offset[i]! + table.storedLength[i]! > size - PACK_TRAILER_BYTES) {
-        return `chunk ${idHex(table.ids.idAt(i))} lies outside the pack's blobs (offset ${table.offset[i]})`;
-      }
+  const frame = packFrameProblem(header, trailer);
+  if (frame) return frame;
+  const blobs = trailer.readUInt32LE(0);
+  if (blobs < chunks.length) return `the trailer counts ${blobs} blobs, the index places ${chunks.length} chunks in it`;
+  for (const i of chunks) {
+    const start = table.offset[i]! - BLOB_HEADER_BYTES;
+    if (start < PACK_HEADER_BYTES || table.offset[i]! + table.storedLength[i]! > size - PACK_TRAILER_BYTES) {
+      return `chunk ${idHex(table.ids.idAt(i))} lies outside the pack's blobs (offset ${table.offset[i]})`;
     }
-    return undefined;
-  } finally {
-    closeSync(fd);
   }
+  return undefined;
 }
 
 /** Reads every indexed blob of a pack; checks its header, then its bytes against its id on the pool. */

@@ -3,16 +3,7 @@
 // .idx). Used by catch-up and by `crinc repair` to index packs without the index.
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { join } from 'node:path';
-import {
-  BLOB_HEADER_BYTES,
-  CHUNK_ID_BYTES,
-  OLDEST_PACK_FORMAT_VERSION,
-  PACK_HEADER_BYTES,
-  PACK_MAGIC,
-  PACK_TRAILER_BYTES,
-  PACK_TRAILER_MAGIC,
-  STORE_FORMAT_VERSION,
-} from './format.js';
+import { BLOB_HEADER_BYTES, CHUNK_ID_BYTES, OLDEST_PACK_FORMAT_VERSION, PACK_MAGIC, PACK_HEADER_BYTES, PACK_TRAILER_BYTES, PACK_TRAILER_MAGIC, STORE_FORMAT_VERSION } from './format.js';
 import { decodePackIndex, PACK_INDEX_SUFFIX, packKey } from './objects.js';
 import { PackedChunks, packPath } from './pack.js';
 
@@ -36,6 +27,15 @@ export function readPackTable(storeDir: string, name: string): PackTableResult {
   } finally {
     closeSync(fd);
   }
+}
+
+/** What is wrong with a pack's header and trailer (magics, version), if anything. */
+export function packFrameProblem(header: Buffer, trailer: Buffer): string | undefined {
+  if (!header.subarray(0, 8).equals(PACK_MAGIC)) return 'bad header magic';
+  const version = header.readUInt32LE(8);
+  if (version < OLDEST_PACK_FORMAT_VERSION || version > STORE_FORMAT_VERSION) return `unknown pack format version ${version}`;
+  if (!trailer.subarray(8).equals(PACK_TRAILER_MAGIC)) return 'bad trailer magic';
+  return undefined;
 }
 
 function readIdx(storeDir: string, name: string, size: number): PackTableResult | undefined {
@@ -62,10 +62,8 @@ function scanPack(fd: number, size: number): PackTableResult {
   const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
   readSync(fd, header, 0, header.length, 0);
   readSync(fd, trailer, 0, trailer.length, size - PACK_TRAILER_BYTES);
-  if (!header.subarray(0, 8).equals(PACK_MAGIC)) return { ok: false, problem: 'bad header magic' };
-  const version = header.readUInt32LE(8);
-  if (version < OLDEST_PACK_FORMAT_VERSION || version > STORE_FORMAT_VERSION) return { ok: false, problem: `unknown pack format version ${version}` };
-  if (!trailer.subarray(8).equals(PACK_TRAILER_MAGIC)) return { ok: false, problem: 'bad trailer magic' };
+  const frame = packFrameProblem(header, trailer);
+  if (frame) return { ok: false, problem: frame };
   const end = size - PACK_TRAILER_BYTES;
   const chunks = new PackedChunks();
   const span = Buffer.alloc(SCAN_SPAN_BYTES);

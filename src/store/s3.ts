@@ -20,7 +20,7 @@ import { closeSync, openSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { SECRET_BYTES } from '../codec/limits.js';
 import type { CommitRecord, StoreBackend } from './backend.js';
-import { S3AccessError, S3StoreError, StoreNotFoundError } from './errors.js';
+import { PackMissingError, S3AccessError, S3StoreError, StoreNotFoundError } from './errors.js';
 import {
   CHECKPOINT_KEY,
   CHECKPOINTS_PREFIX,
@@ -218,6 +218,7 @@ export class S3Backend implements StoreBackend {
     } catch (e) {
       // A range past the end: the pack is shorter than the index says.
       if (e instanceof S3ServiceException && e.$metadata.httpStatusCode === 416) return 0;
+      if (e instanceof S3ServiceException && e.name === 'NoSuchKey') throw new PackMissingError(pack, this.location);
       throw this.translate(e, `reading pack ${pack}`);
     }
     const n = Math.min(bytes.length, target.length);
