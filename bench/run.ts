@@ -3,16 +3,17 @@
 // PASS/MISS; asserts nothing. Everything it creates lives under one /dev/shm directory and
 // is removed, and every process it starts is killed by pid, at the end or on Ctrl-C.
 //
-//   node dist/bench/run.js [--only corpus,e2e,dirty,stream] [--region-mib N] [--stream-mib 1024,4096]
+//   node dist/bench/run.js [--only corpus,e2e,store,dirty,stream] [--region-mib N] [--stream-mib 1024,4096]
 import { cpus, loadavg } from 'node:os';
 import { buildCorpus } from './corpus.js';
 import { codecTable, TARGETS, type CodecResults } from './codec-table.js';
 import { dirtyTracking } from './dirty.js';
 import { E2E_TARGETS, endToEnd, type E2EResults } from './e2e.js';
+import { storeCosts, storeRows, type StoreResults } from './store.js';
 import { streaming } from './stream.js';
 import { MIB, printTable, Scratch, since, verdict } from './util.js';
 
-const SECTIONS = ['corpus', 'e2e', 'dirty', 'stream'] as const;
+const SECTIONS = ['corpus', 'e2e', 'store', 'dirty', 'stream'] as const;
 type Section = (typeof SECTIONS)[number];
 
 function parseArgs(argv: string[]): { only: Set<Section>; regionMib: number; streamSizes: number[] } {
@@ -38,7 +39,7 @@ function parseArgs(argv: string[]): { only: Set<Section>; regionMib: number; str
 }
 
 /** Every target with its result, in one place. */
-function summary(codec: CodecResults | undefined, e2e: E2EResults | undefined): void {
+function summary(codec: CodecResults | undefined, e2e: E2EResults | undefined, store: StoreResults | undefined): void {
   const rows: string[][] = [];
   const runs = (v: number[]): string => v.map((x) => `${x.toFixed(2)}×`).join(', ');
   const worst = (v: number[]): number => (v.length ? Math.min(...v) : NaN);
@@ -55,6 +56,7 @@ function summary(codec: CodecResults | undefined, e2e: E2EResults | undefined): 
     rows.push(['restore materialization, × cp (runs 1, 2)', runs(r.restore), `≥ ${E2E_TARGETS.restoreVsCp}×`, verdict(worst(r.restore), E2E_TARGETS.restoreVsCp)]);
     rows.push(['peak RSS of the 1 GiB ingest, MiB', e2e.peakRssMiB.toFixed(0), `≤ ${E2E_TARGETS.peakRssMiB}`, verdict(e2e.peakRssMiB, E2E_TARGETS.peakRssMiB, true)]);
   }
+  if (store) rows.push(...storeRows(store));
   if (rows.length) printTable('Targets (PASS only when every run meets it; printed, not asserted)', ['target', 'result', 'wanted', 'PASS/MISS'], rows);
 }
 
@@ -82,6 +84,7 @@ async function main(): Promise<number> {
   console.log(`crinc bench: Node ${process.version}, ${cpus().length} cores, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}, scratch ${scratch.root}`);
   let codec: CodecResults | undefined;
   let e2e: E2EResults | undefined;
+  let store: StoreResults | undefined;
   let failed = 0;
   // A section that fails (src/ changing under the bench, say) is reported; the others still run.
   const section = async (name: Section, run: () => Promise<void>): Promise<void> => {
@@ -103,6 +106,9 @@ async function main(): Promise<number> {
     await section('e2e', async () => {
       e2e = await endToEnd(scratch, regionMib);
     });
+    await section('store', async () => {
+      store = await storeCosts(scratch);
+    });
     await section('dirty', async () => {
       if (!(await dirtyTracking(scratch))) console.log('\nDirty tracking (issue 4): not built yet (bench/dirty.ts)');
     });
@@ -112,7 +118,7 @@ async function main(): Promise<number> {
   } finally {
     await scratch.cleanup();
   }
-  summary(codec, e2e);
+  summary(codec, e2e, store);
   console.log(`\nbench done in ${since(started).toFixed(1)} s (load average now ${loadavg().map((l) => l.toFixed(2)).join(' ')}: other work on the machine skews the numbers)`);
   return failed ? 1 : 0;
 }

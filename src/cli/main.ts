@@ -23,6 +23,7 @@ import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-
 import { pruneJob } from '../controller/retention.js';
 import { recoverStore } from '../controller/recovery.js';
 import { verifyStore } from '../controller/verify.js';
+import { repairStore } from '../controller/repair.js';
 import { collectGarbage } from '../store/gc.js';
 import { type CheckpointRecord, Repository } from '../store/repository.js';
 import { DEFAULT_CACHE_ROOT, isS3Url, openS3Store } from '../store/s3.js';
@@ -34,6 +35,8 @@ export const DEFAULT_STORE = '/var/lib/crinc';
 const DEFAULT_INTERVAL = '5m';
 /** How often the daemon collects garbage by default: forgotten checkpoints' space comes back within the hour. */
 const DAEMON_GC_EVERY = '1h';
+/** How often the daemon re-reads a slice of the store by default: damage is found (and quarantined) within hours. */
+const DAEMON_SCRUB_EVERY = '1h';
 /** Debug aid: keep each checkpoint's CRIU images, as CRIU wrote them, in $CRINC_KEEP_IMAGES/<id>/. */
 const KEEP_IMAGES_ENV = 'CRINC_KEEP_IMAGES';
 /** Verification mode: every page hashed anyway; a page tracking called clean that changed fails the checkpoint. */
@@ -116,6 +119,9 @@ interface StoreOptions {
 }
 
 /** A store directory, or an S3 store (s3://bucket/prefix) with its local index in the cache. */
+/** The store this command opened: a damaged or missing chunk that ends the command is quarantined in it. */
+let openedStore: Repository | undefined;
+
 async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   requireRoot();
   const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
@@ -134,6 +140,8 @@ async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   const recovered = recoverStore(repo);
   const count = recovered.packFiles.length + recovered.stagingDirs.length;
   if (count > 0) console.error(`crinc: removed ${count} leftover file(s) of interrupted checkpoints, restores or GCs: ${[...recovered.packFiles, ...recovered.stagingDirs].join(', ')}`);
+  if (recovered.checkpoints.length > 0) console.error(`crinc: indexed checkpoint(s) ${recovered.checkpoints.join(', ')}, committed by a crinc that was killed before it could index them`);
+  openedStore = repo;
   return repo;
 }
 
@@ -169,6 +177,7 @@ export function buildProgram(): Command {
     .command('daemon')
     .description('serve the store: checkpoint every managed job on its own schedule, watch their processes, collect garbage, answer the other crinc commands on <store>/daemon.sock')
     .addOption(new Option('--gc-every <duration>', 'run crinc gc this often ("0" for never)').default(DAEMON_GC_EVERY).argParser(durationOrZeroArg))
+    .addOption(new Option('--scrub-every <duration>', 're-read and check a slice (1 GiB) of the packs this often, quarantining damage ("0" for never)').default(DAEMON_SCRUB_EVERY).argParser(durationOrZeroArg))
     .addOption(storeOption())
     .addHelpText('after', `
 Examples:
@@ -181,15 +190,16 @@ status and checkpoint ask it. Jobs keep running when it stops; when it starts ag
 resumes their schedules and marks jobs whose process died meanwhile "dead".
 Logs: one JSON object per line on stderr (time, level, job, msg, fields); readable
 lines when stderr is a terminal.`)
-    .action(async (o: { gcEvery: number | string; store?: string }) => {
+    .action(async (o: { gcEvery: number | string; scrubEvery: number | string; store?: string }) => {
       requireRoot();
       criuVersion();
       const gcEveryMs = typeof o.gcEvery === 'string' ? parseDuration(o.gcEvery) : o.gcEvery;
+      const scrubEveryMs = typeof o.scrubEvery === 'string' ? parseDuration(o.scrubEvery) : o.scrubEvery;
       const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
       if (isS3Url(spec)) {
         throw new InvalidArgumentError(`crinc daemon serves a store directory, and ${spec} is an S3 store: run each job with crinc run --foreground --store ${spec} instead`);
       }
-      const daemon = await Daemon.start(resolve(spec), { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1', gcEveryMs });
+      const daemon = await Daemon.start(resolve(spec), { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1', gcEveryMs, scrubEveryMs });
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
@@ -342,15 +352,16 @@ ${RETENTION_HELP}`)
       const repo = await openStore(o);
       if (job) repo.requireJob(job);
       const cps = repo.listCheckpoints(job);
+      const damaged = repo.damagedCheckpoints();
       if (o.json) {
-        console.log(JSON.stringify(cps.map(checkpointJson)));
+        console.log(JSON.stringify(cps.map((c) => ({ ...checkpointJson(c), damaged: damaged.get(c.id) ?? null }))));
       } else if (cps.length === 0) {
         console.log(job ? `job ${job} has no checkpoints yet` : 'no checkpoints yet');
       } else {
         printTable(
           ['ID', 'JOB', 'TAKEN AT', 'KIND', 'MODE', 'IMAGE', 'NEW', 'DEDUP', 'DURATION', 'FROZEN'],
           cps.map((c) => [
-            String(c.id), c.job, new Date(c.takenAt).toISOString(), c.kind, c.mode,
+            damaged.has(c.id) ? `${c.id} DAMAGED` : String(c.id), c.job, new Date(c.takenAt).toISOString(), c.kind, c.mode,
             formatBytes(c.imageBytes), formatBytes(c.storedBytes),
             c.storedBytes > 0 ? `${(c.imageBytes / c.storedBytes).toFixed(1)}x` : '∞',
             `${Math.round(c.durationMs)} ms`, `${Math.round(c.freezeMs)} ms`,
@@ -583,6 +594,38 @@ ${RETENTION_HELP}`)
       repo.close();
     });
 
+  program
+    .command('repair')
+    .description('rebuild the index of a store directory from its packs and checkpoint objects (after index.sqlite was lost or damaged), then check every checkpoint; damaged ones are marked (crinc list) and named')
+    .option('--read-data', 'also read and check every chunk')
+    .option('--forget-damaged', 'forget the checkpoints found damaged (their intact chunks stay for the others)')
+    .option('--json', 'print the report as JSON')
+    .addOption(new Option('--store <dir>', `store directory (default: $CRINC_STORE or ${DEFAULT_STORE}); an s3:// store's index is rebuilt by deleting its --cache`))
+    .addHelpText('after', '\nExamples:\n  crinc repair\n  crinc repair --read-data --forget-damaged')
+    .action(async (o: { readData?: boolean; forgetDamaged?: boolean; json?: boolean; store?: string }) => {
+      requireRoot();
+      const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
+      if (isS3Url(spec)) throw new InvalidArgumentError(`the index of an s3:// store is a cache: delete its --cache directory and the next command rebuilds it from ${spec}`);
+      const r = await withProgress('repair', (onProgress) =>
+        repairStore(resolve(spec), { readData: Boolean(o.readData), forgetDamaged: Boolean(o.forgetDamaged), onProgress: (d, t, phase) => phase === 'verify' && onProgress?.(d, t) }));
+      if (o.json) {
+        console.log(JSON.stringify({ ...r, verify: { ...r.verify, damaged: r.verify.damaged.map((d) => ({ ...d, takenAt: new Date(d.takenAt).toISOString() })) } }));
+      } else {
+        const b = r.rebuild;
+        console.log(`index rebuilt from ${b.packs} packs (${b.chunks} chunks) and ${b.checkpoints} checkpoint objects`);
+        for (const p of b.unreadablePacks) console.log(`pack ${p.pack} cannot be read: ${p.problem}`);
+        for (const c of b.unreadableCheckpoints) console.log(`checkpoint object ${c.id} cannot be read: ${c.problem}`);
+        for (const d of r.verify.damaged) {
+          console.log(`checkpoint ${d.id} of ${d.job} (${d.kind}, taken ${new Date(d.takenAt).toISOString()}) is damaged${r.forgotten.length > 0 ? ': forgotten' : ''}:`);
+          for (const p of d.problems) console.log(`  ${p}`);
+        }
+        if (r.verify.ok) console.log('every checkpoint is whole');
+        else if (r.forgotten.length === 0 && r.verify.damaged.length > 0) console.log('run crinc repair --forget-damaged to forget the damaged checkpoints (crinc list marks them)');
+      }
+      const unreadable = r.rebuild.unreadablePacks.length + r.rebuild.unreadableCheckpoints.length;
+      if (unreadable > 0 || (!r.verify.ok && r.forgotten.length < r.verify.damaged.length)) process.exitCode = 1;
+    });
+
   return program;
 }
 
@@ -671,6 +714,7 @@ async function main(): Promise<void> {
     await buildProgram().parseAsync(process.argv);
   } catch (e) {
     const err = e as Error;
+    openedStore?.noteReadFailure(err);
     if (err instanceof TimeSpecError || err.name !== 'Error') {
       console.error(`crinc: ${err.message}`);
     } else {

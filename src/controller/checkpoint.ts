@@ -99,7 +99,8 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     const previousManifests = previous ? await repo.checkpointFiles(previous.id, codecs.chunks) : [];
     // Most chunks of this checkpoint are the previous one's: known without a query.
     for (const f of previousManifests) repo.rememberKnown(f.ids);
-    const previousFiles = new Map<string, FileManifest>(previousManifests.filter((f) => f.role === 'job-file').map((f) => [f.path, f]));
+    // A file whose manifest names a quarantined chunk is read again, not reused as unchanged.
+    const previousFiles = new Map<string, FileManifest>(previousManifests.filter((f) => f.role === 'job-file' && !repo.namesQuarantined(f.ids)).map((f) => [f.path, f]));
 
     const started = performance.now();
     let takenAt = 0;

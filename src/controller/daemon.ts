@@ -7,6 +7,7 @@ import { closeSync, ftruncateSync, openSync, readFileSync, rmSync, writeFileSync
 import type { Server } from 'node:net';
 import { join } from 'node:path';
 import { collectGarbage } from '../store/gc.js';
+import { scrubSlice } from './verify.js';
 import { type CheckpointRecord, type ManagedJobRecord, Repository } from '../store/repository.js';
 import { becomeChildSubreaper, decodeWaitStatus, tryLockExclusive, type WaitExit, waitpidRaw, WNOHANG } from '../sys/libc.js';
 import { procStat } from '../sys/proc.js';
@@ -80,6 +81,8 @@ export interface DaemonOptions {
   verifyTracking: boolean;
   /** How often to collect garbage (the space of checkpoints retention forgot); 0: never. */
   gcEveryMs: number;
+  /** How often to re-read a slice of the store (verify.ts scrubSlice); 0: never. */
+  scrubEveryMs: number;
 }
 
 export class Daemon {
@@ -89,6 +92,7 @@ export class Daemon {
   private server: Server | undefined;
   private watch: NodeJS.Timeout | undefined;
   private gcTimer: NodeJS.Timeout | undefined;
+  private scrubTimer: NodeJS.Timeout | undefined;
   private stopping = false;
 
   private constructor(
@@ -122,6 +126,7 @@ export class Daemon {
     daemon.server.ref();
     daemon.watch = setInterval(() => daemon.watchJobs(), JOB_WATCH_MS);
     if (opts.gcEveryMs > 0) daemon.gcTimer = setInterval(() => void daemon.collect(), opts.gcEveryMs);
+    if (opts.scrubEveryMs > 0) daemon.scrubTimer = setInterval(() => void daemon.scrub(), opts.scrubEveryMs);
     opts.log.info('daemon started', null, { store, socket: daemonSocketPath(store), pid: process.pid, jobs: daemon.jobs.size });
     return daemon;
   }
@@ -132,6 +137,7 @@ export class Daemon {
     this.stopping = true;
     clearInterval(this.watch);
     clearInterval(this.gcTimer);
+    clearInterval(this.scrubTimer);
     for (const m of this.jobs.values()) clearTimeout(m.timer);
     this.server?.close();
     rmSync(daemonSocketPath(this.store), { force: true });
@@ -323,6 +329,20 @@ export class Daemon {
         });
       } catch (e) {
         this.opts.log.error(`gc failed: ${(e as Error).message}`, null, { error: (e as Error).name });
+      }
+    });
+  }
+
+  /** A bounded slice of the store re-read (in the daemon's queue): damage found is quarantined before a checkpoint builds on it. */
+  private scrub(): Promise<void> {
+    return this.exclusive(async () => {
+      try {
+        const r = await this.withRepo((repo) => scrubSlice(repo, this.codecs));
+        const fields = { packs: r.packs, bytesRead: r.bytesRead, badChunks: r.badChunks, damagedCheckpoints: r.damaged.map((d) => d.id).join(' ') };
+        if (r.badChunks > 0) this.opts.log.error('scrub found damaged chunks: quarantined; crinc list marks the damaged checkpoints', null, fields);
+        else this.opts.log.info('scrub', null, fields);
+      } catch (e) {
+        this.opts.log.error(`scrub failed: ${(e as Error).message}`, null, { error: (e as Error).name });
       }
     });
   }

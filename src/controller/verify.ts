@@ -2,25 +2,19 @@
 // its size, header and trailer; every chunk lies inside its pack; every manifest's
 // chunks are indexed), and with readData every indexed chunk is read, decompressed and
 // checked against its id on the codec pool. Damage is reported per checkpoint.
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import type { ChunkBatch, ChunkCompression } from '../codec/chunk-batch.js';
 import { CorruptChunkError } from '../codec/errors.js';
-import { isGone } from '../sys/proc.js';
 import {
   BLOB_HEADER_BYTES,
   CHUNK_ID_BYTES,
   Compression,
-  OLDEST_PACK_FORMAT_VERSION,
   PACK_HEADER_BYTES,
-  PACK_MAGIC,
   PACK_TRAILER_BYTES,
-  PACK_TRAILER_MAGIC,
-  STORE_FORMAT_VERSION,
 } from '../store/format.js';
 import { IdSet } from '../store/id-set.js';
+import { packFrameProblem } from '../store/pack-table.js';
 import { type ChunkTable, listPacks, loadChunkTable, maxCheckpointId, type PackRow, walkManifests } from '../store/inventory.js';
-import { packPath } from '../store/pack.js';
-import { RemoteStoreUnsupportedError } from '../store/errors.js';
+import { PackMissingError } from '../store/errors.js';
 import { idHex, isZeroId, type Repository } from '../store/repository.js';
 import { lockStore } from '../store/store-lock.js';
 import type { Codecs } from './codecs.js';
@@ -29,6 +23,10 @@ import type { Codecs } from './codecs.js';
 const VERIFY_SPAN_BYTES = 4 * 1024 * 1024;
 /** Per damaged checkpoint, at most this many chunk ids are named. */
 const MAX_NAMED_CHUNKS = 5;
+/** A scrub (crinc daemon --scrub-every) reads at most about this many bytes of packs per run. */
+export const SCRUB_SLICE_BYTES = 1024 * 1024 * 1024;
+/** The meta row where the scrub remembers the pack id it goes on from. */
+const SCRUB_CURSOR_KEY = 'scrub_cursor';
 
 export interface VerifyOptions {
   readData: boolean;
@@ -58,17 +56,24 @@ export interface VerifyReport {
   damaged: DamagedCheckpoint[];
 }
 
-export async function verifyStore(repo: Repository, codecs: Codecs, options: VerifyOptions): Promise<VerifyReport> {
-  if (repo.remote) {
-    throw new RemoteStoreUnsupportedError(repo.location, 'verify', 'it checks pack files in place. crinc export of a checkpoint reads every chunk it needs and checks each against its id');
-  }
-  // Shared: checkpoints may commit meanwhile, GC waits. Checkpoints committed after the
-  // chunk table was read are not checked (their chunks might be missing from it).
+/**
+ * Runs fn with the store lock shared (checkpoints may commit meanwhile, GC waits) on the
+ * checkpoints and chunk table as of now. Checkpoints committed after the chunk table was
+ * read are not checked (their chunks might be missing from it).
+ */
+async function withSnapshot<T>(repo: Repository, fn: (upTo: number, table: ChunkTable) => Promise<T>): Promise<T> {
   const lock = await lockStore(repo.dir, 'shared');
   try {
     repo.refreshAfterCollection();
     const upTo = maxCheckpointId(repo);
-    const table = loadChunkTable(repo);
+    return await fn(upTo, loadChunkTable(repo));
+  } finally {
+    lock.release();
+  }
+}
+
+export async function verifyStore(repo: Repository, codecs: Codecs, options: VerifyOptions): Promise<VerifyReport> {
+  return withSnapshot(repo, async (upTo, table) => {
     const packs = listPacks(repo);
     const report: VerifyReport = {
       ok: true, readData: options.readData, checkpoints: 0, packs: packs.length, chunks: table.ids.size,
@@ -77,7 +82,7 @@ export async function verifyStore(repo: Repository, codecs: Codecs, options: Ver
     const byPack = chunksByPack(table);
     const badPacks = new Map<number, string>();
     for (const p of packs) {
-      const problem = checkPack(repo, p, table, byPack.get(p.id) ?? []);
+      const problem = await checkPack(repo, p, table, byPack.get(p.id) ?? []);
       if (problem) {
         badPacks.set(p.id, problem);
         report.packProblems.push({ pack: p.name, problem });
@@ -93,14 +98,69 @@ export async function verifyStore(repo: Repository, codecs: Codecs, options: Ver
         options.onProgress?.(report.bytesRead, total);
       }
       const packName = new Map(packs.map((p) => [p.id, p.name]));
-      for (const [i, problem] of badChunks) report.badChunks.push({ chunk: idHex(table.ids.idAt(i)), pack: packName.get(table.pack[i]!)!, problem });
+      for (const [i, problem] of badChunks) {
+        report.badChunks.push({ chunk: idHex(table.ids.idAt(i)), pack: packName.get(table.pack[i]!)!, problem });
+        // Referenced or not: a new checkpoint must not deduplicate against it.
+        repo.quarantineChunk(table.ids.idAt(i).slice(), problem);
+      }
     }
     await checkManifests(repo, codecs, table, upTo, badPacks, badChunks, report);
     report.ok = report.packProblems.length === 0 && report.badChunks.length === 0 && report.damaged.length === 0;
     return report;
-  } finally {
-    lock.release();
-  }
+  });
+}
+
+export interface ScrubReport {
+  packs: number;
+  bytesRead: number;
+  /** Chunks found damaged or missing (now quarantined). */
+  badChunks: number;
+  /** Checkpoints marked damaged (only looked for when something was found). */
+  damaged: DamagedCheckpoint[];
+  /** Whether this slice reached the last pack (the next one starts from the first). */
+  wrapped: boolean;
+}
+
+/**
+ * One bounded slice of a scrub: the packs from where the last slice stopped are checked
+ * as verify --read-data does, up to about SCRUB_SLICE_BYTES; damaged or missing chunks
+ * are quarantined, and when there were any, every checkpoint's manifests are checked so
+ * that the damaged ones are marked. Over runs the scrub goes round the whole store.
+ */
+export async function scrubSlice(repo: Repository, codecs: Codecs, maxBytes = SCRUB_SLICE_BYTES): Promise<ScrubReport> {
+  return withSnapshot(repo, async (upTo, table) => {
+    const byPack = chunksByPack(table);
+    const from = Number(repo.db.prepare('SELECT value FROM meta WHERE key = ?').pluck().get(SCRUB_CURSOR_KEY) ?? 0);
+    const packs = listPacks(repo).filter((p) => p.id >= from);
+    const report: ScrubReport = { packs: 0, bytesRead: 0, badChunks: 0, damaged: [], wrapped: true };
+    const badPacks = new Map<number, string>();
+    const badChunks = new Map<number, string>();
+    let next = 0;
+    for (const p of packs) {
+      if (report.bytesRead >= maxBytes) {
+        next = p.id;
+        report.wrapped = false;
+        break;
+      }
+      const problem = await checkPack(repo, p, table, byPack.get(p.id) ?? []);
+      if (problem) badPacks.set(p.id, problem);
+      else await readPackData(repo, codecs, p, table, byPack.get(p.id) ?? [], badChunks);
+      report.packs++;
+      report.bytesRead += p.bytes;
+    }
+    repo.db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)').run(SCRUB_CURSOR_KEY, String(next));
+    for (const [i, problem] of badChunks) repo.quarantineChunk(table.ids.idAt(i).slice(), problem);
+    for (const [packId, problem] of badPacks) {
+      for (const i of byPack.get(packId) ?? []) repo.quarantineChunk(table.ids.idAt(i).slice(), `its pack is damaged (${problem})`);
+    }
+    report.badChunks = badChunks.size + [...badPacks.keys()].reduce((n, id) => n + (byPack.get(id)?.length ?? 0), 0);
+    if (report.badChunks > 0) {
+      const found: VerifyReport = { ok: false, readData: true, checkpoints: 0, packs: 0, chunks: 0, bytesRead: 0, packProblems: [], badChunks: [], damaged: [] };
+      await checkManifests(repo, codecs, table, upTo, badPacks, badChunks, found);
+      report.damaged = found.damaged;
+    }
+    return report;
+  });
 }
 
 function chunksByPack(table: ChunkTable): Map<number, number[]> {
@@ -114,39 +174,35 @@ function chunksByPack(table: ChunkTable): Map<number, number[]> {
   return out;
 }
 
-/** The pack's file against its row and its chunks' rows: exists, size, header, trailer, bounds. */
-function checkPack(repo: Repository, pack: PackRow, table: ChunkTable, chunks: number[]): string | undefined {
-  let fd: number;
+/**
+ * The pack against its row and its chunks' rows: exists, size, header, trailer, bounds.
+ * Read through the backend (a file, or ranged GETs of an S3 object).
+ */
+async function checkPack(repo: Repository, pack: PackRow, table: ChunkTable, chunks: number[]): Promise<string | undefined> {
+  const size = pack.bytes;
+  if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) return 'the index gives it fewer bytes than a pack has';
+  const header = Buffer.alloc(PACK_HEADER_BYTES);
+  const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
+  const beyond = Buffer.alloc(1);
   try {
-    fd = openSync(packPath(repo.dir, pack.name), 'r');
+    await repo.readPackInto(pack.name, 0, header);
+    if ((await repo.readPackInto(pack.name, size - PACK_TRAILER_BYTES, trailer)) < PACK_TRAILER_BYTES) return `the pack is shorter than the ${size} bytes the index says`;
+    if ((await repo.readPackInto(pack.name, size, beyond)) > 0) return `the pack is longer than the ${size} bytes the index says`;
   } catch (e) {
-    if (isGone(e)) return 'the pack file is missing';
+    if (e instanceof PackMissingError) return 'the pack file is missing';
     throw e;
   }
-  try {
-    const size = fstatSync(fd).size;
-    if (size !== pack.bytes) return `the file has ${size} bytes, the index says ${pack.bytes}`;
-    if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) return 'the file is too short for a pack';
-    const header = Buffer.alloc(PACK_HEADER_BYTES);
-    const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
-    readSync(fd, header, 0, header.length, 0);
-    readSync(fd, trailer, 0, trailer.length, size - PACK_TRAILER_BYTES);
-    const version = header.readUInt32LE(8);
-    if (Buffer.compare(header.subarray(0, 8), PACK_MAGIC) !== 0) return 'bad header magic';
-    if (version < OLDEST_PACK_FORMAT_VERSION || version > STORE_FORMAT_VERSION) return `unknown pack format version ${version}`;
-    if (Buffer.compare(trailer.subarray(8), PACK_TRAILER_MAGIC) !== 0) return 'bad trailer magic';
-    const blobs = trailer.readUInt32LE(0);
-    if (blobs < chunks.length) return `the trailer counts ${blobs} blobs, the index places ${chunks.length} chunks in it`;
-    for (const i of chunks) {
-      const start = table.offset[i]! - BLOB_HEADER_BYTES;
-      if (start < PACK_HEADER_BYTES || table.offset[i]! + table.storedLength[i]! > size - PACK_TRAILER_BYTES) {
-        return `chunk ${idHex(table.ids.idAt(i))} lies outside the pack's blobs (offset ${table.offset[i]})`;
-      }
+  const frame = packFrameProblem(header, trailer);
+  if (frame) return frame;
+  const blobs = trailer.readUInt32LE(0);
+  if (blobs < chunks.length) return `the trailer counts ${blobs} blobs, the index places ${chunks.length} chunks in it`;
+  for (const i of chunks) {
+    const start = table.offset[i]! - BLOB_HEADER_BYTES;
+    if (start < PACK_HEADER_BYTES || table.offset[i]! + table.storedLength[i]! > size - PACK_TRAILER_BYTES) {
+      return `chunk ${idHex(table.ids.idAt(i))} lies outside the pack's blobs (offset ${table.offset[i]})`;
     }
-    return undefined;
-  } finally {
-    closeSync(fd);
   }
+  return undefined;
 }
 
 /** Reads every indexed blob of a pack; checks its header, then its bytes against its id on the pool. */
@@ -170,17 +226,22 @@ async function readPackData(repo: Repository, codecs: Codecs, pack: PackRow, tab
     while (k < chunks.length) {
       const batch = await pool.acquire();
       const taken: number[] = [];
-      while (k < chunks.length && batch.freeChunks > 0 && batch.freeBytes >= table.storedLength[chunks[k]!]!) {
+      // A chunk needs room for its stored bytes and, once decoded, its raw bytes: freeBytes bounds both.
+      const room = (i: number) => Math.max(table.storedLength[i]!, table.rawLength[i]!);
+      while (k < chunks.length && batch.freeChunks > 0 && batch.freeBytes >= room(chunks[k]!)) {
         // One span: blobs from chunks[k] on, while they fit the batch and the span.
         const first = table.offset[chunks[k]!]! - BLOB_HEADER_BYTES;
         let end = k;
-        let bytes = 0;
+        let storedBytes = 0;
+        let rawBytes = 0;
         let chunkRoom = batch.freeChunks;
         while (
-          end < chunks.length && chunkRoom > 0 && bytes + table.storedLength[chunks[end]!]! <= batch.freeBytes &&
+          end < chunks.length && chunkRoom > 0 &&
+          storedBytes + table.storedLength[chunks[end]!]! <= batch.freeBytes && rawBytes + table.rawLength[chunks[end]!]! <= batch.freeBytes &&
           table.offset[chunks[end]!]! + table.storedLength[chunks[end]!]! - first <= VERIFY_SPAN_BYTES
         ) {
-          bytes += table.storedLength[chunks[end]!]!;
+          storedBytes += table.storedLength[chunks[end]!]!;
+          rawBytes += table.rawLength[chunks[end]!]!;
           chunkRoom--;
           end++;
         }
@@ -257,22 +318,32 @@ async function checkManifests(
     if (k < 0) problem = 'is not in the index';
     else if (badPacks.has(table.pack[k]!)) problem = `is in a damaged pack (${badPacks.get(table.pack[k]!)})`;
     else if (badChunks.has(k)) problem = `is damaged (${badChunks.get(k)})`;
+    else if (repo.isQuarantined(ids, o)) problem = 'is quarantined (found damaged or missing earlier)';
     if (!problem) return;
     let seen = named.get(checkpoint);
     if (!seen) named.set(checkpoint, (seen = new IdSet()));
-    if (seen.add(ids, o)) note(checkpoint, `chunk ${idHex(ids.subarray(o, o + CHUNK_ID_BYTES))} of ${path} ${problem}`);
+    if (!seen.add(ids, o)) return;
+    const id = ids.slice(o, o + CHUNK_ID_BYTES);
+    note(checkpoint, `chunk ${idHex(id)} of ${path} ${problem}`);
+    // Never built on again; the checkpoint is marked damaged until a new copy heals it.
+    repo.quarantineChunk(id, problem, [checkpoint]);
   };
-  report.checkpoints = repo.listCheckpoints().filter((c) => c.id <= upTo).length;
+  const checked = repo.listCheckpoints().filter((c) => c.id <= upTo).map((c) => c.id);
+  report.checkpoints = checked.length;
+  // What this run finds replaces what earlier runs recorded (healed chunks, forgotten checkpoints).
+  repo.clearDamage(checked);
   await walkManifests(repo, codecs.chunks, { after: 0, upTo }, (f) => {
     if (f.parts) for (let o = 0; o < f.parts.length; o += CHUNK_ID_BYTES) checkId(f.checkpoint, `${f.path} (manifest part)`, f.parts, o);
     if (f.error) {
       note(f.checkpoint, `the manifest of ${f.path} cannot be read: ${f.error.message}`);
+      repo.markDamaged(f.checkpoint, null, `the manifest of ${f.path} cannot be read`);
       return;
     }
     const ids = f.ids!;
     const blocks = ids.length / CHUNK_ID_BYTES;
     if (!Number.isInteger(blocks) || blocks !== Math.ceil(f.size / f.blockBytes)) {
       note(f.checkpoint, `the manifest of ${f.path} lists ${blocks} blocks for ${f.size} bytes`);
+      repo.markDamaged(f.checkpoint, null, `the manifest of ${f.path} lists ${blocks} blocks for ${f.size} bytes`);
       return;
     }
     for (let b = 0; b < blocks; b++) if (!isZeroId(ids, b)) checkId(f.checkpoint, f.path, ids, b * CHUNK_ID_BYTES);

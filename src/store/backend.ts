@@ -1,7 +1,12 @@
-// Where a store keeps its packs and the record of each commit, beside the SQLite index
-// (docs/FORMAT.md). A local store keeps them in its directory and the index is the
-// record; an S3 store keeps them as objects and the index is a cache of them.
-import { rmSync } from 'node:fs';
+// Where a store keeps its packs, their chunk tables and the object of each commit, beside
+// the SQLite index, which is a cache of them (docs/FORMAT.md): files in the store's
+// directory, or objects in S3, under the same names and with the same bytes.
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createFileDurable, removeFilesDurable, writeFileDurable } from './durable.js';
+import { StoreError } from './errors.js';
+import { CHECKPOINTS_DIR } from './format.js';
+import { CHECKPOINT_KEY, checkpointKey, decodeCheckpoint, encodeCheckpoint, encodePackIndex, PACK_INDEX_SUFFIX, packKey } from './objects.js';
 import type { PackWriter } from './pack.js';
 import { PackReader, packPath } from './pack.js';
 import type { CheckpointRecord, FileManifest, JobRecord } from './repository.js';
@@ -22,11 +27,10 @@ export interface StoreBackend {
   /** Makes a commit's finished packs durable where readers look for them; before the commit point. */
   storePacks(packs: PackWriter[]): Promise<void>;
   /**
-   * The commit point of a remote store: records the commit and returns the checkpoint id
-   * it took (not below firstFreeId). A local store returns undefined: its index
-   * transaction is the commit point and numbers the checkpoint.
+   * The commit point: writes the checkpoint object under the lowest free id not below
+   * firstFreeId, never over an existing one, and returns that id.
    */
-  commit(record: CommitRecord, firstFreeId: number): Promise<number | undefined>;
+  commit(record: CommitRecord, firstFreeId: number): Promise<number>;
   /** After the index transaction: the packs' local copies are no longer needed by this backend. */
   committed(packs: PackWriter[]): void;
   /** Reads into target from offset of a pack; returns the bytes read (fewer only at the pack's end). */
@@ -37,12 +41,15 @@ export interface StoreBackend {
   forgetCheckpoints(ids: number[]): Promise<void>;
   /** Closes open pack files (a GC may have deleted them); they reopen when read. */
   closePacks(): void;
-  /** Whether packs live elsewhere than the store directory (GC and verify work on local stores only). */
+  /** Whether packs live elsewhere than the store directory (GC, verify and repair work on local stores only). */
   readonly remote: boolean;
   close(): void;
 }
 
-/** Packs as files under <store>/packs/; the index is the only record of commits. */
+/** A checkpoint id taken by a concurrent commit is skipped; this many in a row is an error. */
+const LOCAL_COMMIT_ATTEMPTS = 64;
+
+/** Packs, chunk tables and checkpoint objects as files in the store directory. */
 export class LocalBackend implements StoreBackend {
   readonly remote = false;
   private readonly reader: PackReader;
@@ -51,12 +58,16 @@ export class LocalBackend implements StoreBackend {
     this.reader = new PackReader(location);
   }
 
-  async storePacks(): Promise<void> {
-    // PackWriter.finish already fsynced and renamed them in place.
+  async storePacks(packs: PackWriter[]): Promise<void> {
+    // PackWriter.finish already fsynced and renamed them in place; each gets its chunk table.
+    for (const p of packs) writeFileDurable(join(this.location, packKey(p.name, PACK_INDEX_SUFFIX)), encodePackIndex(p.chunks, p.bytes));
   }
 
-  async commit(): Promise<number | undefined> {
-    return undefined;
+  async commit(record: CommitRecord, firstFreeId: number): Promise<number> {
+    for (let id = firstFreeId; id < firstFreeId + LOCAL_COMMIT_ATTEMPTS; id++) {
+      if (createFileDurable(this.objectPath(id), encodeCheckpoint(id, record))) return id;
+    }
+    throw new StoreError(`${this.location}: could not take a checkpoint id in ${LOCAL_COMMIT_ATTEMPTS} attempts; run crinc repair`);
   }
 
   committed(): void {}
@@ -67,11 +78,15 @@ export class LocalBackend implements StoreBackend {
 
   async deletePack(name: string): Promise<void> {
     this.reader.forget(name);
-    rmSync(packPath(this.location, name), { force: true });
+    removeFilesDurable([packPath(this.location, name), join(this.location, packKey(name, PACK_INDEX_SUFFIX))]);
   }
 
-  async forgetCheckpoints(): Promise<void> {
-    // The index is the only record.
+  async forgetCheckpoints(ids: number[]): Promise<void> {
+    this.removeCheckpointObjects(ids);
+  }
+
+  removeCheckpointObjects(ids: number[]): void {
+    removeFilesDurable(ids.map((id) => this.objectPath(id)));
   }
 
   closePacks(): void {
@@ -80,5 +95,30 @@ export class LocalBackend implements StoreBackend {
 
   close(): void {
     this.reader.close();
+  }
+
+  /** The ids of the checkpoint objects in the store directory. */
+  checkpointObjectIds(): number[] {
+    let names: string[];
+    try {
+      names = readdirSync(join(this.location, CHECKPOINTS_DIR));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+    return names.map((n) => CHECKPOINT_KEY.exec(`${CHECKPOINTS_DIR}/${n}`)).filter((m) => m !== null).map((m) => Number(m[1]));
+  }
+
+  readCheckpointObject(id: number): CommitRecord {
+    return decodeCheckpoint(id, readFileSync(this.objectPath(id)), this.objectPath(id));
+  }
+
+  /** Writes the object of a checkpoint that has none (an index of an older format). */
+  writeCheckpointObject(id: number, record: CommitRecord): void {
+    createFileDurable(this.objectPath(id), encodeCheckpoint(id, record));
+  }
+
+  private objectPath(id: number): string {
+    return join(this.location, checkpointKey(id));
   }
 }

@@ -27,14 +27,17 @@ export class ChunkCorruptError extends StoreError {
     readonly pack: string,
     readonly detail: string,
   ) {
-    super(`chunk ${chunkId} in pack ${pack} is damaged (${detail}); nothing was restored. Other checkpoints that share this chunk are damaged too; older or newer checkpoints may not share it.`);
+    super(
+      `chunk ${chunkId} in pack ${pack} is damaged (${detail}); nothing was restored. Other checkpoints that share this chunk are damaged too; older or newer checkpoints may not share it. ` +
+        'The chunk is quarantined: the next checkpoint of a running job stores its content again. `crinc verify` names the damaged checkpoints',
+    );
   }
 }
 
 export class ChunkMissingError extends StoreError {
   override name = 'ChunkMissingError';
   constructor(readonly chunkId: string) {
-    super(`chunk ${chunkId} is referenced by a checkpoint but is not in the store index: the store is damaged`);
+    super(`chunk ${chunkId} is referenced by a checkpoint but is not in the store: the store is damaged; \`crinc verify\` names the damaged checkpoints, \`crinc repair\` rebuilds the index from the packs`);
   }
 }
 
@@ -78,5 +81,28 @@ export class RemoteStoreUnsupportedError extends S3StoreError {
   override name = 'RemoteStoreUnsupportedError';
   constructor(location: string, what: string, whyAndInstead: string) {
     super(`crinc ${what} of an S3 store (${location}) is not supported yet: ${whyAndInstead}`);
+  }
+}
+
+/** The index is gone but the store holds checkpoints: nothing may touch the packs until it is rebuilt. */
+export class StoreIndexMissingError extends StoreError {
+  override name = 'StoreIndexMissingError';
+  constructor(readonly dir: string) {
+    super(
+      `${dir} holds packs or checkpoints but its index (index.sqlite) is missing; nothing was changed. ` +
+        `Rebuild the index from the packs and checkpoint objects with: crinc repair --store ${dir}`,
+    );
+  }
+}
+
+/** A pack the index names is not there (deleted, or lost with its disk). */
+export class PackMissingError extends StoreError {
+  override name = 'PackMissingError';
+  constructor(readonly pack: string, where: string) {
+    super(
+      `pack ${pack} is missing from ${where}: the checkpoints whose chunks it held cannot be restored. ` +
+        'Its chunks are now quarantined (the next checkpoint of a running job stores them again); ' +
+        '`crinc verify` names the damaged checkpoints, `crinc repair --forget-damaged` forgets them',
+    );
   }
 }

@@ -1,14 +1,17 @@
 // On-disk format constants of a crinc store. docs/FORMAT.md describes the layout; any
 // change to it bumps STORE_FORMAT_VERSION.
 
-export const STORE_FORMAT_VERSION = 3;
-/** Pack headers carry the store format version they were written under: 1 or 2, same layout. */
+export const STORE_FORMAT_VERSION = 4;
+/** Pack headers carry the store format version they were written under: 1 to 4, same layout. */
 export const OLDEST_PACK_FORMAT_VERSION = 1;
 
 export const INDEX_FILE = 'index.sqlite';
 export const PACKS_DIR = 'packs';
 export const JOBS_DIR = 'jobs';
 export const LOCKS_DIR = 'locks';
+export const CHECKPOINTS_DIR = 'checkpoints';
+/** Writer journals: packs a running process may leave behind (src/store/journal.ts). */
+export const WRITERS_DIR = 'writers';
 
 export const PACK_MAGIC = Buffer.from('CRINCPK1', 'ascii');
 export const PACK_TRAILER_MAGIC = Buffer.from('CRINCEND', 'ascii');

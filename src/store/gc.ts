@@ -1,16 +1,21 @@
 // Garbage collection (docs/FORMAT.md, "Garbage collection"): mark every chunk that a
 // checkpoint's manifest names, sweep the index rows of the others, delete packs left
 // without live chunks, and repack packs whose live share fell below
-// REPACK_BELOW_LIVE_RATIO. Files are deleted only after the index stops naming them,
-// so a crash at any point leaves at worst orphan files, removed by the next GC or open.
-import { closeSync, openSync, statSync } from 'node:fs';
+// REPACK_BELOW_LIVE_RATIO. Packs about to be written or deleted are noted first in a
+// writer journal, and files are deleted only after the index stops naming them, so a
+// crash at any point leaves at worst packs that the next GC or open removes.
+import { closeSync, existsSync, openSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { faultPoint } from '../sys/fault.js';
 import { tryLockExclusive } from '../sys/libc.js';
 import { isGone } from '../sys/proc.js';
 import { BLOB_HEADER_BYTES, CHUNK_ID_BYTES, type Compression, LOCKS_DIR, PACK_HEADER_BYTES, PACK_TRAILER_BYTES } from './format.js';
 import { IdSet } from './id-set.js';
-import { type ChunkTable, listPacks, loadChunkTable, manifestBytes, maxCheckpointId, packFilesOnDisk, walkManifests, type PackFileOnDisk } from './inventory.js';
+import { type ChunkTable, listPacks, loadChunkTable, manifestBytes, maxCheckpointId, walkManifests } from './inventory.js';
+import { deadWriterJournals, WriterJournal } from './journal.js';
+import { PACK_INDEX_SUFFIX, packKey } from './objects.js';
+import { PARTIAL_SUFFIX, packPath } from './pack.js';
+import { removeFilesDurable } from './durable.js';
 import { type ChunkCodec, isZeroId, type Repository } from './repository.js';
 import { RemoteStoreUnsupportedError, StoreError } from './errors.js';
 import { lockStore } from './store-lock.js';
@@ -44,7 +49,7 @@ export interface GcResult {
   deadPacks: number;
   repackedPacks: number;
   newPacks: number;
-  /** Files the index did not name: .partial packs, and packs of interrupted commits or GCs. */
+  /** Packs left by interrupted commits or GCs (named in the journal of a writer that died). */
   orphanFiles: number;
   /** Bytes of pack files before and after (on disk, orphans included). */
   bytesBefore: number;
@@ -118,11 +123,11 @@ async function sweepAndRepack(repo: Repository, codec: ChunkCodec, live: IdSet, 
     plan.live.push(i);
     plan.liveBlobBytes += BLOB_HEADER_BYTES + table.storedLength[i]!;
   }
-  const indexed = new Set(packs.map((p) => p.name));
-  const orphans = packFilesOnDisk(repo.dir).filter((f) => f.partial || !indexed.has(f.name));
+  const orphans = abandoned(repo).files;
   const deadPacks = [...plans.values()].filter((p) => p.live.length === 0);
   const repack = [...plans.values()].filter((p) => p.live.length > 0 && p.liveBlobBytes / (p.bytes - PACK_HEADER_BYTES - PACK_TRAILER_BYTES) < REPACK_BELOW_LIVE_RATIO);
   const orphanBytes = orphans.reduce((n, f) => n + fileSize(f), 0);
+  const journal = new WriterJournal(repo.dir);
   const bytesBefore = packs.reduce((n, p) => n + p.bytes, 0) + orphanBytes;
   const result: GcResult = {
     dryRun: options.dryRun,
@@ -150,12 +155,13 @@ async function sweepAndRepack(repo: Repository, codec: ChunkCodec, live: IdSet, 
   const bumpGeneration = repo.db.prepare(`UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'gc_generation'`);
   const delChunk = repo.db.prepare('DELETE FROM chunks WHERE id = ?');
   const delPack = repo.db.prepare('DELETE FROM packs WHERE id = ?');
+  for (const p of [...deadPacks, ...repack]) journal.note(p.name);
   repo.db.transaction(() => {
     for (const i of dead) delChunk.run(table.ids.idAt(i));
     for (const p of deadPacks) delPack.run(p.id);
     bumpGeneration.run();
   })();
-  for (const f of orphans) repo.removePackFile(f.name, f.partial);
+  removeAbandonedPacks(repo);
   deadPacks.forEach((p, k) => {
     if (k === Math.floor(deadPacks.length / 2)) faultPoint('gc-mid-sweep');
     repo.removePackFile(p.name);
@@ -178,6 +184,7 @@ async function sweepAndRepack(repo: Repository, codec: ChunkCodec, live: IdSet, 
         }
       }
       const written = writer.finish();
+      await repo.storePacks(written);
       faultPoint('gc-repack-written');
       const insPack = repo.db.prepare('INSERT INTO packs (name, bytes, created_at) VALUES (?, ?, ?)');
       const move = repo.db.prepare('UPDATE chunks SET pack = ?, offset = ? WHERE id = ?');
@@ -199,9 +206,11 @@ async function sweepAndRepack(repo: Repository, codec: ChunkCodec, live: IdSet, 
       writer.abandon();
       throw e;
     }
+    writer.committed();
     faultPoint('gc-before-delete');
     for (const p of repack) repo.removePackFile(p.name);
   }
+  journal.close();
   faultPoint('gc-after-delete');
   const kept = [...plans.values()].filter((p) => p.live.length > 0 && !repack.includes(p));
   result.bytesAfter += kept.reduce((n, p) => n + p.bytes, 0);
@@ -227,22 +236,36 @@ async function readBlob(repo: Repository, pack: string, table: ChunkTable, i: nu
   return buf.subarray(BLOB_HEADER_BYTES);
 }
 
-function fileSize(f: PackFileOnDisk): number {
+function fileSize(path: string): number {
   try {
-    return statSync(f.path).size;
+    return statSync(path).size;
   } catch (e) {
     if (isGone(e)) return 0; // an abandoned pack removed by its writer meanwhile
     throw e;
   }
 }
 
-/**
- * Crash recovery, with the store lock held exclusive (nobody is writing a pack): deletes
- * .partial packs and finished packs the index does not name. Returns their names.
- */
-export function removeOrphanPacks(repo: Repository): PackFileOnDisk[] {
+/** The journals of dead writers, and the files of their packs that the index does not name (docs/FORMAT.md, "Writer journals"). */
+function abandoned(repo: Repository): { journals: string[]; files: string[] } {
   const indexed = new Set(listPacks(repo).map((p) => p.name));
-  const orphans = packFilesOnDisk(repo.dir).filter((f) => f.partial || !indexed.has(f.name));
-  for (const f of orphans) repo.removePackFile(f.name, f.partial);
-  return orphans;
+  const journals = deadWriterJournals(repo.dir);
+  const files = journals.flatMap((j) => j.packs).filter((name) => !indexed.has(name)).flatMap((name) => {
+    const pack = packPath(repo.dir, name);
+    return [pack, pack + PARTIAL_SUFFIX, join(repo.dir, packKey(name, PACK_INDEX_SUFFIX))];
+  });
+  return { journals: journals.map((j) => j.path), files: files.filter((f) => existsSync(f)) };
+}
+
+/**
+ * Crash recovery and GC, with the store lock held exclusive (nobody is between creating
+ * a pack and committing it): deletes the packs that dead writers noted in their journals
+ * and the index does not name, then the journals. Returns the files deleted. A pack no
+ * journal names is never deleted here, whatever the index says.
+ */
+export function removeAbandonedPacks(repo: Repository): string[] {
+  const { journals, files } = abandoned(repo);
+  repo.closePacks();
+  removeFilesDurable(files);
+  removeFilesDurable(journals);
+  return files;
 }

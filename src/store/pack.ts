@@ -1,9 +1,12 @@
 // Pack files: append-only containers of compressed chunks (layout in docs/FORMAT.md).
 // A pack is written under a .partial name, fsynced, then renamed: a pack file without
 // that suffix is always complete. Only the index decides whether its chunks are live.
-import { closeSync, fsyncSync, mkdirSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
+import { ensureDirDurable, fsyncDir } from './durable.js';
+import { PackMissingError } from './errors.js';
+import type { WriterJournal } from './journal.js';
 import {
   BLOB_HEADER_BYTES,
   CHUNK_ID_BYTES,
@@ -68,15 +71,6 @@ export function packPath(storeDir: string, name: string): string {
   return join(storeDir, PACKS_DIR, name.slice(0, 2), `${name}.pack`);
 }
 
-function fsyncDir(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 export class PackWriter {
   readonly name = randomBytes(16).toString('hex');
   readonly chunks = new PackedChunks();
@@ -87,13 +81,12 @@ export class PackWriter {
   private buffer = Buffer.allocUnsafe(PACK_WRITE_BUFFER_BYTES);
   private buffered = 0;
 
-  constructor(storeDir: string) {
+  constructor(storeDir: string, journal: WriterJournal) {
+    journal.note(this.name);
     this.finalPath = packPath(storeDir, this.name);
     this.partialPath = this.finalPath + PARTIAL_SUFFIX;
     // A new prefix directory must itself be durable before the index can name the pack.
-    if (mkdirSync(dirname(this.finalPath), { recursive: true, mode: 0o700 }) !== undefined) {
-      fsyncDir(dirname(dirname(this.finalPath)));
-    }
+    ensureDirDurable(dirname(this.finalPath));
     this.fd = openSync(this.partialPath, 'wx', 0o600);
     const header = Buffer.alloc(PACK_HEADER_BYTES);
     PACK_MAGIC.copy(header, 0);
@@ -179,7 +172,12 @@ export class PackReader {
   readInto(pack: string, offset: number, target: Uint8Array): number {
     let fd = this.fds.get(pack);
     if (fd === undefined) {
-      fd = openSync(packPath(this.storeDir, pack), 'r');
+      try {
+        fd = openSync(packPath(this.storeDir, pack), 'r');
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new PackMissingError(pack, this.storeDir);
+        throw e;
+      }
       this.fds.set(pack, fd);
     }
     let done = 0;

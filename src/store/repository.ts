@@ -4,11 +4,12 @@
 // remote store, after its commit object is written (docs/FORMAT.md, "Commit").
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { faultPoint } from '../sys/fault.js';
 import { tryLockExclusive } from '../sys/libc.js';
 import {
+  CHECKPOINTS_DIR,
   CHUNK_ID_BYTES,
   Compression,
   INDEX_FILE,
@@ -24,7 +25,9 @@ import {
   ChunkMissingError,
   InvalidJobNameError,
   JobBusyError,
+  PackMissingError,
   StoreFormatError,
+  StoreIndexMissingError,
   StoreNotFoundError,
   StorePermissionError,
   UnknownJobError,
@@ -32,7 +35,11 @@ import {
 import { SECRET_BYTES } from '../codec/limits.js';
 import { IdSet } from './id-set.js';
 import { type CommitRecord, LocalBackend, type StoreBackend } from './backend.js';
-import { PackedChunks, PackWriter, PARTIAL_SUFFIX, packPath } from './pack.js';
+import { removeFilesDurable, writeFileDurable } from './durable.js';
+import { WriterJournal } from './journal.js';
+import { decodeStoreObject, encodeStoreObject, PACK_INDEX_SUFFIX, packKey, STORE_OBJECT, type StoreIdentity } from './objects.js';
+import { PackedChunks, PackWriter, packPath } from './pack.js';
+import { readPackTable } from './pack-table.js';
 import type { RetentionPolicy } from './retention-policy.js';
 import { SCHEMA_MIGRATIONS, SCHEMA_V1 } from './schema.js';
 
@@ -42,6 +49,10 @@ const LOOKUP_BATCH = 500;
 const KNOWN_PRELOAD_MAX_IDS = 8 * 1024 * 1024;
 /** Locating chunks scans the whole table when it holds at most this many times the ids wanted. */
 const LOCATE_SCAN_FACTOR = 4;
+/** The store format from which packs and checkpoint objects are the truth (docs/FORMAT.md). */
+const OBJECTS_FORMAT_VERSION = 4;
+/** The id under which a checkpoint's damage that no single chunk explains is recorded (table damaged). */
+const NO_CHUNK = Buffer.alloc(0);
 
 export interface ChunkLocations {
   pack: string[];
@@ -168,11 +179,7 @@ export interface OpenOptions {
   identity?: StoreIdentity;
 }
 
-export interface StoreIdentity {
-  storeId: string;
-  secret: Uint8Array;
-  createdAt: string;
-}
+export type { StoreIdentity };
 
 /** A pack of a remote store and its chunks, for the local index. */
 export interface RemotePack {
@@ -190,9 +197,14 @@ export interface RemoteCheckpoint {
 export class Repository {
   readonly secret: Uint8Array;
   /** The index: for the store's own modules (gc.ts, inventory.ts); everything else goes through methods. */
-  readonly db: Database.Database;
+  get db(): Database.Database {
+    return this.index;
+  }
+  private index: Database.Database;
+  /** dev:ino of the index file this process opened: `crinc repair` renames a rebuilt one over it. */
+  private indexFile: string | undefined;
   private readonly backend: StoreBackend;
-  private readonly hasChunkStmt: Database.Statement;
+  private hasChunkStmt: Database.Statement;
   /** Ids known to be in the index: lookups of them need no query. */
   private known = new IdSet();
   /** The GC generation the cache is valid for (meta gc_generation, read before any id went in). */
@@ -200,42 +212,76 @@ export class Repository {
   /** The cache holds every id of the index (as of preloadKnown, plus our own commits). */
   private knownComplete = false;
   private readonly statements = new Map<string, Database.Statement>();
-  private readonly chunkStmt: Database.Statement;
+  private chunkStmt: Database.Statement;
+  /** Chunks found damaged or missing (table quarantine), as of open or the last refresh. */
+  private quarantined = new IdSet();
+  /** A commit healed quarantined chunks: reload the set once it is durable. */
+  private quarantineStale = false;
 
   private constructor(
     readonly dir: string,
     isNew: boolean,
     options: OpenOptions,
   ) {
-    this.db = new Database(join(dir, INDEX_FILE));
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = FULL');
-    this.db.pragma('foreign_keys = ON');
-    this.db.pragma('busy_timeout = 30000');
+    this.indexFile = indexFileIdentity(dir);
+    this.index = openIndex(dir);
     this.backend = options.backend ?? new LocalBackend(dir);
     this.ensureSchema(isNew, options.identity);
     const secret = this.db.prepare(`SELECT value FROM meta WHERE key = 'secret'`).pluck().get() as Buffer | undefined;
     if (!secret || secret.length !== SECRET_BYTES) throw new StoreFormatError(`${dir}: the store's secret is missing or damaged`);
     this.secret = new Uint8Array(secret);
     this.knownGeneration = this.gcGeneration();
+    this.loadQuarantine();
     this.hasChunkStmt = this.db.prepare('SELECT 1 FROM chunks WHERE id = ?').pluck();
-    this.chunkStmt = this.db.prepare(
-      'SELECT p.name AS pack, c.offset, c.stored_length, c.raw_length, c.compression FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?',
-    );
+    this.chunkStmt = this.db.prepare(CHUNK_ROW_SQL);
+  }
+
+  /**
+   * A long-lived process (crinc run, attach, daemon) whose index was replaced by `crinc
+   * repair` opens the new one; with the index gone it stops (StoreIndexMissingError)
+   * rather than commit into a deleted file. Repair swaps the index under the exclusive
+   * store lock, so this is called with the lock held shared.
+   */
+  private followIndexFile(): void {
+    const now = indexFileIdentity(this.dir);
+    if (now === this.indexFile) return;
+    if (now === undefined) throw new StoreIndexMissingError(this.dir);
+    this.index.close();
+    this.statements.clear();
+    this.index = openIndex(this.dir);
+    this.indexFile = now;
+    this.hasChunkStmt = this.db.prepare('SELECT 1 FROM chunks WHERE id = ?').pluck();
+    this.chunkStmt = this.db.prepare(CHUNK_ROW_SQL);
+    this.known = new IdSet();
+    this.knownComplete = false;
+    this.knownGeneration = this.gcGeneration();
+    this.backend.closePacks();
   }
 
   static open(dir: string, options: OpenOptions): Repository {
     const index = join(dir, INDEX_FILE);
     const isNew = !existsSync(index);
+    const local = options.backend === undefined;
+    // Without its index a store's checkpoints are found again only by crinc repair: no
+    // command may act on the packs meanwhile (crash recovery would take them for leftovers).
+    if (isNew && local && storeHoldsData(dir)) throw new StoreIndexMissingError(dir);
     if (isNew) {
       if (!options.create) throw new StoreNotFoundError(dir);
       mkdirSync(dir, { recursive: true, mode: 0o700 });
     }
     checkStoreDirectory(dir);
+    let identity = options.identity;
+    if (local) {
+      identity = readLocalIdentity(dir);
+      if (!identity && isNew) {
+        identity = { storeId: randomBytes(16).toString('hex'), secret: new Uint8Array(randomBytes(SECRET_BYTES)), createdAt: new Date().toISOString() };
+        writeFileDurable(join(dir, STORE_OBJECT), encodeStoreObject(identity));
+      }
+    }
     // Created 0600 before SQLite opens it: its -wal and -shm files take the same mode.
     if (isNew) closeSync(openSync(index, 'a', 0o600));
-    const repo = new Repository(dir, isNew, options);
-    for (const sub of [PACKS_DIR, JOBS_DIR, LOCKS_DIR]) mkdirSync(join(dir, sub), { recursive: true, mode: 0o700 });
+    const repo = new Repository(dir, isNew, { ...options, identity });
+    for (const sub of [PACKS_DIR, JOBS_DIR, LOCKS_DIR, CHECKPOINTS_DIR]) mkdirSync(join(dir, sub), { recursive: true, mode: 0o700 });
     return repo;
   }
 
@@ -277,6 +323,12 @@ export class Repository {
       );
     }
     const storeId = this.db.prepare(`SELECT value FROM meta WHERE key = 'store_id'`).pluck().get() as string;
+    if (identity && storeId !== identity.storeId && !this.backend.remote) {
+      throw new StoreFormatError(
+        `${this.dir}/${STORE_OBJECT} names store ${identity.storeId}, but its index is of store ${storeId}: the index belongs to another store. ` +
+          `Move ${INDEX_FILE} away and rebuild it with: crinc repair --store ${this.dir}`,
+      );
+    }
     if (identity && storeId !== identity.storeId) {
       throw new StoreFormatError(
         `${this.dir} caches store ${storeId}, but ${this.backend.location} is store ${identity.storeId} (recreated?). ` +
@@ -289,6 +341,7 @@ export class Repository {
       const current = Number(versionStmt.get());
       for (const m of SCHEMA_MIGRATIONS) {
         if (m.version <= current) continue;
+        if (m.version === OBJECTS_FORMAT_VERSION && this.backend instanceof LocalBackend) this.writeObjectsFromIndex(this.backend);
         this.db.exec(m.sql);
         this.db.prepare(`UPDATE meta SET value = ? WHERE key = 'format_version'`).run(String(m.version));
       }
@@ -308,6 +361,8 @@ export class Repository {
    * which may be deleted files. Call with the store lock held shared, before ingest.
    */
   refreshAfterCollection(): void {
+    if (this.backend instanceof LocalBackend) this.followIndexFile();
+    this.loadQuarantine();
     const generation = this.gcGeneration();
     if (generation === this.knownGeneration) return;
     const wasComplete = this.knownComplete;
@@ -331,25 +386,57 @@ export class Repository {
       .run(job, JSON.stringify(policy));
   }
 
-  /** Deletes checkpoints and their manifests in one transaction; their chunks stay for GC. */
+  /**
+   * Forgets checkpoints: their rows go in one transaction that remembers their ids (table
+   * forgotten), then their objects are deleted, then the ids. A crash in between leaves
+   * objects that catch-up deletes instead of taking them back in. Chunks stay for GC.
+   */
   async forgetCheckpoints(ids: number[]): Promise<void> {
-    await this.backend.forgetCheckpoints(ids);
     const delFiles = this.db.prepare('DELETE FROM files WHERE checkpoint = ?');
     const delCheckpoint = this.db.prepare('DELETE FROM checkpoints WHERE id = ?');
+    const delDamaged = this.db.prepare('DELETE FROM damaged WHERE checkpoint = ?');
+    const remember = this.db.prepare('INSERT OR IGNORE INTO forgotten (id) VALUES (?)');
     this.db.transaction(() => {
       for (const id of ids) {
         delFiles.run(id);
         delCheckpoint.run(id);
+        delDamaged.run(id);
+        remember.run(id);
       }
       faultPoint('retention-in-transaction');
     })();
+    await this.backend.forgetCheckpoints(ids);
+    this.clearForgotten(ids);
   }
 
-  /** Deletes a pack file the index does not name (GC, crash recovery); `partial`: its unfinished .partial file. */
-  removePackFile(name: string, partial = false): void {
+  /** The objects of these forgotten checkpoints are deleted: their ids need not be remembered. */
+  clearForgotten(ids: number[]): void {
+    const done = this.db.prepare('DELETE FROM forgotten WHERE id = ?');
+    this.db.transaction(() => {
+      for (const id of ids) done.run(id);
+    })();
+  }
+
+  /** Checkpoints forgotten whose objects may still exist (a forget was interrupted). */
+  forgottenCheckpoints(): Set<number> {
+    return new Set(this.db.prepare('SELECT id FROM forgotten').pluck().all() as number[]);
+  }
+
+  /** Deletes a pack file (and its chunk table) that the index no longer names (GC). */
+  removePackFile(name: string): void {
     // An open descriptor would keep the deleted file's space in use: reopen lazily instead.
     this.backend.closePacks();
-    rmSync(packPath(this.dir, name) + (partial ? PARTIAL_SUFFIX : ''), { force: true });
+    removeFilesDurable([packPath(this.dir, name), join(this.dir, packKey(name, PACK_INDEX_SUFFIX))]);
+  }
+
+  /** Closes open pack files: some are about to be deleted. */
+  closePacks(): void {
+    this.backend.closePacks();
+  }
+
+  /** Makes finished packs durable where readers look for them, with their chunk tables (GC's repack). */
+  storePacks(packs: PackWriter[]): Promise<void> {
+    return this.backend.storePacks(packs);
   }
 
   // ---- jobs -------------------------------------------------------------------------
@@ -431,6 +518,7 @@ export class Repository {
   // ---- chunks -----------------------------------------------------------------------
 
   hasChunk(id: Uint8Array): boolean {
+    if (this.quarantined.size > 0 && this.quarantined.has(id)) return false;
     if (this.known.has(id)) return true;
     if (this.knownComplete) return false;
     const found = this.hasChunkStmt.get(id) !== undefined;
@@ -451,12 +539,82 @@ export class Repository {
 
   /** Whether any chunk is quarantined (found damaged or missing): then clean-page reuse must ask isQuarantined. */
   hasQuarantine(): boolean {
-    return false;
+    return this.quarantined.size > 0;
   }
 
   /** Whether the chunk id at ids[offset] was found damaged or missing: it must be stored again, never referenced. */
-  isQuarantined(_ids: Uint8Array, _offset = 0): boolean {
+  isQuarantined(ids: Uint8Array, offset = 0): boolean {
+    return this.quarantined.size > 0 && this.quarantined.has(ids, offset);
+  }
+
+  /** Whether a manifest names a quarantined chunk: then it is not reused as it is (an unchanged job file is read again). */
+  namesQuarantined(ids: Uint8Array): boolean {
+    if (this.quarantined.size === 0) return false;
+    for (let o = 0; o < ids.length; o += CHUNK_ID_BYTES) if (this.quarantined.has(ids, o)) return true;
     return false;
+  }
+
+  private loadQuarantine(): void {
+    const set = new IdSet();
+    for (const id of this.db.prepare('SELECT id FROM quarantine').pluck().iterate() as IterableIterator<Buffer>) set.add(id);
+    this.quarantined = set;
+  }
+
+  /**
+   * Quarantines a chunk found damaged or missing: no new checkpoint references it (the
+   * next one that holds its content stores it again, which heals it), and every
+   * checkpoint found to need it is marked damaged (`damaged`).
+   */
+  quarantineChunk(id: Uint8Array, problem: string, checkpoints: number[] = []): void {
+    const now = Date.now();
+    this.db.transaction(() => {
+      this.statement('INSERT OR IGNORE INTO quarantine (id, found_at, problem) VALUES (?, ?, ?)').run(id, now, problem);
+      for (const c of checkpoints) this.markDamaged(c, id, problem);
+    })();
+    this.quarantined.add(id);
+  }
+
+  /** Quarantines every chunk the index places in a pack that is missing. */
+  quarantinePack(pack: string, problem: string): void {
+    const ids = this.db.prepare('SELECT c.id FROM chunks c JOIN packs p ON p.id = c.pack WHERE p.name = ?').pluck().all(pack) as Buffer[];
+    for (const id of ids) this.quarantineChunk(id, problem);
+  }
+
+  /** Marks a checkpoint damaged: it needs the chunk (or, with none given, something else that is broken). */
+  markDamaged(checkpoint: number, chunk: Uint8Array | null, problem: string): void {
+    this.statement('INSERT OR REPLACE INTO damaged (checkpoint, chunk, problem, found_at) VALUES (?, ?, ?, ?)').run(checkpoint, chunk ?? NO_CHUNK, problem, Date.now());
+  }
+
+  /** Damaged checkpoints and their recorded problems (verify, repair, scrub). */
+  damagedCheckpoints(): Map<number, string[]> {
+    const out = new Map<number, string[]>();
+    for (const r of this.db.prepare('SELECT checkpoint, chunk, problem FROM damaged ORDER BY checkpoint').all() as { checkpoint: number; chunk: Buffer; problem: string }[]) {
+      let list = out.get(r.checkpoint);
+      if (!list) out.set(r.checkpoint, (list = []));
+      list.push(r.chunk.length > 0 ? `chunk ${idHex(r.chunk)}: ${r.problem}` : r.problem);
+    }
+    return out;
+  }
+
+  /** Clears the damage recorded for checkpoints (verify records it afresh). */
+  clearDamage(checkpoints: number[]): void {
+    const del = this.db.prepare('DELETE FROM damaged WHERE checkpoint = ?');
+    this.db.transaction(() => {
+      for (const c of checkpoints) del.run(c);
+    })();
+  }
+
+  /**
+   * A read failed: a damaged or missing chunk is quarantined, a missing pack's chunks
+   * too. For the place where such an error is caught with the store still open.
+   */
+  noteReadFailure(e: unknown): void {
+    if (!this.db.open) return;
+    if (e instanceof ChunkCorruptError || e instanceof ChunkMissingError) {
+      this.quarantineChunk(Buffer.from(e.chunkId, 'hex'), e.message);
+    } else if (e instanceof PackMissingError) {
+      this.quarantinePack(e.pack, 'its pack is missing');
+    }
   }
 
   /**
@@ -476,6 +634,14 @@ export class Repository {
 
   /** Of ids[i] for i in candidates, those the store does not have: cache first, then batched queries. */
   unknownChunks(ids: Uint8Array, candidates: number[]): number[] {
+    const unknown = this.unknownToIndex(ids, candidates);
+    if (this.quarantined.size === 0) return unknown;
+    // A quarantined chunk is unknown: the checkpoint stores it again.
+    const marked = new Set(unknown);
+    return candidates.filter((i) => marked.has(i) || this.quarantined.has(ids, i * CHUNK_ID_BYTES));
+  }
+
+  private unknownToIndex(ids: Uint8Array, candidates: number[]): number[] {
     const ask: number[] = [];
     for (const i of candidates) if (!this.known.has(ids, i * CHUNK_ID_BYTES)) ask.push(i);
     if (this.knownComplete) return ask;
@@ -554,8 +720,14 @@ export class Repository {
     return out;
   }
 
-  readPackInto(pack: string, offset: number, target: Uint8Array): Promise<number> {
-    return this.backend.readPackInto(pack, offset, target);
+  /** Reads pack bytes; a pack found missing has its chunks quarantined (PackMissingError). */
+  async readPackInto(pack: string, offset: number, target: Uint8Array): Promise<number> {
+    try {
+      return await this.backend.readPackInto(pack, offset, target);
+    } catch (e) {
+      this.noteReadFailure(e);
+      throw e;
+    }
   }
 
   private lookupStmt(n: number): Database.Statement {
@@ -574,10 +746,19 @@ export class Repository {
 
   /** Reads a chunk, decompresses it and checks it against its id. */
   async readChunk(id: Uint8Array, codec: ChunkCodec): Promise<Uint8Array> {
+    try {
+      return await this.readChunkChecked(id, codec);
+    } catch (e) {
+      this.noteReadFailure(e);
+      throw e;
+    }
+  }
+
+  private async readChunkChecked(id: Uint8Array, codec: ChunkCodec): Promise<Uint8Array> {
     const row = this.chunkStmt.get(id) as ChunkRow | undefined;
     if (!row) throw new ChunkMissingError(idHex(id));
     const stored = Buffer.allocUnsafe(row.stored_length);
-    const got = await this.backend.readPackInto(row.pack, row.offset, stored);
+    const got = await this.readPackInto(row.pack, row.offset, stored);
     if (got !== row.stored_length) {
       throw new ChunkCorruptError(idHex(id), row.pack, `pack is ${row.stored_length - got} bytes short`);
     }
@@ -616,14 +797,15 @@ export class Repository {
   ): Promise<CheckpointRecord> {
     let stored: { f: FileManifest; manifest: { data: Buffer; indirect: boolean } }[];
     let packs: PackWriter[];
-    let remoteId: number | undefined;
+    let objectId: number;
     try {
       stored = files.map((f) => ({ f, manifest: writer.storeManifest(f.ids) }));
       packs = writer.finish();
       await this.backend.storePacks(packs);
+      faultPoint('commit-packs-written');
       const { job: jobName, ...checkpoint } = meta;
       const job = this.requireJob(jobName);
-      remoteId = await this.backend.commit(
+      objectId = await this.backend.commit(
         {
           job: { name: job.name, command: job.command, cwd: job.cwd, createdAt: job.createdAt },
           checkpoint: { ...checkpoint, storedBytes: writer.storedBytes },
@@ -644,39 +826,55 @@ export class Repository {
     const now = Date.now();
     const commit = this.db.transaction(() => {
       for (const pack of packs) this.insertPack(pack.name, pack.bytes, pack.chunks, now);
-      // A catch-up of a remote store (another crinc process) may have brought it in already.
-      if (remoteId !== undefined && this.db.prepare('SELECT 1 FROM checkpoints WHERE id = ?').get(remoteId)) return remoteId;
-      const checkpointId = Number(insCheckpoint.run({ ...meta, id: remoteId ?? null, storedBytes: writer.storedBytes }).lastInsertRowid);
+      // A catch-up (another crinc process) may have brought it in already.
+      if (this.db.prepare('SELECT 1 FROM checkpoints WHERE id = ?').get(objectId)) return objectId;
+      const checkpointId = Number(insCheckpoint.run({ ...meta, id: objectId, storedBytes: writer.storedBytes }).lastInsertRowid);
       for (const { f, manifest } of stored) {
         insFile.run(checkpointId, f.role, f.path, f.size, f.mode, f.uid, f.gid, f.blockBytes, manifest.data, manifest.indirect ? 1 : 0, f.identity);
       }
       faultPoint('commit-in-transaction');
       return checkpointId;
     });
+    // After the commit point the checkpoint exists: if the index transaction fails, the
+    // next open's catch-up brings it in (its packs stay; the writer's journal too).
+    faultPoint('commit-object-written');
     let id: number;
     try {
-      faultPoint('commit-packs-written');
       id = commit();
-    } catch (e) {
-      // After a remote commit point the checkpoint exists: the next open brings it into the index.
-      if (remoteId === undefined) writer.abandon();
-      throw e;
+    } finally {
+      if (this.quarantineStale) this.loadQuarantine();
+      this.quarantineStale = false;
     }
     this.backend.committed(packs);
+    writer.committed();
     for (const pack of packs) for (let i = 0; i < pack.chunks.count; i++) this.known.add(pack.chunks.ids, i * CHUNK_ID_BYTES);
     return this.getCheckpoint(id);
   }
 
-  /** Indexes a pack and its chunks; a pack indexed already (by a remote catch-up) is left as it is. */
-  private insertPack(name: string, bytes: number, chunks: PackedChunks, now: number): void {
+  /**
+   * Indexes a pack and its chunks; a pack indexed already (by a catch-up) is left as it
+   * is. A chunk indexed already keeps its location, unless it is quarantined: then this
+   * copy becomes its location and the quarantine ends (checkpoints that needed it heal).
+   */
+  insertPack(name: string, bytes: number, chunks: PackedChunks, now: number): void {
     const added = this.statement('INSERT OR IGNORE INTO packs (name, bytes, created_at) VALUES (?, ?, ?)').run(name, bytes, now);
     if (added.changes === 0) return;
     const insChunk = this.statement(
       'INSERT OR IGNORE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES (?, ?, ?, ?, ?, ?)',
     );
+    const heal = this.statement('REPLACE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES (?, ?, ?, ?, ?, ?)');
+    let healed = false;
     for (let i = 0; i < chunks.count; i++) {
-      insChunk.run(chunks.id(i), added.lastInsertRowid, chunks.offsets[i], chunks.storedLengths[i], chunks.rawLengths[i], chunks.compressions[i]);
+      const quarantined = this.quarantined.size > 0 && this.quarantined.has(chunks.ids, i * CHUNK_ID_BYTES);
+      (quarantined ? heal : insChunk).run(chunks.id(i), added.lastInsertRowid, chunks.offsets[i], chunks.storedLengths[i], chunks.rawLengths[i], chunks.compressions[i]);
+      if (quarantined) {
+        this.statement('DELETE FROM quarantine WHERE id = ?').run(chunks.id(i));
+        this.statement('DELETE FROM damaged WHERE chunk = ?').run(chunks.id(i));
+        healed = true;
+      }
     }
+    // Reloaded after the transaction commits (a rollback would leave the set too small otherwise).
+    if (healed) this.quarantineStale = true;
   }
 
   private insertCheckpointStmt(): Database.Statement {
@@ -759,6 +957,73 @@ export class Repository {
     return new Uint8Array(Buffer.concat(parts));
   }
 
+  // ---- the index as a cache of the objects ----------------------------------------------
+
+  /** A checkpoint as its object records it, from the index (for an index older than the objects). */
+  commitRecordFromIndex(id: number): CommitRecord {
+    const cp = this.getCheckpoint(id);
+    const job = this.requireJob(cp.job);
+    const { id: _id, job: _job, ...checkpoint } = cp;
+    const rows = this.db.prepare('SELECT * FROM files WHERE checkpoint = ? ORDER BY role, path').all(id) as Record<string, unknown>[];
+    return {
+      job: { name: job.name, command: job.command, cwd: job.cwd, createdAt: job.createdAt },
+      checkpoint,
+      packs: [],
+      files: rows.map((r) => ({
+        role: r.role as FileRole, path: r.path as string, size: r.size as number, mode: r.mode as number, uid: r.uid as number,
+        gid: r.gid as number, blockBytes: r.block_bytes as number, manifest: r.manifest as Buffer,
+        indirect: (r.manifest_indirect as number) === 1, identity: (r.identity as string | null) ?? null,
+      })),
+    };
+  }
+
+  /** Upgrade to format 4: store.json and one object per checkpoint, from the index (idempotent). */
+  private writeObjectsFromIndex(backend: LocalBackend): void {
+    const meta = (key: string) => this.db.prepare('SELECT value FROM meta WHERE key = ?').pluck().get(key) as Buffer | string;
+    if (!readLocalIdentity(this.dir)) {
+      writeFileDurable(join(this.dir, STORE_OBJECT), encodeStoreObject({
+        storeId: String(meta('store_id')), createdAt: String(meta('created_at')), secret: new Uint8Array(meta('secret') as Buffer),
+      }));
+    }
+    const existing = new Set(backend.checkpointObjectIds());
+    for (const id of this.db.prepare('SELECT id FROM checkpoints ORDER BY id').pluck().all() as number[]) {
+      if (!existing.has(id)) backend.writeCheckpointObject(id, this.commitRecordFromIndex(id));
+    }
+  }
+
+  /**
+   * Brings the index of a store directory in line with its checkpoint objects: an object
+   * the index lacks (its commit was interrupted after the commit point) comes in with the
+   * packs it names; an object of a forgotten checkpoint is deleted. Call with the store
+   * lock held exclusive (no commit between its object and its index transaction).
+   * Returns the checkpoints taken in.
+   */
+  catchUpWithObjects(): number[] {
+    if (!(this.backend instanceof LocalBackend)) return [];
+    const backend = this.backend;
+    const { packs, checkpoints } = this.cachedState();
+    const forgotten = this.forgottenCheckpoints();
+    // An interrupted forget: its rows are gone, its objects go now.
+    backend.removeCheckpointObjects([...forgotten]);
+    this.clearForgotten([...forgotten]);
+    const newCheckpoints: RemoteCheckpoint[] = [];
+    const newPacks: RemotePack[] = [];
+    for (const id of backend.checkpointObjectIds()) {
+      if (checkpoints.has(id) || forgotten.has(id)) continue;
+      const record = backend.readCheckpointObject(id);
+      for (const name of record.packs) {
+        if (packs.has(name)) continue;
+        const table = readPackTable(this.dir, name);
+        // A pack it names that cannot be read: its chunks turn up missing (verify, repair).
+        if (table.ok) newPacks.push({ name, bytes: table.bytes, chunks: table.chunks });
+        packs.add(name);
+      }
+      newCheckpoints.push({ id, record });
+    }
+    if (newCheckpoints.length > 0) this.applyRemote({ goneCheckpoints: [], gonePacks: [], newPacks, newCheckpoints });
+    return newCheckpoints.map((c) => c.id);
+  }
+
   // ---- the index as a cache of a remote store -----------------------------------------
 
   /** The packs and checkpoints the index holds, to compare with the remote store's. */
@@ -789,9 +1054,10 @@ export class Repository {
         this.db.prepare('DELETE FROM packs WHERE name = ?').run(name);
       }
       for (const pack of change.newPacks) this.insertPack(pack.name, pack.bytes, pack.chunks, now);
+      const forgotten = this.forgottenCheckpoints();
       for (const { id, record } of change.newCheckpoints) {
-        // Committed meanwhile by this node's own writer: already indexed.
-        if (this.db.prepare('SELECT 1 FROM checkpoints WHERE id = ?').get(id)) continue;
+        // Committed meanwhile by this node's own writer: already indexed; or forgotten here.
+        if (forgotten.has(id) || this.db.prepare('SELECT 1 FROM checkpoints WHERE id = ?').get(id)) continue;
         const { job, checkpoint } = record;
         insJob.run(job.name, job.createdAt, JSON.stringify(job.command), job.cwd, now);
         this.insertCheckpointStmt().run({ ...checkpoint, id, job: job.name });
@@ -817,11 +1083,15 @@ export class ChunkWriter {
   private current: PackWriter | undefined;
   /** Ids written by this writer, so a chunk seen twice in one checkpoint is stored once. */
   private readonly pending = new IdSet();
+  /** Names this writer's packs before they exist, so crash recovery can remove them if it dies uncommitted. */
+  private readonly journal: WriterJournal;
 
   constructor(
     private readonly repo: Repository,
     private readonly codec: ChunkCodec,
-  ) {}
+  ) {
+    this.journal = new WriterJournal(repo.dir);
+  }
 
   /** True when this writer or the store has the chunk already. */
   has(id: Uint8Array, offset = 0): boolean {
@@ -872,6 +1142,12 @@ export class ChunkWriter {
     this.current?.abandon();
     this.current = undefined;
     for (const p of this.finished.splice(0)) p.abandon();
+    this.journal.close();
+  }
+
+  /** The index names this writer's packs now: nothing of it is left for crash recovery. */
+  committed(): void {
+    this.journal.close();
   }
 
   finish(): PackWriter[] {
@@ -889,9 +1165,57 @@ export class ChunkWriter {
       this.finished.push(this.current);
       this.current = undefined;
     }
-    this.current ??= new PackWriter(this.repo.dir);
+    this.current ??= new PackWriter(this.repo.dir, this.journal);
     return this.current;
   }
+}
+
+const CHUNK_ROW_SQL = 'SELECT p.name AS pack, c.offset, c.stored_length, c.raw_length, c.compression FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?';
+
+function openIndex(dir: string): Database.Database {
+  const db = new Database(join(dir, INDEX_FILE));
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.pragma('foreign_keys = ON');
+  db.pragma('busy_timeout = 30000');
+  return db;
+}
+
+function indexFileIdentity(dir: string): string | undefined {
+  const st = statSync(join(dir, INDEX_FILE), { throwIfNoEntry: false });
+  return st ? `${st.dev}:${st.ino}` : undefined;
+}
+
+/** Whether a store directory holds packs or checkpoint objects (what only its index could lose track of). */
+function storeHoldsData(dir: string): boolean {
+  const nonEmpty = (sub: string) => {
+    try {
+      return readdirSync(join(dir, sub)).length > 0;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw e;
+    }
+  };
+  if (nonEmpty(CHECKPOINTS_DIR)) return true;
+  let prefixes: string[] = [];
+  try {
+    prefixes = readdirSync(join(dir, PACKS_DIR));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  return prefixes.some((p) => nonEmpty(join(PACKS_DIR, p)));
+}
+
+/** The identity in a store directory's store.json, if it has one (format 4 on). */
+function readLocalIdentity(dir: string): StoreIdentity | undefined {
+  let body: Buffer;
+  try {
+    body = readFileSync(join(dir, STORE_OBJECT));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+  return decodeStoreObject(body, join(dir, STORE_OBJECT));
 }
 
 /** Refuses a store that someone other than root could read or change. */

@@ -20,10 +20,27 @@ import { closeSync, openSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { SECRET_BYTES } from '../codec/limits.js';
 import type { CommitRecord, StoreBackend } from './backend.js';
-import { S3AccessError, S3StoreError, StoreFormatError, StoreNotFoundError } from './errors.js';
-import { CHUNK_ID_BYTES } from './format.js';
-import { PackedChunks, type PackWriter, packPath } from './pack.js';
-import { type RemoteCheckpoint, type RemotePack, Repository, type StoreIdentity } from './repository.js';
+import { PackMissingError, S3AccessError, S3StoreError, StoreNotFoundError } from './errors.js';
+import {
+  CHECKPOINT_KEY,
+  CHECKPOINTS_PREFIX,
+  checkpointKey,
+  decodeCheckpoint,
+  decodePackIndex,
+  decodeStoreObject,
+  encodeCheckpoint,
+  encodePackIndex,
+  encodeStoreObject,
+  PACK_INDEX_SUFFIX,
+  PACK_KEY,
+  PACK_SUFFIX,
+  packKey,
+  PACKS_PREFIX,
+  STORE_OBJECT,
+  type StoreIdentity,
+} from './objects.js';
+import { type PackWriter, packPath } from './pack.js';
+import { type RemoteCheckpoint, type RemotePack, Repository } from './repository.js';
 
 export const S3_URL_SCHEME = 's3://';
 /** The local index of an S3 store lives in <this>/<hash of the URL>/ unless --cache says where. */
@@ -36,23 +53,7 @@ export const S3_UPLOAD_CONCURRENCY = 4;
 const S3_FETCH_CONCURRENCY = 8;
 /** A checkpoint id taken by another node meanwhile is skipped; this many in a row is an error. */
 const S3_COMMIT_ATTEMPTS = 8;
-/** Checkpoint keys are zero-padded so that their order is the ids' order. */
-const CHECKPOINT_KEY_DIGITS = 12;
-const STORE_OBJECT = 'store.json';
-const PACKS_PREFIX = 'packs/';
-const CHECKPOINTS_PREFIX = 'checkpoints/';
-const PACK_SUFFIX = '.pack';
-const PACK_INDEX_SUFFIX = '.idx';
-const PACK_INDEX_MAGIC = Buffer.from('CRINCIX1', 'ascii');
-/**
- * The format of the bucket's own objects (store.json, .idx chunk tables, checkpoint
- * objects; docs/FORMAT.md "Stores on S3"), apart from the index's format version.
- */
-const S3_OBJECT_FORMAT = 1;
-const PACK_INDEX_HEADER_BYTES = 24; // magic(8) + format version u32 + chunk count u32 + pack bytes u64
-const PACK_INDEX_ENTRY_BYTES = 32; // id(16) + data offset u32 + stored length u32 + raw length u32 + compression u8 + reserved(3)
 const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
-const PACK_NAME = /^[0-9a-f]{32}$/;
 
 // The SDK's notice that releases from 2027 on want Node 22 concerns crinc's pinned version
 // (see package.json), not its users: it would only clutter every command's stderr.
@@ -118,13 +119,6 @@ interface ListedObject {
   size: number;
 }
 
-interface StoreObject {
-  format: number;
-  storeId: string;
-  createdAt: string;
-  secret: string;
-}
-
 export class S3Backend implements StoreBackend {
   readonly remote = true;
   readonly location: string;
@@ -156,25 +150,11 @@ export class S3Backend implements StoreBackend {
     let body = await this.getOptional(STORE_OBJECT);
     if (!body) {
       if (!create) throw new StoreNotFoundError(this.location);
-      const made: StoreObject = {
-        format: S3_OBJECT_FORMAT,
-        storeId: randomBytes(16).toString('hex'),
-        createdAt: new Date().toISOString(),
-        secret: randomBytes(SECRET_BYTES).toString('base64'),
-      };
+      const made = encodeStoreObject({ storeId: randomBytes(16).toString('hex'), createdAt: new Date().toISOString(), secret: randomBytes(SECRET_BYTES) });
       // Two nodes creating the store at once: one object wins, both use it.
-      if (!(await this.putIfAbsent(STORE_OBJECT, Buffer.from(JSON.stringify(made))))) body = await this.get(STORE_OBJECT);
-      else body = Buffer.from(JSON.stringify(made));
+      body = (await this.putIfAbsent(STORE_OBJECT, made)) ? made : await this.get(STORE_OBJECT);
     }
-    const store = parseJson<StoreObject>(body, this.key(STORE_OBJECT));
-    if (store.format !== S3_OBJECT_FORMAT) {
-      throw new StoreFormatError(`${this.location} has store format ${store.format}; this crinc reads format ${S3_OBJECT_FORMAT}. Use the crinc release that wrote it.`);
-    }
-    const secret = Buffer.from(store.secret ?? '', 'base64');
-    if (secret.length !== SECRET_BYTES || typeof store.storeId !== 'string') {
-      throw new StoreFormatError(`${this.location}: ${this.key(STORE_OBJECT)} is damaged (no store id or no ${SECRET_BYTES}-byte secret)`);
-    }
-    return { storeId: store.storeId, secret: new Uint8Array(secret), createdAt: store.createdAt };
+    return decodeStoreObject(body, `${this.location}/${STORE_OBJECT}`);
   }
 
   // ---- writing: packs, then the checkpoint object (the commit point) ------------------
@@ -238,6 +218,7 @@ export class S3Backend implements StoreBackend {
     } catch (e) {
       // A range past the end: the pack is shorter than the index says.
       if (e instanceof S3ServiceException && e.$metadata.httpStatusCode === 416) return 0;
+      if (e instanceof S3ServiceException && e.name === 'NoSuchKey') throw new PackMissingError(pack, this.location);
       throw this.translate(e, `reading pack ${pack}`);
     }
     const n = Math.min(bytes.length, target.length);
@@ -259,7 +240,7 @@ export class S3Backend implements StoreBackend {
     const packBytes = new Map<string, number>();
     const tables = new Set<string>();
     for (const o of packObjects) {
-      const m = /^packs\/[0-9a-f]{2}\/([0-9a-f]{32})(\.pack|\.idx)$/.exec(o.key);
+      const m = PACK_KEY.exec(o.key);
       if (!m) continue;
       if (m[2] === PACK_SUFFIX) packBytes.set(m[1]!, o.size);
       else tables.add(m[1]!);
@@ -267,7 +248,7 @@ export class S3Backend implements StoreBackend {
     const complete = (name: string) => packBytes.has(name) && tables.has(name);
     const bucketIds = new Set<number>();
     for (const o of checkpointObjects) {
-      const m = /^checkpoints\/(\d+)$/.exec(o.key);
+      const m = CHECKPOINT_KEY.exec(o.key);
       if (m) bucketIds.add(Number(m[1]));
     }
 
@@ -292,6 +273,12 @@ export class S3Backend implements StoreBackend {
       newCheckpoints.push({ id, record });
     });
     newCheckpoints.sort((a, b) => a.id - b.id);
+    // A forget interrupted between its index transaction and the deletion of its objects.
+    const forgotten = [...repo.forgottenCheckpoints()];
+    if (forgotten.length > 0) {
+      await this.forgetCheckpoints(forgotten.filter((id) => bucketIds.has(id)));
+      repo.clearForgotten(forgotten);
+    }
     repo.applyRemote({
       goneCheckpoints: [...cached.checkpoints].filter((id) => !bucketIds.has(id)),
       gonePacks: [...cached.packs].filter((n) => !complete(n)),
@@ -365,7 +352,7 @@ export class S3Backend implements StoreBackend {
   private async highestCheckpointId(from: number): Promise<number> {
     let highest = from;
     for (const o of await this.list(CHECKPOINTS_PREFIX, checkpointKey(from))) {
-      const m = /^checkpoints\/(\d+)$/.exec(o.key);
+      const m = CHECKPOINT_KEY.exec(o.key);
       if (m) highest = Math.max(highest, Number(m[1]));
     }
     return highest;
@@ -516,86 +503,3 @@ async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Pro
   if (failure) throw failure.error;
 }
 
-function packKey(name: string, suffix: string): string {
-  if (!PACK_NAME.test(name)) throw new Error(`pack name ${name} is not 32 hex digits`);
-  return `${PACKS_PREFIX}${name.slice(0, 2)}/${name}${suffix}`;
-}
-
-function checkpointKey(id: number): string {
-  return `${CHECKPOINTS_PREFIX}${String(id).padStart(CHECKPOINT_KEY_DIGITS, '0')}`;
-}
-
-function parseJson<T>(body: Buffer, key: string): T {
-  try {
-    return JSON.parse(body.toString('utf8')) as T;
-  } catch (e) {
-    throw new StoreFormatError(`${key} is not valid JSON (${(e as Error).message}): the object is damaged`);
-  }
-}
-
-/** A pack's chunk table (docs/FORMAT.md, "Stores on S3"): what its blob headers say, in one small object. */
-function encodePackIndex(chunks: PackedChunks, packBytes: number): Buffer {
-  const out = Buffer.alloc(PACK_INDEX_HEADER_BYTES + chunks.count * PACK_INDEX_ENTRY_BYTES);
-  PACK_INDEX_MAGIC.copy(out, 0);
-  out.writeUInt32LE(S3_OBJECT_FORMAT, 8);
-  out.writeUInt32LE(chunks.count, 12);
-  out.writeBigUInt64LE(BigInt(packBytes), 16);
-  for (let i = 0; i < chunks.count; i++) {
-    const o = PACK_INDEX_HEADER_BYTES + i * PACK_INDEX_ENTRY_BYTES;
-    out.set(chunks.id(i), o);
-    out.writeUInt32LE(chunks.offsets[i]!, o + 16);
-    out.writeUInt32LE(chunks.storedLengths[i]!, o + 20);
-    out.writeUInt32LE(chunks.rawLengths[i]!, o + 24);
-    out.writeUInt8(chunks.compressions[i]!, o + 28);
-  }
-  return out;
-}
-
-function decodePackIndex(body: Buffer, key: string): { packBytes: number; chunks: PackedChunks } {
-  const damaged = (why: string) => new StoreFormatError(`${key} is damaged: ${why}`);
-  if (body.length < PACK_INDEX_HEADER_BYTES || !body.subarray(0, 8).equals(PACK_INDEX_MAGIC)) throw damaged('no CRINCIX1 header');
-  const version = body.readUInt32LE(8);
-  if (version !== S3_OBJECT_FORMAT) throw new StoreFormatError(`${key} has format ${version}; this crinc reads format ${S3_OBJECT_FORMAT}`);
-  const count = body.readUInt32LE(12);
-  if (body.length !== PACK_INDEX_HEADER_BYTES + count * PACK_INDEX_ENTRY_BYTES) throw damaged(`${body.length} bytes for ${count} chunks`);
-  const packBytes = Number(body.readBigUInt64LE(16));
-  const chunks = new PackedChunks();
-  for (let i = 0; i < count; i++) {
-    const o = PACK_INDEX_HEADER_BYTES + i * PACK_INDEX_ENTRY_BYTES;
-    const offset = body.readUInt32LE(o + 16);
-    const stored = body.readUInt32LE(o + 20);
-    if (offset + stored > packBytes) throw damaged(`chunk ${i} lies past the pack's ${packBytes} bytes`);
-    chunks.push(body.subarray(o, o + CHUNK_ID_BYTES), offset, stored, body.readUInt32LE(o + 24), body.readUInt8(o + 28));
-  }
-  return { packBytes, chunks };
-}
-
-interface CheckpointObject extends Omit<CommitRecord, 'files'> {
-  format: number;
-  id: number;
-  files: (Omit<CommitRecord['files'][number], 'manifest'> & { manifest: string })[];
-}
-
-function encodeCheckpoint(id: number, record: CommitRecord): Buffer {
-  const object: CheckpointObject = {
-    format: S3_OBJECT_FORMAT,
-    id,
-    ...record,
-    files: record.files.map((f) => ({ ...f, manifest: f.manifest.toString('base64') })),
-  };
-  return Buffer.from(JSON.stringify(object));
-}
-
-function decodeCheckpoint(id: number, body: Buffer, key: string): CommitRecord {
-  const o = parseJson<CheckpointObject>(body, key);
-  if (o.format !== S3_OBJECT_FORMAT) throw new StoreFormatError(`${key} has format ${o.format}; this crinc reads format ${S3_OBJECT_FORMAT}`);
-  if (o.id !== id || !o.job?.name || !o.checkpoint || !Array.isArray(o.packs) || !Array.isArray(o.files)) {
-    throw new StoreFormatError(`${key} is damaged: not a checkpoint object for id ${id}`);
-  }
-  return {
-    job: o.job,
-    checkpoint: o.checkpoint,
-    packs: o.packs,
-    files: o.files.map((f) => ({ ...f, manifest: Buffer.from(f.manifest, 'base64') })),
-  };
-}

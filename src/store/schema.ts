@@ -94,4 +94,29 @@ CREATE TABLE IF NOT EXISTS managed_jobs (
 );
 `,
   },
+  {
+    // Version 4: packs and checkpoint objects are the truth, the index a cache of them
+    // (docs/FORMAT.md). Chunks found damaged or missing are quarantined (never built on
+    // again); checkpoints found to need them are marked damaged; forgotten checkpoints
+    // are remembered until their objects are deleted.
+    version: 4,
+    sql: `
+CREATE TABLE IF NOT EXISTS quarantine (
+  id       BLOB PRIMARY KEY,
+  found_at INTEGER NOT NULL,
+  problem  TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS damaged (
+  checkpoint INTEGER NOT NULL,
+  chunk      BLOB NOT NULL,
+  problem    TEXT NOT NULL,
+  found_at   INTEGER NOT NULL,
+  PRIMARY KEY (checkpoint, chunk)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS damaged_by_chunk ON damaged (chunk);
+CREATE TABLE IF NOT EXISTS forgotten (
+  id INTEGER PRIMARY KEY
+);
+`,
+  },
 ];

@@ -13,8 +13,10 @@ export const FAULT_POINTS = {
   'checkpoint-after-dump': 'checkpoint',
   /** Some new chunks are in a .partial pack; ingest goes on. */
   'checkpoint-mid-pack': 'checkpoint',
-  /** The packs are finished (fsynced, renamed); the index does not name them yet. */
+  /** The packs and their chunk tables are finished (fsynced, renamed); no checkpoint object names them yet. */
   'commit-packs-written': 'checkpoint',
+  /** The checkpoint object is written (the commit point); the index does not list it yet. */
+  'commit-object-written': 'checkpoint',
   /** Inside the commit's transaction, every row inserted, before COMMIT. */
   'commit-in-transaction': 'checkpoint',
   /** The checkpoint is committed; retention has not run. */
@@ -29,6 +31,8 @@ export const FAULT_POINTS = {
   'gc-before-delete': 'gc',
   /** The old packs are deleted; the store lock is still held. */
   'gc-after-delete': 'gc',
+  /** The rebuilt index is complete beside the old one (index.sqlite.rebuild), not yet renamed over it. */
+  'repair-before-swap': 'repair',
 } as const;
 
 export type FaultPoint = keyof typeof FAULT_POINTS;
