@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // crinc's command line: thin commands over the controller.
-import { Command, InvalidArgumentError, Option } from 'commander';
-import { readFileSync } from 'node:fs';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { readFileSync, statSync } from 'node:fs';
+import { asOperatingError } from '../errors.js';
 import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
 import { packageRoot } from '../sys/package-root.js';
@@ -13,12 +14,12 @@ import { askController, controlSocketPath } from '../controller/control.js';
 import { askDaemon, Daemon, type Registered } from '../controller/daemon.js';
 import { type JobRow, jobRows } from '../controller/jobs.js';
 import { Logger } from '../controller/log.js';
-import { NoCheckpointError, NotRootError } from '../controller/errors.js';
+import { NoCheckpointError, NotRootError, StorePathError } from '../controller/errors.js';
 import { exportCheckpoint } from '../controller/materialize.js';
 import { resolveCheckpoint, restoreJob, type RestoreResult, type RestoreTarget } from '../controller/restore.js';
 import { type ControlOptions, controlJob, type JobStart, runJob, type RunOutcome, type StopRequest } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
-import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
+import { parseDuration, parseTimeSpec } from '../controller/time-spec.js';
 import { pruneJob } from '../controller/retention.js';
 import { recoverStore } from '../controller/recovery.js';
 import { verifyStore } from '../controller/verify.js';
@@ -63,7 +64,9 @@ async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   let repo: Repository;
   if (!isS3Url(spec)) {
     if (o.cache !== undefined) throw new InvalidArgumentError(`--cache is for s3:// stores; the store directory ${spec} keeps its own index`);
-    repo = Repository.open(resolve(spec), { create });
+    openedStore = resolve(spec);
+    requireStoreDirectory(openedStore);
+    repo = Repository.open(openedStore, { create });
   } else {
     const cache = o.cache ?? process.env.CRINC_CACHE;
     repo = await openS3Store(spec, {
@@ -76,6 +79,21 @@ async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   const count = recovered.packFiles.length + recovered.stagingDirs.length;
   if (count > 0) console.error(`crinc: removed ${count} leftover file(s) of interrupted checkpoints, restores or GCs: ${[...recovered.packFiles, ...recovered.stagingDirs].join(', ')}`);
   return repo;
+}
+
+/** The store directory the command works on, named in messages about files inside it. */
+let openedStore: string | undefined;
+
+/** A store path that exists must be a directory (a file there is no store, nor "no store"). */
+function requireStoreDirectory(dir: string): void {
+  let st;
+  try {
+    st = statSync(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return; // not made yet: Repository.open says so or creates it
+    throw e;
+  }
+  if (!st.isDirectory()) throw new StorePathError(dir);
 }
 
 const storeOption = () =>
@@ -589,17 +607,23 @@ function checkpointJson(c: CheckpointRecord) {
   };
 }
 
+/**
+ * Says why a command failed, exit code 1: an operating error (a CrincError, or a system
+ * error that asOperatingError translates) by its message; anything else is a bug, with
+ * its stack.
+ */
+export function reportFailure(e: unknown, store: string | undefined): void {
+  const operating = e instanceof CommanderError ? e : asOperatingError(e, store);
+  if (operating) console.error(`crinc: ${operating.message}`);
+  else console.error(`crinc: unexpected error (a bug; please report it): ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+  process.exitCode = 1;
+}
+
 async function main(): Promise<void> {
   try {
     await buildProgram().parseAsync(process.argv);
   } catch (e) {
-    const err = e as Error;
-    if (err instanceof TimeSpecError || err.name !== 'Error') {
-      console.error(`crinc: ${err.message}`);
-    } else {
-      console.error(`crinc: unexpected error (a bug; please report it): ${err.stack ?? err.message}`);
-    }
-    process.exitCode = 1;
+    reportFailure(e, openedStore);
   }
 }
 

@@ -1,6 +1,7 @@
 // Errors of the controller, written for the person at the terminal.
+import { CrincError } from '../errors.js';
 
-export class ControllerError extends Error {
+export class ControllerError extends CrincError {
   override name = 'ControllerError';
 }
 
@@ -8,6 +9,14 @@ export class NotRootError extends ControllerError {
   override name = 'NotRootError';
   constructor() {
     super('crinc must run as root: CRIU needs it to dump and restore processes, and stores are root-only. Run it with sudo.');
+  }
+}
+
+/** The store path names something that is not a directory. */
+export class StorePathError extends ControllerError {
+  override name = 'StorePathError';
+  constructor(readonly path: string) {
+    super(`the store path ${path} is a file, not a directory: a crinc store is a directory. Fix --store (or CRINC_STORE), or move that file away.`);
   }
 }
 

@@ -3,8 +3,9 @@
 // while it runs. Asked to, it takes a final checkpoint and stops the job (batch
 // schedulers' preemption and requeue).
 import { spawn } from 'node:child_process';
-import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { becomeChildSubreaper, decodeWaitStatus, lastErrno, type WaitExit, waitpidRaw, WNOHANG } from '../sys/libc.js';
 import { procStat } from '../sys/proc.js';
@@ -20,10 +21,17 @@ import { ControllerError, FinalCheckpointError, JobExistsError, JobNotRunningErr
 import { isRunning } from './procfs.js';
 import { restoreJob, type RestoreResult } from './restore.js';
 
-/** How long the namespace's init may take to appear after `unshare` starts. */
+/** How long the namespace's init may take to report its PID after `unshare` starts. */
 const JOB_START_TIMEOUT_MS = 5000;
-const JOB_START_POLL_MS = 10;
-const JOB_EXEC_SCRIPT = 'out=$1; err=$2; shift 2; exec "$@" </dev/null >>"$out" 2>>"$err"';
+/**
+ * Run by the namespace's init before it becomes the job: it writes its host PID (the
+ * host's /proc, which is still mounted, resolves /proc/self to it) to fd 3, a pipe to
+ * the controller, and closes it, then execs the command, which so keeps that PID. The
+ * controller learns the PID even when the command ends at once (`/bin/true`).
+ */
+const JOB_EXEC_SCRIPT =
+  'read -r host_pid _ </proc/self/stat; echo "$host_pid" >&3; exec 3>&-; ' +
+  'out=$1; err=$2; shift 2; exec "$@" </dev/null >>"$out" 2>>"$err"';
 /** How often the controller looks whether a restored job (its child by subreaping) ended. */
 const RESTORED_EXIT_POLL_MS = 100;
 /** How long the final checkpoint waits for a checkpoint already under way (crinc checkpoint). */
@@ -75,19 +83,35 @@ export interface RunOutcome {
 }
 
 
-/** The host PID of the process that `unshare --fork` made the namespace's init. */
-async function namespaceInit(unsharePid: number): Promise<number> {
-  const deadline = Date.now() + JOB_START_TIMEOUT_MS;
-  while (Date.now() < deadline) {
-    try {
-      const children = readFileSync(`/proc/${unsharePid}/task/${unsharePid}/children`, 'utf8').trim();
-      if (children) return Number(children.split(/\s+/)[0]);
-    } catch {
-      break; // unshare itself is gone
-    }
-    await sleep(JOB_START_POLL_MS);
+/** The host PID that the namespace's init wrote to the launch pipe (JOB_EXEC_SCRIPT). */
+async function namespaceInit(pipe: Readable, launcherLog: string): Promise<number> {
+  let text = '';
+  const reported = new Promise<string>((resolve, reject) => {
+    pipe.setEncoding('utf8');
+    // unshare keeps its copy of the pipe open as long as the job runs: the line is the answer, not the end.
+    pipe.on('data', (d: string) => {
+      text += d;
+      if (text.includes('\n')) resolve(text);
+    });
+    pipe.once('end', () => resolve(text));
+    pipe.once('error', reject);
+  });
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new JobStartError(`the job's process did not report its PID within ${JOB_START_TIMEOUT_MS / 1000} s; see ${launcherLog}`)),
+      JOB_START_TIMEOUT_MS,
+    );
+  });
+  try {
+    const line = (await Promise.race([reported, timeout])).trim();
+    const pid = Number(line);
+    if (!Number.isInteger(pid) || pid <= 1) throw new JobStartError(`the job could not be started (unshare or setsid failed): see ${launcherLog}`);
+    return pid;
+  } finally {
+    clearTimeout(timer);
+    pipe.destroy();
   }
-  throw new JobStartError(`the job's process did not start within ${JOB_START_TIMEOUT_MS / 1000} s`);
 }
 
 export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 'command' | 'cwd'> & { env?: NodeJS.ProcessEnv }): Promise<RunningJob> {
@@ -103,15 +127,18 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
   // stdio on files and no terminal, CRIU dumps and restores it without --shell-job.
   // unshare's own messages go to launcher.log, never into the job's logs.
   for (const log of ['stdout.log', 'stderr.log']) closeSync(openSync(join(jobDir, log), 'a', 0o600));
-  const launcherLog = openSync(join(jobDir, 'launcher.log'), 'a', 0o600);
+  const launcherLogPath = join(jobDir, 'launcher.log');
+  const launcherLog = openSync(launcherLogPath, 'a', 0o600);
   const child = spawn(
     'unshare',
     ['--pid', '--fork', 'setsid', 'sh', '-c', JOB_EXEC_SCRIPT, 'sh', join(jobDir, 'stdout.log'), join(jobDir, 'stderr.log'), ...opts.command],
-    { cwd: opts.cwd, env: opts.env ?? process.env, detached: true, stdio: ['ignore', launcherLog, launcherLog] },
+    { cwd: opts.cwd, env: opts.env ?? process.env, detached: true, stdio: ['ignore', launcherLog, launcherLog, 'pipe'] },
   );
   closeSync(launcherLog);
+  // Listened to at once: a job that ends at once must not be missed.
+  const exited = new Promise<WaitExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   const spawnError = new Promise<never>((_, reject) => child.once('error', (e) => reject(new JobStartError(`cannot start the job: ${e.message}`))));
-  const pid = await Promise.race([namespaceInit(child.pid!), spawnError]);
+  const pid = await Promise.race([namespaceInit(child.stdio[3] as Readable, launcherLogPath), spawnError]);
   const now = Date.now();
   repo.saveJob({
     name: opts.job,
@@ -123,7 +150,6 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
     state: 'running',
     updatedAt: now,
   });
-  const exited = new Promise<WaitExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   return { pid, exited, jobDir, release: () => child.unref() };
 }
 

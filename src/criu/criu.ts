@@ -5,6 +5,8 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { CrincError } from '../errors.js';
+import { explainCriuFailure } from './explain.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -18,7 +20,7 @@ const LOG_TAIL_LINES = 8;
 /** Options for every dump and restore: the job's unix sockets to outside peers, file locks. */
 const COMMON_OPTIONS = ['--ext-unix-sk', '--file-locks', '--tcp-established'];
 
-export class CriuError extends Error {
+export class CriuError extends CrincError {
   override name = 'CriuError';
 }
 
@@ -41,7 +43,8 @@ export class CriuFailedError extends CriuError {
     readonly logPath: string,
     logTail: string,
   ) {
-    super(`criu ${action} failed; the end of its log (${logPath}):\n${logTail}`);
+    const explained = explainCriuFailure(logTail, action);
+    super(explained ? `criu ${action} failed: ${explained}` : `criu ${action} failed; the end of its log (${logPath}):\n${logTail}`);
   }
 }
 
