@@ -25,8 +25,9 @@ POLICY_RC=/usr/sbin/policy-rc.d
 CEPH_PACKAGES=(ceph-mon ceph-osd radosgw ceph-common curl uuid-runtime)
 UNSTABLE_SOURCE=/etc/apt/sources.list.d/crinc-unstable.sources
 UNSTABLE_PIN=/etc/apt/preferences.d/crinc-unstable
-# Where the set-up links the built command line, so that `crinc …` works as the README shows.
-CLI_LINK=/usr/local/bin/crinc
+# Where the set-up links the built command line, so that `crinc …` works as the README shows
+# (CRINC_CLI_LINK: elsewhere, for the tests).
+CLI_LINK=${CRINC_CLI_LINK:-/usr/local/bin/crinc}
 CLI_BUILT=dist/src/cli/main.js
 
 log() { printf '[setup] %s\n' "$*"; }

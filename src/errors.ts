@@ -19,15 +19,10 @@ export class SystemError extends CrincError {
   }
 }
 
-/** What the failing call was about: the path of an errno error, or nothing known. */
-function subject(e: NodeJS.ErrnoException): string {
+/** " writing /path (open)": the file and the call, as far as the error knows them. */
+function onWhat(e: NodeJS.ErrnoException): string {
   const path = e.path ?? (e as { dest?: string }).dest;
-  return path ? `${path}` : 'a file';
-}
-
-/** Where the failure happened, said briefly: "open", "write", "mkdir"… */
-function doing(e: NodeJS.ErrnoException): string {
-  return e.syscall ? ` (${e.syscall})` : '';
+  return (path ? ` on ${path}` : '') + (e.syscall ? ` (${e.syscall})` : '');
 }
 
 /**
@@ -36,20 +31,22 @@ function doing(e: NodeJS.ErrnoException): string {
  */
 const ERRNO_MESSAGES: Record<string, (e: NodeJS.ErrnoException, where: string) => string> = {
   ENOSPC: (e, where) =>
-    `no space left on the file system of ${subject(e)}${doing(e)}. Free space there (crinc prune, then crinc gc, frees forgotten checkpoints), ` +
+    `no space left on the device${onWhat(e)}. Free space there (crinc prune, then crinc gc, frees forgotten checkpoints), ` +
     `or use a store on a larger file system${where}. What was being written was not committed: the store holds what it held before.`,
-  EDQUOT: (e, where) => `the disk quota of ${subject(e)} is used up${doing(e)}. Raise the quota or free space${where}; nothing partial was committed.`,
+  EDQUOT: (e, where) => `the disk quota is used up${onWhat(e)}. Raise the quota or free space${where}; nothing partial was committed.`,
   EROFS: (e, where) =>
-    `${subject(e)} is on a read-only file system${doing(e)}: crinc cannot write there. Remount it read-write, or point --store at a writable store${where}. ` +
+    `read-only file system${onWhat(e)}: crinc cannot write there. Remount it read-write, or point --store at a writable store${where}. ` +
     'Reading a read-only store (list, jobs, status, verify, export, restore) works.',
-  EACCES: (e) => `permission denied on ${subject(e)}${doing(e)}: crinc runs as root and stores are root's (dirs 0700, files 0600); check the path's owner and mode, and any security module (AppArmor, SELinux) that confines crinc.`,
-  EPERM: (e) => `operation not permitted on ${subject(e)}${doing(e)}: check that crinc runs as root and that the file is not immutable (lsattr).`,
-  ENOENT: (e, where) => `${subject(e)} does not exist${doing(e)}${where ? `; if it belongs to the store${where}, the store is damaged: run crinc verify` : ''}.`,
-  ENOTDIR: (e) => `a part of the path ${subject(e)} is a file, not a directory${doing(e)}: fix the path (e.g. --store, --to), or move that file away.`,
-  EEXIST: (e) => `${subject(e)} already exists${doing(e)}: pick another path, or move it away first.`,
-  EISDIR: (e) => `${subject(e)} is a directory where crinc expected a file${doing(e)}: fix the path.`,
+  EACCES: (e) =>
+    `permission denied${onWhat(e)}: crinc runs as root and stores are root's (dirs 0700, files 0600); check the path's owner and mode, ` +
+    'and any security module (AppArmor, SELinux) that confines crinc.',
+  EPERM: (e) => `operation not permitted${onWhat(e)}: check that crinc runs as root and that the file is not immutable (lsattr).`,
+  ENOENT: (e, where) => `no such file or directory${onWhat(e)}${where ? `; if it belongs to the store${where}, the store is damaged: run crinc verify` : ''}.`,
+  ENOTDIR: (e) => `a part of the path is a file, not a directory${onWhat(e)}: fix the path (e.g. --store, --to), or move that file away.`,
+  EEXIST: (e) => `the path already exists${onWhat(e)}: pick another path, or move what is there away first.`,
+  EISDIR: (e) => `a directory is where crinc expected a file${onWhat(e)}: fix the path.`,
   EMFILE: () => 'crinc has too many files open (EMFILE): raise its open-files limit (ulimit -n) and try again.',
-  EIO: (e) => `the disk reported an input/output error on ${subject(e)}${doing(e)}: check the device (dmesg); run crinc verify on the store.`,
+  EIO: (e) => `the disk reported an input/output error${onWhat(e)}: check the device (dmesg), then run crinc verify on the store.`,
 };
 
 /** SQLite's result codes for the same conditions, as better-sqlite3 reports them. */
@@ -74,8 +71,8 @@ export function asOperatingError(e: unknown, store?: string): CrincError | undef
   if (typeof err.code === 'string' && err.code.startsWith('SQLITE_')) {
     const errno = SQLITE_ERRNO[err.code] ?? SQLITE_ERRNO[err.code.replace(/_[A-Z]+$/, '')];
     if (errno === undefined) return undefined;
-    const path = store ? `${store}/index.sqlite` : 'the store index';
-    return new SystemError(`the store index: ${err.message}. ` + ERRNO_MESSAGES[errno]!({ ...err, path, syscall: undefined }, where), errno, e);
+    const path = store ? `${store}/index.sqlite` : undefined;
+    return new SystemError(`the store index: ${err.message}; ` + ERRNO_MESSAGES[errno]!({ ...err, path, syscall: undefined }, where), errno, e);
   }
   const explain = typeof err.code === 'string' ? ERRNO_MESSAGES[err.code] : undefined;
   if (!explain) return undefined;

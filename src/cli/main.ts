@@ -19,6 +19,7 @@ import { exportCheckpoint } from '../controller/materialize.js';
 import { resolveCheckpoint, restoreJob, type RestoreResult, type RestoreTarget } from '../controller/restore.js';
 import { type ControlOptions, controlJob, type JobStart, runJob, type RunOutcome, type StopRequest } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
+import { type StopResult, stopJobStandalone } from '../controller/stop.js';
 import { parseDuration, parseTimeSpec } from '../controller/time-spec.js';
 import { pruneJob } from '../controller/retention.js';
 import { recoverStore } from '../controller/recovery.js';
@@ -109,6 +110,19 @@ function durationArg(v: string): number {
   }
 }
 
+/**
+ * The shortest interval between checkpoints: each one freezes the job and dumps it, and
+ * one every few milliseconds would keep the job frozen most of the time.
+ */
+export const MIN_INTERVAL_MS = 500;
+
+function intervalArg(v: string): number {
+  if (/^\s*\d+(\.\d+)?\s*$/.test(v)) throw new InvalidArgumentError(`"${v}" has no unit: write it like 30s, 5m or 1h (at least ${MIN_INTERVAL_MS} ms)`);
+  const ms = durationArg(v);
+  if (ms < MIN_INTERVAL_MS) throw new InvalidArgumentError(`"${v}" is too short: checkpoints must be at least ${MIN_INTERVAL_MS} ms apart (each one freezes the job)`);
+  return ms;
+}
+
 function durationOrZeroArg(v: string): number {
   return v.trim() === '0' ? 0 : durationArg(v);
 }
@@ -160,7 +174,7 @@ lines when stderr is a terminal.`)
     .command('run'))
     .description('start CMD as a job (own PID namespace, detached from the terminal, output in the job\'s log files) and checkpoint it every interval')
     .addOption(new Option('--job <name>', 'job name (default: the command\'s base name)'))
-    .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
+    .addOption(new Option('--interval <duration>', `time between checkpoints, e.g. 30s, 5m, 1h (at least ${MIN_INTERVAL_MS} ms)`).default(DEFAULT_INTERVAL).argParser(intervalArg))
     .option('--kill-on-exit', 'when Ctrl-C (SIGINT) stops crinc, kill the job too instead of leaving it running')
     .option('--fresh', 'start CMD anew even when the job has checkpoints (they stay in the store)')
     .option('--foreground', 'stay the job\'s controller in the foreground even when a daemon serves the store (batch scripts: the job step must last as long as the job)')
@@ -219,7 +233,7 @@ ${RETENTION_HELP}`)
           fresh: Boolean(o.fresh),
           onStart: (start) => printStart(job, start),
         });
-        printOutcome(job, outcome, Boolean(o.killOnExit));
+        printOutcome(job, outcome);
       }
       repo.close();
     });
@@ -229,7 +243,7 @@ ${RETENTION_HELP}`)
     .description('checkpoint an already running process tree (not started by crinc) every interval, as a job')
     .argument('<pid>', 'the PID of the tree\'s root: a session leader without a controlling terminal', intArg)
     .addOption(new Option('--job <name>', 'job name (default: the program\'s base name)'))
-    .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
+    .addOption(new Option('--interval <duration>', `time between checkpoints, e.g. 30s, 5m, 1h (at least ${MIN_INTERVAL_MS} ms)`).default(DEFAULT_INTERVAL).argParser(intervalArg))
     .option('--no-tracking', 'no dirty tracking: every checkpoint reads and hashes all pages')
     .addOption(storeOption())
     .addHelpText('after', `
@@ -260,7 +274,7 @@ ${RETENTION_HELP}`)
         const jobDir = registerAttached(repo, job, pid, target);
         console.log(`attached to pid ${pid} as job ${job}; a checkpoint every ${formatDuration(intervalMs)}`);
         const outcome = await controlJob(repo, await openCodecs(repo), foregroundOptions(job, intervalMs, o.tracking, false, stop.signal), attachedJob(pid, jobDir));
-        printOutcome(job, outcome, false);
+        printOutcome(job, outcome);
       }
       repo.close();
     });
@@ -286,6 +300,42 @@ ${RETENTION_HELP}`)
         ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'checkpoint', keepImagesDir })) as CheckpointRecord | undefined) ??
         (await withProgress(`checkpoint of ${job}`, async (onProgress) => takeCheckpoint(repo, await openCodecs(repo), job, { keepImagesDir, onProgress })));
       console.log(o.json ? JSON.stringify(checkpointJson(cp)) : `checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`);
+      repo.close();
+    });
+
+  program
+    .command('stop')
+    .description("stop a job's process for good: SIGTERM, then SIGKILL after the grace time (a job is its PID namespace's init, which a plain kill does not end); with --checkpoint, a final checkpoint first")
+    .argument('<job>', 'job name')
+    .option('--checkpoint', 'take a final checkpoint first, then end the job at once (it resumes from there: crinc run, crinc restore)')
+    .addOption(new Option('--grace <duration>', 'how long the job may take to end on SIGTERM before SIGKILL').default('10s').argParser(durationArg))
+    .option('--json', 'print {"job", "pid", "how", "checkpoint"} as JSON')
+    .addOption(storeOption())
+    .addOption(cacheOption())
+    .addHelpText('after', `
+Examples:
+  crinc stop sim
+  crinc stop sim --checkpoint       (then crinc run of the same command resumes it)
+  crinc stop sim --grace 0          (SIGKILL at once)
+
+The job's controller (crinc run, crinc attach, the daemon) stops it when one runs: a
+crinc run in the foreground then ends as after SIGTERM (with --checkpoint: exit code ${EXIT_CHECKPOINTED}).`)
+    .action(async (job: string, o: { checkpoint?: boolean; grace: number | string; json?: boolean; store?: string; cache?: string }) => {
+      const repo = await openStore(o);
+      repo.requireJob(job);
+      const req = { checkpoint: Boolean(o.checkpoint), graceMs: typeof o.grace === 'string' ? parseDuration(o.grace) : o.grace };
+      if (req.checkpoint) criuVersion();
+      const r =
+        ((await askDaemon(repo.dir, { op: 'stop', job, ...req })) as StopResult | undefined) ??
+        ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'stop', ...req })) as StopResult | undefined) ??
+        (await stopJobStandalone(repo, await openCodecs(repo), job, req));
+      if (o.json) {
+        console.log(JSON.stringify({ ...r, checkpoint: r.checkpoint ? checkpointJson(r.checkpoint) : null }));
+      } else {
+        if (r.checkpoint) console.log(`checkpoint ${r.checkpoint.id} of ${job}: ${formatCheckpoint(r.checkpoint)}`);
+        if (r.how === 'exited') console.log(`job ${job} was not running (its process ${r.pid || '-'} had ended); nothing to stop`);
+        else console.log(`stopped job ${job} (pid ${r.pid}): ${r.how === 'terminated' ? 'it ended on SIGTERM' : 'killed (SIGKILL)'}` + (r.checkpoint ? `; resume it from checkpoint ${r.checkpoint.id} with crinc run or crinc restore ${job}` : ''));
+      }
       repo.close();
     });
 
@@ -569,7 +619,7 @@ function printStart(job: string, start: JobStart): void {
 }
 
 /** Says how a foreground controller ended, and sets crinc's exit code (README, "Resume, final checkpoint, exit codes"). */
-function printOutcome(job: string, outcome: RunOutcome, killOnExit: boolean): void {
+function printOutcome(job: string, outcome: RunOutcome): void {
   if (outcome.reason === 'job-exited') {
     const how = outcome.exitSignal ? ` on ${outcome.exitSignal}` : outcome.exitCode !== null ? ` with code ${outcome.exitCode}` : '';
     console.log(`job ${job} (pid ${outcome.pid}) exited${how}`);
@@ -579,8 +629,10 @@ function printOutcome(job: string, outcome: RunOutcome, killOnExit: boolean): vo
   } else if (outcome.reason === 'checkpointed') {
     console.log(`checkpointed and stopped: job ${job} saved as checkpoint ${outcome.finalCheckpoint!.id}; run the same command again to resume it (exit code ${EXIT_CHECKPOINTED})`);
     process.exitCode = EXIT_CHECKPOINTED;
+  } else if (outcome.jobStopped) {
+    console.log(`stopped; job ${job} ${outcome.jobStopped === 'terminated' ? 'ended on SIGTERM' : 'killed'}`);
   } else {
-    console.log(killOnExit ? `stopped; job ${job} killed` : `stopped checkpointing; job ${job} goes on as pid ${outcome.pid}`);
+    console.log(`stopped checkpointing; job ${job} goes on as pid ${outcome.pid}`);
   }
 }
 

@@ -14,7 +14,7 @@ export const CONTROL_SOCKET = 'control.sock';
 export const CONTROL_TIMEOUT_MS = 15 * 60_000;
 const MAX_REQUEST_BYTES = 64 * 1024;
 
-export type ControlRequest = { op: 'checkpoint'; keepImagesDir?: string } | { op: 'status' };
+export type ControlRequest = { op: 'checkpoint'; keepImagesDir?: string } | { op: 'status' } | { op: 'stop'; checkpoint: boolean; graceMs: number };
 /** operating: an operating error (CrincError) whose message is for a person; else a bug, its message the remote stack. */
 export type ControlResponse = { ok: true; result: unknown } | { ok: false; error: { name: string; message: string; operating: boolean } };
 

@@ -22,6 +22,7 @@ import { recoverStore } from './recovery.js';
 import { restoreJob, type RestoreResult, type RestoreTarget } from './restore.js';
 import { restoreForResume, type RunningJob, startJob, startTracking } from './run.js';
 import { type JobStatus, jobStatus } from './status.js';
+import { stopProcess, type StopResult } from './stop.js';
 import type { TrackingSession } from './tracking-session.js';
 
 export const DAEMON_SOCKET = 'daemon.sock';
@@ -35,7 +36,8 @@ export type DaemonRequest =
   | { op: 'checkpoint'; job: string; keepImagesDir?: string }
   | { op: 'run'; job: string; command: string[]; cwd: string; env: Record<string, string>; intervalMs: number; tracking: boolean; fresh: boolean }
   | { op: 'attach'; job: string; pid: number; intervalMs: number; tracking: boolean }
-  | { op: 'restore'; job: string; target: RestoreTarget };
+  | { op: 'restore'; job: string; target: RestoreTarget }
+  | { op: 'stop'; job: string; checkpoint: boolean; graceMs: number };
 
 /** The daemon's answer to run and attach. */
 export interface Registered {
@@ -72,6 +74,8 @@ interface ManagedJob {
   due: number;
   /** For the processes the daemon started: settles with their exit status. */
   exited: RunningJob['exited'] | undefined;
+  /** Set by `crinc stop`: how the job ended, as its record will say. */
+  stoppedAs?: string;
 }
 
 export interface DaemonOptions {
@@ -164,6 +168,8 @@ export class Daemon {
         return this.attach(req);
       case 'restore':
         return this.restore(req.job, req.target);
+      case 'stop':
+        return this.stopJob(req.job, req.checkpoint, req.graceMs);
       default:
         throw new ControlError(`unknown request "${(req as { op: string }).op}"`);
     }
@@ -235,6 +241,29 @@ export class Daemon {
     return result;
   }
 
+  /**
+   * `crinc stop` of a job: a final checkpoint if asked, then the process ended (stop.ts)
+   * and reaped; its record says it was stopped. In the daemon's queue, so no scheduled
+   * checkpoint runs into the kill. A job the daemon does not manage is its own
+   * controller's to stop, or the asking command's (undefined).
+   */
+  private async stopJob(job: string, checkpoint: boolean, graceMs: number): Promise<StopResult | undefined> {
+    const m = this.jobs.get(job);
+    if (!m) {
+      this.repo.requireJob(job);
+      return (await askController(controlSocketPath(this.repo.jobDir(job)), { op: 'stop', checkpoint, graceMs })) as StopResult | undefined;
+    }
+    return this.exclusive(async () => {
+      const cp = checkpoint ? await this.checkpointUnqueued(m) : null;
+      m.stoppedAs = cp ? `stopped by crinc stop after checkpoint ${cp.id}` : 'stopped by crinc stop';
+      const how = await stopProcess(m.pid, cp ? 0 : graceMs);
+      if (m.exited) await m.exited;
+      else this.reapIfChild(m.pid);
+      this.ended(m, 'exited', m.stoppedAs);
+      return { job, pid: m.pid, how, checkpoint: cp };
+    });
+  }
+
   private refuseManaged(job: string): void {
     const m = this.jobs.get(job);
     if (m) throw new JobExistsError(job, m.pid);
@@ -258,7 +287,7 @@ export class Daemon {
       : undefined;
     const m: ManagedJob = { record, pid, tracking: trackingSession, timer: undefined, due, exited };
     this.jobs.set(record.job, m);
-    exited?.then((status) => this.ended(m, 'exited', howEnded(status)));
+    exited?.then((status) => this.ended(m, 'exited', m.stoppedAs ?? howEnded(status)));
     this.schedule(m);
     return m;
   }
@@ -299,15 +328,18 @@ export class Daemon {
   }
 
   private checkpoint(m: ManagedJob, keepImagesDir?: string): Promise<CheckpointRecord> {
-    return this.exclusive(async () => {
-      const cp = await this.withRepo((repo) =>
-        takeCheckpoint(repo, this.codecs, m.record.job, { keepImagesDir, tracking: m.tracking, verifyTracking: this.opts.verifyTracking }),
-      );
-      this.opts.log.info('checkpoint', m.record.job, {
-        id: cp.id, mode: cp.mode, imageBytes: cp.imageBytes, storedBytes: cp.storedBytes, durationMs: Math.round(cp.durationMs), freezeMs: Math.round(cp.freezeMs),
-      });
-      return cp;
+    return this.exclusive(() => this.checkpointUnqueued(m, keepImagesDir));
+  }
+
+  /** A checkpoint of a managed job; only from inside the daemon's queue. */
+  private async checkpointUnqueued(m: ManagedJob, keepImagesDir?: string): Promise<CheckpointRecord> {
+    const cp = await this.withRepo((repo) =>
+      takeCheckpoint(repo, this.codecs, m.record.job, { keepImagesDir, tracking: m.tracking, verifyTracking: this.opts.verifyTracking }),
+    );
+    this.opts.log.info('checkpoint', m.record.job, {
+      id: cp.id, mode: cp.mode, imageBytes: cp.imageBytes, storedBytes: cp.storedBytes, durationMs: Math.round(cp.durationMs), freezeMs: Math.round(cp.freezeMs),
     });
+    return cp;
   }
 
   /** GC between checkpoints (in the daemon's queue); checkpoints of other processes wait for its exclusive store lock. */
@@ -352,15 +384,17 @@ export class Daemon {
       if (m.exited) continue; // the child's exit event reports it
       const stat = procStat(m.pid);
       if (stat && stat.state !== 'Z' && stat.state !== 'X') continue;
-      if (stat?.state === 'Z' && stat.ppid === process.pid) {
-        const [r, status] = waitpidRaw(m.pid, WNOHANG);
-        if (r === m.pid) {
-          this.ended(m, 'exited', howEnded(decodeWaitStatus(status)));
-          continue;
-        }
-      }
-      this.ended(m, 'exited', 'ended; its exit status went to its parent');
+      const status = this.reapIfChild(m.pid);
+      this.ended(m, 'exited', status ? howEnded(status) : 'ended; its exit status went to its parent');
     }
+  }
+
+  /** Reaps pid when it is the daemon's zombie child (adopted as a subreaper); its exit status, else undefined. */
+  private reapIfChild(pid: number): WaitExit | undefined {
+    const stat = procStat(pid);
+    if (stat?.state !== 'Z' || stat.ppid !== process.pid) return undefined;
+    const [r, status] = waitpidRaw(pid, WNOHANG);
+    return r === pid ? decodeWaitStatus(status) : undefined;
   }
 
   private ended(m: ManagedJob, state: 'exited' | 'dead', how: string): void {

@@ -23,10 +23,11 @@ export class StorePathError extends ControllerError {
 export class JobNotRunningError extends ControllerError {
   override name = 'JobNotRunningError';
   constructor(readonly job: string, readonly pid: number | null) {
+    // Says both ways on, so that a job without checkpoints is not sent to restore and back.
     super(
-      pid === null
-        ? `job "${job}" has no running process; restore it with \`crinc restore ${job}\``
-        : `job "${job}": its process ${pid} is not running (it exited or was killed); restore it with \`crinc restore ${job}\``,
+      (pid === null ? `job "${job}" has no running process` : `job "${job}": its process ${pid} is not running (it exited or was killed)`) +
+        `, so there is nothing to checkpoint. \`crinc restore ${job}\` brings back its newest checkpoint if it has one (crinc list ${job}); ` +
+        `otherwise start it anew with \`crinc run --job ${job} -- CMD\`.`,
     );
   }
 }
@@ -34,19 +35,28 @@ export class JobNotRunningError extends ControllerError {
 export class JobStillRunningError extends ControllerError {
   override name = 'JobStillRunningError';
   constructor(readonly job: string, readonly pid: number) {
-    super(`job "${job}" is still running as pid ${pid}: restoring over it would run two copies. Stop it first (kill ${pid}), then restore.`);
+    super(`job "${job}" is still running as pid ${pid}: restoring over it would run two copies. Stop it first: \`crinc stop ${job}\` (with --checkpoint to keep its latest state), then restore.`);
   }
 }
 
 export class JobExistsError extends ControllerError {
   override name = 'JobExistsError';
   constructor(readonly job: string, readonly pid: number) {
-    super(`job "${job}" already runs as pid ${pid}; pick another --job name, or stop it first`);
+    super(`job "${job}" already runs as pid ${pid}; pick another --job name, or stop it first: \`crinc stop ${job}\``);
   }
 }
 
 export class NoCheckpointError extends ControllerError {
   override name = 'NoCheckpointError';
+}
+
+/** A restore of a job that has no checkpoint: what to do depends on whether it runs. */
+export function noCheckpointYet(job: string, running: boolean): NoCheckpointError {
+  return new NoCheckpointError(
+    running
+      ? `job "${job}" has no checkpoint yet; take one with \`crinc checkpoint ${job}\``
+      : `job "${job}" has no checkpoint and is not running: there is nothing to restore. Start it anew with \`crinc run --job ${job} -- CMD\`.`,
+  );
 }
 
 export class JobStartError extends ControllerError {

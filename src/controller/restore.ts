@@ -8,7 +8,7 @@ import { type CheckpointRecord, type FileManifest, type Repository } from '../st
 import { lockStore, type StoreLock } from '../store/store-lock.js';
 import { makeStaging } from './checkpoint.js';
 import type { Codecs } from './codecs.js';
-import { JobStillRunningError, NoCheckpointError } from './errors.js';
+import { JobStillRunningError, NoCheckpointError, noCheckpointYet } from './errors.js';
 import { Ingest, type ProgressCallback } from './ingest.js';
 import { type FileFacts, fileFacts, fileMatches, installFile } from './job-files.js';
 import { materializeFile, materializeImages } from './materialize.js';
@@ -27,7 +27,7 @@ export interface RestoreResult {
 }
 
 export function resolveCheckpoint(repo: Repository, jobName: string, target: RestoreTarget): CheckpointRecord {
-  repo.requireJob(jobName);
+  const job = repo.requireJob(jobName);
   if ('id' in target) {
     const cp = repo.getCheckpoint(target.id);
     if (cp.job !== jobName) throw new NoCheckpointError(`checkpoint ${target.id} belongs to job "${cp.job}", not "${jobName}"`);
@@ -37,7 +37,7 @@ export function resolveCheckpoint(repo: Repository, jobName: string, target: Res
   const cp = repo.checkpointAtOrBefore(jobName, target.at);
   if (cp) return cp;
   const all = repo.listCheckpoints(jobName).filter((c) => c.kind === 'checkpoint');
-  if (all.length === 0) throw new NoCheckpointError(`job "${jobName}" has no checkpoint yet; take one with \`crinc checkpoint ${jobName}\``);
+  if (all.length === 0) throw noCheckpointYet(jobName, job.pid !== null && isRunning(job.pid));
   throw new NoCheckpointError(
     `job "${jobName}" has no checkpoint at or before ${new Date(target.at).toISOString()}; ` +
       `the earliest is checkpoint ${all[0]!.id} taken at ${new Date(all[0]!.takenAt).toISOString()}`,

@@ -20,6 +20,7 @@ import type { JobTracker } from '../tracking/bpf/job-tracker.js';
 import { ControllerError, FinalCheckpointError, JobExistsError, JobNotRunningError, JobStartError, ResumeError } from './errors.js';
 import { isRunning } from './procfs.js';
 import { restoreJob, type RestoreResult } from './restore.js';
+import { DEFAULT_STOP_GRACE_MS, stopProcess, type StopHow, type StopResult } from './stop.js';
 
 /** How long the namespace's init may take to report its PID after `unshare` starts. */
 const JOB_START_TIMEOUT_MS = 5000;
@@ -41,9 +42,10 @@ const FINAL_CHECKPOINT_BUSY_POLL_MS = 200;
 /**
  * What a stop request asks for (the reason of RunOptions.signal): leave the job running
  * (Ctrl-C), or take a final checkpoint and stop the job so that a later `crinc run`
- * resumes it (SIGTERM, SIGUSR1: preemption, requeue, wall-time warning).
+ * resumes it (SIGTERM, SIGUSR1: preemption, requeue, wall-time warning), or stop the job
+ * without a checkpoint (`crinc stop`: SIGTERM, a grace time, SIGKILL).
  */
-export type StopRequest = 'leave-running' | 'checkpoint-and-stop';
+export type StopRequest = 'leave-running' | 'checkpoint-and-stop' | 'stop';
 
 /** How the job came to run: started from its command, or restored from a checkpoint. */
 export type JobStart = { how: 'started'; pid: number; freshRequested: boolean } | { how: 'restored'; pid: number; restore: RestoreResult };
@@ -80,6 +82,8 @@ export interface RunOutcome {
   exitSignal: NodeJS.Signals | null;
   /** With 'checkpointed': the final checkpoint, from which the next `crinc run` resumes. */
   finalCheckpoint: CheckpointRecord | null;
+  /** With 'stopped': whether the controller ended the job (--kill-on-exit, crinc stop) and how; null when it goes on. */
+  jobStopped: StopHow | null;
 }
 
 
@@ -177,21 +181,32 @@ export type ControlOptions = Omit<RunOptions, 'command' | 'cwd' | 'fresh' | 'onS
 /** Checkpoints a running job every interval and serves its control socket, until it ends or opts.signal stops it. */
 export async function controlJob(repo: Repository, codecs: Codecs, opts: ControlOptions, running: RunningJob): Promise<RunOutcome> {
   const { pid, exited, jobDir, release } = running;
-  const tracking = opts.tracking ? await startTracking(pid, opts.onNotice) : undefined;
+  // A job that ended already (a command that ends at once) has nothing to track.
+  const tracking = opts.tracking && isRunning(pid) ? await startTracking(pid, opts.onNotice) : undefined;
   const checkpoint = async (keepImagesDir?: string) => {
     const cp = await takeCheckpoint(repo, codecs, opts.job, { keepImagesDir, tracking, verifyTracking: opts.verifyTracking });
     opts.onCheckpoint(cp);
     return cp;
   };
+  // `crinc stop` asks through the control socket: it ends supervision as a signal would.
+  const stopAsked = new AbortController();
+  let stopGraceMs = DEFAULT_STOP_GRACE_MS;
+  let supervised: Promise<RunOutcome> | undefined;
   const socket = controlSocketPath(jobDir);
   const control = await serveControl(socket, async (req) => {
     if (req.op === 'checkpoint') return checkpoint(req.keepImagesDir);
     if (req.op === 'status') return jobStatus(repo, opts.job, true, tracking ?? null);
+    if (req.op === 'stop') {
+      stopGraceMs = req.graceMs;
+      if (!stopAsked.signal.aborted) stopAsked.abort(req.checkpoint ? 'checkpoint-and-stop' : 'stop');
+      return stopAnswer(opts.job, await supervised!);
+    }
     throw new ControlError(`unknown request "${(req as { op: string }).op}"`);
   });
   try {
-    const outcome = await superviseJob(repo, opts, pid, exited, checkpoint);
-    if (outcome.reason === 'stopped') release();
+    supervised = superviseJob(repo, { ...opts, signal: AbortSignal.any([opts.signal, stopAsked.signal]) }, pid, exited, checkpoint, () => stopGraceMs);
+    const outcome = await supervised;
+    if (outcome.reason === 'stopped' && outcome.jobStopped === null) release();
     return outcome;
   } finally {
     control.close();
@@ -277,6 +292,7 @@ async function superviseJob(
   pid: number,
   exited: Promise<WaitExit>,
   checkpoint: () => Promise<CheckpointRecord>,
+  stopGraceMs: () => number,
 ): Promise<RunOutcome> {
   let ended: WaitExit | undefined;
   let watchError: Error | undefined;
@@ -308,10 +324,11 @@ async function superviseJob(
   const jobExited = async (): Promise<RunOutcome> => {
     await jobEnded;
     markStopped();
-    return { pid, reason: 'job-exited', exitCode: ended?.code ?? null, exitSignal: ended?.signal ?? null, finalCheckpoint: null };
+    return { pid, reason: 'job-exited', exitCode: ended?.code ?? null, exitSignal: ended?.signal ?? null, finalCheckpoint: null, jobStopped: null };
   };
   if (ended || !isRunning(pid)) return jobExited();
-  if ((opts.signal.reason as StopRequest) === 'checkpoint-and-stop') {
+  const request = opts.signal.reason as StopRequest | undefined;
+  if (request === 'checkpoint-and-stop') {
     // The job is stopped even when the final checkpoint fails: the scheduler ends it
     // anyway, and its earlier checkpoints stay restorable.
     let finalCheckpoint: CheckpointRecord | undefined;
@@ -323,20 +340,27 @@ async function superviseJob(
     }
     // The job ended by itself before the final dump began: its own exit is the outcome.
     if (failure instanceof JobNotRunningError) return jobExited();
-    process.kill(pid, 'SIGKILL');
+    // At once: after its final checkpoint the job must not run on and change its files.
+    await stopProcess(pid, 0);
     await jobEnded;
     markStopped();
     if (failure) throw new FinalCheckpointError(opts.job, repo.latestCheckpoint(opts.job) ?? null, failure as Error);
-    return { pid, reason: 'checkpointed', exitCode: null, exitSignal: null, finalCheckpoint: finalCheckpoint! };
+    return { pid, reason: 'checkpointed', exitCode: null, exitSignal: null, finalCheckpoint: finalCheckpoint!, jobStopped: 'killed' };
   }
-  if (opts.killOnExit) {
-    process.kill(pid, 'SIGKILL');
+  let jobStopped: StopHow | null = null;
+  if (request === 'stop' || opts.killOnExit) {
+    jobStopped = await stopProcess(pid, request === 'stop' ? stopGraceMs() : 0);
     await jobEnded;
     markStopped();
   } else {
     repo.saveJob({ ...repo.requireJob(opts.job), controllerPid: null, updatedAt: Date.now() });
   }
-  return { pid, reason: 'stopped', exitCode: null, exitSignal: null, finalCheckpoint: null };
+  return { pid, reason: 'stopped', exitCode: null, exitSignal: null, finalCheckpoint: null, jobStopped };
+}
+
+/** The answer to `crinc stop` through the control socket, once supervision has ended. */
+function stopAnswer(job: string, o: RunOutcome): StopResult {
+  return { job, pid: o.pid, how: o.jobStopped ?? 'exited', checkpoint: o.finalCheckpoint };
 }
 
 /** One more checkpoint; waits for one already under way (`crinc checkpoint` through the controller). */

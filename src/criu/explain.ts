@@ -49,8 +49,9 @@ const EXPLANATIONS: Explanation[] = [
   },
   {
     pattern: /File (\S+) has bad (size|mode)[^\n]*/,
+    // CRIU names the file without its leading slash.
     say: (m) =>
-      `the job's file ${m[1]} changed since the checkpoint (its ${m[2]} differs from the one CRIU saved), so CRIU refuses to put the job back onto it. ` +
+      `the job's file /${m[1]!.replace(/^\//, '')} changed since the checkpoint (its ${m[2]} differs from the one CRIU saved), so CRIU refuses to put the job back onto it. ` +
       'crinc stores and puts back the files a job has open for writing; a file the job only reads, or one changed by something else, must be as it was: ' +
       'restore its old content, or restore a newer checkpoint.',
   },
@@ -69,9 +70,9 @@ const EXPLANATIONS: Explanation[] = [
   },
 ];
 
-/** "(35.649678) Error (criu/parasite-syscall.c:92): text" → "text". */
+/** "(35.649678) Error (criu/parasite-syscall.c:92): text", "(0.1) 1: Error (…): text" → "text". */
 function stripLogPrefix(line: string): string {
-  return line.replace(/^\s*\([\d.]+\)\s*/, '').replace(/^(?:Error|Warn) \([^)]*\):\s*/, '').trim();
+  return line.replace(/^\s*\([\d.]+\)\s*(?:\d+:\s*)?/, '').replace(/^(?:Error|Warn)\s+\([^)]*\):\s*/, '').trim();
 }
 
 /** What CRIU's failure means and what to do, from its log's lines; undefined when crinc does not know it. */

@@ -1,0 +1,174 @@
+// Operability (issue 12): crinc on PATH and the demo, errors that say what to do, a job
+// that ends at once. Real set-up script, real CRIU, real file systems (a full tmpfs).
+import { spawn, spawnSync } from 'node:child_process';
+import { appendFileSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { CLI, COUNTER, crinc, exitOf, killAndWait, ROOT, Sandbox, waitFor } from './helpers.js';
+
+/** A crinc error is said for a person: one line after "crinc: ", no stack, no "a bug". */
+function expectOperatingError(stderr: string): void {
+  expect(stderr).toMatch(/^crinc: /);
+  expect(stderr).not.toMatch(/a bug|\n\s+at /);
+}
+
+describe('crinc on PATH (npm run setup) and the demo', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+  const bin = join(sb.dir, 'bin');
+  const link = join(bin, 'crinc');
+  const setup = () => spawnSync('bash', ['scripts/setup.sh'], { cwd: ROOT, env: { ...process.env, CRINC_CLI_LINK: link }, encoding: 'utf8', timeout: 600_000 });
+
+  it('links crinc onto PATH, idempotently, and leaves a foreign file alone', () => {
+    mkdirSync(bin);
+    const first = setup();
+    expect(first.status, first.stderr).toBe(0);
+    expect(readlinkSync(link)).toBe(CLI);
+    const again = setup();
+    expect(again.status, again.stderr).toBe(0);
+    expect(again.stdout).not.toMatch(/linking|now points/);
+    const version = spawnSync('crinc', ['--version'], { env: { ...process.env, PATH: `${bin}:${process.env.PATH}` }, encoding: 'utf8' });
+    expect(version.status).toBe(0);
+    expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+    rmSync(link);
+    writeFileSync(link, '#!/bin/sh\n');
+    const foreign = setup();
+    expect(foreign.status).not.toBe(0);
+    expect(foreign.stderr).toContain('is not a link crinc made');
+    rmSync(link);
+  });
+
+  it('the demo runs crinc from PATH and shows the ticks right after the restored checkpoint', () => {
+    setup();
+    const demo = spawnSync('bash', ['scripts/demo.sh'], {
+      cwd: ROOT,
+      env: { ...process.env, PATH: `${bin}:${process.env.PATH}`, CRINC_STORE: sb.store },
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    expect(demo.status, demo.stderr + demo.stdout).toBe(0);
+    const m = /first ticks after tick (\d+)\S*\n((?:tick .*\n){4})/.exec(demo.stdout);
+    expect(m, demo.stdout).not.toBeNull();
+    const saved = Number(m![1]);
+    const shown = [...m![2]!.matchAll(/^tick (\d+) /gm)].map((t) => Number(t[1]));
+    expect(shown).toEqual([saved + 1, saved + 2, saved + 3, saved + 4]);
+    expect(demo.stdout).toMatch(/verify ok tick \d+/);
+    // The demo's restored job was stopped as it ended.
+    for (const j of sb.json<{ pid: number }[]>(['jobs'])) sb.track(j.pid);
+  });
+});
+
+describe('operating errors say what happened and what to do', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  it('a store path that is a file is named as such, not "no crinc store"', () => {
+    const file = join(sb.dir, 'not-a-store');
+    writeFileSync(file, 'x');
+    const r = crinc(file, ['list']);
+    expect(r.code).toBe(1);
+    expectOperatingError(r.stderr);
+    expect(r.stderr).toContain(`the store path ${file} is a file, not a directory`);
+    // A store below a file: ENOTDIR, said with the fix.
+    const below = crinc(join(file, 'store'), ['run', '--job', 'x', '--', '/bin/true']);
+    expect(below.code).toBe(1);
+    expectOperatingError(below.stderr);
+    expect(below.stderr).toContain('is a file, not a directory');
+  });
+
+  it('a full disk during a checkpoint: ENOSPC with the fix, and the store as it was', async () => {
+    const mount = join(sb.dir, 'tiny');
+    mkdirSync(mount);
+    expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=3m,mode=0700', 'tmpfs', mount]).status).toBe(0);
+    const tiny = new Sandbox();
+    try {
+      const store = join(mount, 'store');
+      // Its controller creates the store on the small file system.
+      const job = spawn(process.execPath, [CLI, 'run', '--job', 'big', '--interval', '1h', '--', COUNTER, '--region-mib', '32'], {
+        env: { ...process.env, CRINC_STORE: store },
+        stdio: 'ignore',
+      });
+      const pid = await waitFor(() => {
+        const r = crinc(store, ['jobs', '--json']);
+        return r.code === 0 ? (JSON.parse(r.stdout) as { job: string; pid: number; state: string }[]).find((j) => j.job === 'big' && j.state === 'running')?.pid : undefined;
+      }, 'the big job to run');
+      tiny.track(pid);
+      const cp = crinc(store, ['checkpoint', 'big']);
+      expect(cp.code).toBe(1);
+      expectOperatingError(cp.stderr);
+      expect(cp.stderr).toContain('no space left on the device');
+      expect(cp.stderr).toContain('the store holds what it held before');
+      expect(crinc(store, ['list', '--json']).stdout.trim()).toBe('[]');
+      job.kill('SIGINT');
+      await exitOf(job);
+      await killAndWait(pid);
+    } finally {
+      tiny.cleanup();
+      spawnSync('umount', ['-l', mount]);
+    }
+  });
+
+  it('a missing pack is named, with crinc verify as the next step', async () => {
+    const { pid } = await sb.run('packs', [COUNTER, '--region-mib', '2'], ['--interval', '1h', '--kill-on-exit']);
+    sb.ok(['checkpoint', 'packs']);
+    await killAndWait(pid);
+    const packs = join(sb.store, 'packs');
+    const moved = join(sb.dir, 'moved-packs');
+    renameSync(packs, moved);
+    mkdirSync(packs, { mode: 0o700 });
+    try {
+      const r = sb.cli(['restore', 'packs']);
+      expect(r.code).toBe(1);
+      expectOperatingError(r.stderr);
+      expect(r.stderr).toMatch(/\.pack/);
+      expect(r.stderr).toContain('no such file or directory');
+      expect(r.stderr).toContain('crinc verify');
+    } finally {
+      rmSync(packs, { recursive: true });
+      renameSync(moved, packs);
+    }
+  });
+
+  it("CRIU's failures: another tracer, a changed file", async () => {
+    const readOnly = join(sb.dir, 'input.txt');
+    writeFileSync(readOnly, 'hello\n');
+    const { pid } = await sb.run('tracer', ['sh', '-c', `exec 4<${readOnly}; exec sleep 1000`], ['--interval', '1h']);
+    sb.ok(['checkpoint', 'tracer']);
+    const strace = spawn('strace', ['-p', String(pid), '-o', '/dev/null'], { stdio: 'ignore' });
+    try {
+      await waitFor(() => /TracerPid:\s*[1-9]/.test(readFileSync(`/proc/${pid}/status`, 'utf8')), 'strace to attach');
+      const r = sb.cli(['checkpoint', 'tracer']);
+      expect(r.code).toBe(1);
+      expectOperatingError(r.stderr);
+      expect(r.stderr).toContain("CRIU could not stop the job's threads with ptrace: another tracer holds them");
+      expect(r.stderr).toContain('Unable to interrupt task');
+    } finally {
+      strace.kill('SIGKILL');
+      await exitOf(strace);
+    }
+    await killAndWait(pid);
+    appendFileSync(readOnly, 'more\n');
+    const restore = sb.cli(['restore', 'tracer']);
+    expect(restore.code).toBe(1);
+    expectOperatingError(restore.stderr);
+    expect(restore.stderr).toContain(`the job's file ${readOnly} changed since the checkpoint`);
+  });
+});
+
+describe('a job that ends at once', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  it('is reported as started and ended, with its exit code, every time', () => {
+    for (let i = 0; i < 9; i++) {
+      const r = sb.cli(['run', '--job', `t${i}`, '--', '/bin/true']);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(new RegExp(`^started job t${i} as pid \\d+`));
+      expect(r.stdout).toMatch(new RegExp(`job t${i} \\(pid \\d+\\) exited with code 0`));
+    }
+    const failing = sb.cli(['run', '--job', 'false', '--', '/bin/false']);
+    expect(failing.code).toBe(1);
+    expect(failing.stdout).toMatch(/job false \(pid \d+\) exited with code 1/);
+  });
+});
