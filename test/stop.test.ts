@@ -56,7 +56,7 @@ describe('crinc stop', () => {
     expect(output()).toContain(`saved as checkpoint ${r.checkpoint!.id}`);
     const saved = lastTick(sb.jobLog('final'));
     const again = await sb.run('final', [COUNTER, '--region-mib', '4'], ['--interval', '1h', '--kill-on-exit']);
-    expect(again.output()).toContain(`resumed job final from checkpoint ${r.checkpoint!.id}`);
+    await waitFor(() => again.output().includes(`resumed job final from checkpoint ${r.checkpoint!.id}`), `the resume to be reported\n${again.output()}`);
     await waitFor(() => lastTick(sb.jobLog('final')) > saved, 'the resumed job to tick on');
     again.controller.kill('SIGINT');
     await exitOf(again.controller);

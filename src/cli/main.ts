@@ -14,13 +14,14 @@ import { askController, controlSocketPath } from '../controller/control.js';
 import { askDaemon, Daemon, type Registered } from '../controller/daemon.js';
 import { type JobRow, jobRows } from '../controller/jobs.js';
 import { Logger } from '../controller/log.js';
-import { NoCheckpointError, NotRootError, StorePathError } from '../controller/errors.js';
+import { CheckpointCancelledError, NoCheckpointError, NotRootError, StorePathError } from '../controller/errors.js';
 import { exportCheckpoint } from '../controller/materialize.js';
 import { resolveCheckpoint, restoreJob, type RestoreResult, type RestoreTarget } from '../controller/restore.js';
 import { type ControlOptions, controlJob, type JobStart, runJob, type RunOutcome, type StopRequest } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
 import { type StopResult, stopJobStandalone } from '../controller/stop.js';
 import { parseDuration, parseTimeSpec } from '../controller/time-spec.js';
+import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, METRICS_PATH, parseMetricsAddress } from '../controller/metrics.js';
 import { pruneJob } from '../controller/retention.js';
 import { recoverStore } from '../controller/recovery.js';
 import { verifyStore } from '../controller/verify.js';
@@ -142,11 +143,13 @@ export function buildProgram(): Command {
     .command('daemon')
     .description('serve the store: checkpoint every managed job on its own schedule, watch their processes, collect garbage, answer the other crinc commands on <store>/daemon.sock')
     .addOption(new Option('--gc-every <duration>', 'run crinc gc this often ("0" for never)').default(DAEMON_GC_EVERY).argParser(durationOrZeroArg))
+    .addOption(new Option('--metrics [host:port]', `serve Prometheus metrics at http://HOST:PORT${METRICS_PATH} (default ${DEFAULT_METRICS_HOST}:${DEFAULT_METRICS_PORT}: this machine only)`))
     .addOption(storeOption())
     .addHelpText('after', `
 Examples:
   crinc daemon --store /var/lib/crinc
   crinc daemon --gc-every 10m
+  crinc daemon --metrics                      (Prometheus: http://${DEFAULT_METRICS_HOST}:${DEFAULT_METRICS_PORT}${METRICS_PATH}; metric names in the README)
   systemctl start crinc            (examples/systemd/crinc.service)
 
 While it runs, crinc run and crinc attach hand their job to it and return; crinc jobs,
@@ -154,7 +157,7 @@ status and checkpoint ask it. Jobs keep running when it stops; when it starts ag
 resumes their schedules and marks jobs whose process died meanwhile "dead".
 Logs: one JSON object per line on stderr (time, level, job, msg, fields); readable
 lines when stderr is a terminal.`)
-    .action(async (o: { gcEvery: number | string; store?: string }) => {
+    .action(async (o: { gcEvery: number | string; metrics?: string | true; store?: string }) => {
       requireRoot();
       criuVersion();
       const gcEveryMs = typeof o.gcEvery === 'string' ? parseDuration(o.gcEvery) : o.gcEvery;
@@ -162,7 +165,10 @@ lines when stderr is a terminal.`)
       if (isS3Url(spec)) {
         throw new InvalidArgumentError(`crinc daemon serves a store directory, and ${spec} is an S3 store: run each job with crinc run --foreground --store ${spec} instead`);
       }
-      const daemon = await Daemon.start(resolve(spec), { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1', gcEveryMs });
+      openedStore = resolve(spec);
+      requireStoreDirectory(openedStore);
+      const metrics = o.metrics === undefined ? undefined : o.metrics === true ? { host: DEFAULT_METRICS_HOST, port: DEFAULT_METRICS_PORT } : parseMetricsAddress(o.metrics);
+      const daemon = await Daemon.start(openedStore, { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1', gcEveryMs, metrics });
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
@@ -294,12 +300,34 @@ ${RETENTION_HELP}`)
       const retention = retentionFromOptions(o);
       if (retention) repo.setJobRetention(job, retention);
       const keepImagesDir = process.env[KEEP_IMAGES_ENV] ? resolve(process.env[KEEP_IMAGES_ENV]) : undefined;
+      // Ctrl-C: a controller's checkpoint cannot be called back, so crinc waits and says what became of it;
+      // a standalone one is cancelled at the freeze (CRIU fails the dump and thaws the job), never left running.
+      const cancel = new AbortController();
+      let viaController = true;
+      process.on('SIGINT', () => {
+        if (cancel.signal.aborted) return;
+        cancel.abort(new CheckpointCancelledError(job));
+        console.error(viaController
+          ? "crinc: Ctrl-C: the checkpoint goes on in the job's controller and cannot be called back from here; waiting for it"
+          : 'crinc: Ctrl-C: cancelling the checkpoint; waiting for CRIU to thaw the job');
+      });
       // The daemon or a running controller takes it, so that its dirty tracking stays continuous.
-      const cp =
+      let cp =
         ((await askDaemon(repo.dir, { op: 'checkpoint', job, keepImagesDir })) as CheckpointRecord | undefined) ??
-        ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'checkpoint', keepImagesDir })) as CheckpointRecord | undefined) ??
-        (await withProgress(`checkpoint of ${job}`, async (onProgress) => takeCheckpoint(repo, await openCodecs(repo), job, { keepImagesDir, onProgress })));
-      console.log(o.json ? JSON.stringify(checkpointJson(cp)) : `checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`);
+        ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'checkpoint', keepImagesDir })) as CheckpointRecord | undefined);
+      if (cp && cancel.signal.aborted) console.error(`crinc: interrupted; the checkpoint went on in the controller and was committed as ${cp.id}`);
+      if (!cp && !cancel.signal.aborted) {
+        viaController = false;
+        try {
+          cp = await withProgress(`checkpoint of ${job}`, async (onProgress) => takeCheckpoint(repo, await openCodecs(repo), job, { keepImagesDir, onProgress, signal: cancel.signal }));
+        } catch (e) {
+          if (e !== cancel.signal.reason) throw e;
+          console.error('crinc: cancelled; the job was thawed and goes on, and no checkpoint was taken');
+        }
+        if (cp && cancel.signal.aborted) console.error(`crinc: Ctrl-C came after the job was thawed; the checkpoint was committed as ${cp.id}`);
+      }
+      if (cp) console.log(o.json ? JSON.stringify(checkpointJson(cp)) : `checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`);
+      if (cancel.signal.aborted) process.exitCode = SIGNALED_EXIT_BASE + osConstants.signals.SIGINT;
       repo.close();
     });
 

@@ -72,6 +72,8 @@ export interface CheckpointOptions {
   verifyTracking?: boolean;
   /** Bytes of CRIU's images ingested, for a progress line. */
   onProgress?: ProgressCallback;
+  /** Cancels the checkpoint up to the freeze (Ctrl-C): CRIU fails the dump and thaws the job; throws the signal's reason. */
+  signal?: AbortSignal;
 }
 
 export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: string, options: CheckpointOptions = {}): Promise<CheckpointRecord> {
@@ -99,6 +101,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     for (const f of previousManifests) repo.rememberKnown(f.ids);
     const previousFiles = new Map<string, FileManifest>(previousManifests.filter((f) => f.role === 'job-file').map((f) => [f.path, f]));
 
+    options.signal?.throwIfAborted();
     const started = performance.now();
     let takenAt = 0;
     let captured: CapturedFile[] = [];
@@ -110,6 +113,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
         imagesDir,
         workDir,
         whileFrozen: async () => {
+          options.signal?.throwIfAborted();
           faultPoint('checkpoint-while-frozen');
           takenAt = Date.now();
           captured = captureJobFiles(pid, filesDir, previousFiles);

@@ -21,6 +21,7 @@ import { isRunning } from './procfs.js';
 import { recoverStore } from './recovery.js';
 import { restoreJob, type RestoreResult, type RestoreTarget } from './restore.js';
 import { restoreForResume, type RunningJob, startJob, startTracking } from './run.js';
+import { DaemonMetrics, METRICS_PATH } from './metrics.js';
 import { type JobStatus, jobStatus } from './status.js';
 import { stopProcess, type StopResult } from './stop.js';
 import type { TrackingSession } from './tracking-session.js';
@@ -84,6 +85,8 @@ export interface DaemonOptions {
   verifyTracking: boolean;
   /** How often to collect garbage (the space of checkpoints retention forgot); 0: never. */
   gcEveryMs: number;
+  /** Serve Prometheus metrics there (metrics.ts); none: no endpoint. */
+  metrics?: { host: string; port: number };
 }
 
 export class Daemon {
@@ -94,6 +97,7 @@ export class Daemon {
   private watch: NodeJS.Timeout | undefined;
   private gcTimer: NodeJS.Timeout | undefined;
   private stopping = false;
+  private metrics: DaemonMetrics | undefined;
 
   private constructor(
     readonly store: string,
@@ -121,13 +125,33 @@ export class Daemon {
       opts.log.warn('removed leftovers of interrupted checkpoints, restores or GCs', null, { files: [...recovered.packFiles, ...recovered.stagingDirs].join(' ') });
     }
     const daemon = new Daemon(store, repo, await openCodecs(repo), lockFd, opts);
+    if (opts.metrics) await daemon.serveMetrics(opts.metrics.host, opts.metrics.port);
     await daemon.resume();
     daemon.server = await serveControl<DaemonRequest>(daemonSocketPath(store), (req) => daemon.handle(req));
     daemon.server.ref();
     daemon.watch = setInterval(() => daemon.watchJobs(), JOB_WATCH_MS);
     if (opts.gcEveryMs > 0) daemon.gcTimer = setInterval(() => void daemon.collect(), opts.gcEveryMs);
-    opts.log.info('daemon started', null, { store, socket: daemonSocketPath(store), pid: process.pid, jobs: daemon.jobs.size });
+    opts.log.info('daemon started', null, {
+      store, socket: daemonSocketPath(store), pid: process.pid, jobs: daemon.jobs.size,
+      ...(opts.metrics ? { metrics: `http://${opts.metrics.host}:${opts.metrics.port}${METRICS_PATH}` } : {}),
+    });
     return daemon;
+  }
+
+  private async serveMetrics(host: string, port: number): Promise<void> {
+    const metrics = new DaemonMetrics({
+      jobs: () => [...this.jobs.values()].map((m) => ({ job: m.record.job, tracking: m.tracking, lastSuccess: this.repo.latestCheckpoint(m.record.job) })),
+      store: () => this.repo.figures(),
+    });
+    try {
+      await metrics.listen(host, port);
+    } catch (e) {
+      await this.codecs.pool.close();
+      this.repo.close();
+      closeSync(this.lockFd);
+      throw e;
+    }
+    this.metrics = metrics;
   }
 
   /** Stops scheduling, lets a checkpoint in progress finish, and leaves every job running. */
@@ -138,6 +162,7 @@ export class Daemon {
     clearInterval(this.gcTimer);
     for (const m of this.jobs.values()) clearTimeout(m.timer);
     this.server?.close();
+    this.metrics?.close();
     rmSync(daemonSocketPath(this.store), { force: true });
     await this.queue.catch(() => undefined);
     for (const [name, m] of this.jobs) {
@@ -333,9 +358,17 @@ export class Daemon {
 
   /** A checkpoint of a managed job; only from inside the daemon's queue. */
   private async checkpointUnqueued(m: ManagedJob, keepImagesDir?: string): Promise<CheckpointRecord> {
-    const cp = await this.withRepo((repo) =>
-      takeCheckpoint(repo, this.codecs, m.record.job, { keepImagesDir, tracking: m.tracking, verifyTracking: this.opts.verifyTracking }),
-    );
+    let cp: CheckpointRecord;
+    try {
+      cp = await this.withRepo((repo) =>
+        takeCheckpoint(repo, this.codecs, m.record.job, { keepImagesDir, tracking: m.tracking, verifyTracking: this.opts.verifyTracking }),
+      );
+    } catch (e) {
+      // A job that ended meanwhile did not fail a checkpoint: it has nothing to checkpoint.
+      if (isRunning(m.pid)) this.metrics?.checkpointFailed(m.record.job, e);
+      throw e;
+    }
+    this.metrics?.checkpointTaken(cp);
     this.opts.log.info('checkpoint', m.record.job, {
       id: cp.id, mode: cp.mode, imageBytes: cp.imageBytes, storedBytes: cp.storedBytes, durationMs: Math.round(cp.durationMs), freezeMs: Math.round(cp.freezeMs),
     });

@@ -59,6 +59,14 @@ export function noCheckpointYet(job: string, running: boolean): NoCheckpointErro
   );
 }
 
+/** Ctrl-C on a standalone `crinc checkpoint`, before the job was thawed: no checkpoint. */
+export class CheckpointCancelledError extends ControllerError {
+  override name = 'CheckpointCancelledError';
+  constructor(readonly job: string) {
+    super(`the checkpoint of job "${job}" was cancelled; the job goes on`);
+  }
+}
+
 export class JobStartError extends ControllerError {
   override name = 'JobStartError';
 }

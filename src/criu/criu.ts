@@ -122,7 +122,9 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
     'criu',
     ['dump', '-t', String(req.pid), '-D', req.imagesDir, '-W', req.workDir, '-o', 'dump.log', '-v4',
       '--leave-running', '--action-script', hook, ...COMMON_OPTIONS],
-    { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, CRINC_HOOK_NOTIFY: notify, CRINC_HOOK_ACK: ack, CRINC_HOOK_PID: String(process.pid) } },
+    // Its own process group: a Ctrl-C at crinc's terminal must not kill CRIU mid-dump (the
+    // job would be left with CRIU's parasite in it); crinc cancels at the freeze instead.
+    { stdio: ['ignore', 'ignore', 'pipe'], detached: true, env: { ...process.env, CRINC_HOOK_NOTIFY: notify, CRINC_HOOK_ACK: ack, CRINC_HOOK_PID: String(process.pid) } },
   );
   let stderr = '';
   criu.stderr.on('data', (d: Buffer) => (stderr += d.toString()));

@@ -708,6 +708,13 @@ export class Repository {
     return checkpointFromRow(row);
   }
 
+  /** The store's size as the index knows it: packs, their bytes, chunks (crinc daemon --metrics). */
+  figures(): { packs: number; packBytes: number; chunks: number } {
+    const packs = this.db.prepare('SELECT count(*) AS n, coalesce(sum(bytes), 0) AS bytes FROM packs').get() as { n: number; bytes: number };
+    const chunks = this.db.prepare('SELECT count(*) AS n FROM chunks').get() as { n: number };
+    return { packs: packs.n, packBytes: packs.bytes, chunks: chunks.n };
+  }
+
   listCheckpoints(job?: string): CheckpointRecord[] {
     const rows = job
       ? this.db.prepare('SELECT * FROM checkpoints WHERE job = ? ORDER BY taken_at, id').all(job)
