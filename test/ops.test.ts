@@ -172,3 +172,30 @@ describe('a job that ends at once', () => {
     expect(failing.stdout).toMatch(/job false \(pid \d+\) exited with code 1/);
   });
 });
+
+describe("eBPF telemetry leaves crinc's own syscalls out", () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  interface Status {
+    tracking: { mode: string; sinceCheckpoint: { fdChanges: { syscall: string }[]; modifiedFiles: { path: string }[] } | null };
+  }
+
+  it('a job that only appends to its log shows no fd changes: not the injection that armed it, nor CRIU\'s parasite', async () => {
+    await sb.run('appender', [COUNTER, '--region-mib', '8', '--tick-ms', '50'], ['--interval', '1h', '--kill-on-exit']);
+    const log = join(sb.store, 'jobs', 'appender', 'stdout.log');
+    // Since tracking was armed (a userfaultfd created and closed inside the job by injection).
+    const first = await waitFor(() => {
+      const s = sb.json<Status>(['status', 'appender']).tracking.sinceCheckpoint!;
+      return s.modifiedFiles.some((f) => f.path === log) && s;
+    }, 'the job to append to its log');
+    expect(first.fdChanges).toEqual([]);
+    // Since a checkpoint (CRIU's parasite ran inside the job).
+    sb.ok(['checkpoint', 'appender']);
+    const second = await waitFor(() => {
+      const s = sb.json<Status>(['status', 'appender']).tracking.sinceCheckpoint!;
+      return s.modifiedFiles.some((f) => f.path === log) && s;
+    }, 'the job to append after the checkpoint');
+    expect(second.fdChanges).toEqual([]);
+  });
+});
