@@ -3,6 +3,7 @@
 // through whichever controller runs it (crinc run, the daemon) or standalone, and the
 // job's record says it stopped. Also: messages that do not send the user in a circle.
 import { spawn } from 'node:child_process';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { alive, type CheckpointJson, CLI, COUNTER, exitOf, type JobInfo, lastTick, Sandbox, waitFor } from './helpers.js';
 
@@ -127,5 +128,46 @@ describe('messages that do not go in circles', () => {
       expect(r.code, interval).not.toBe(0);
       expect(r.stderr, interval).toMatch(/at least 500 ms/);
     }
+  });
+});
+
+describe('a restore killed after CRIU brought the job back, then retried', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  /** The processes whose stdout is the job's log: copies of the job that write it. */
+  function writersOf(job: string): number[] {
+    const log = `${sb.store}/jobs/${job}/stdout.log`;
+    return readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((pid) => {
+      try {
+        return readlinkSync(`/proc/${pid}/fd/1`) === log && alive(pid);
+      } catch {
+        return false;
+      }
+    });
+  }
+
+  it('finds the restored process instead of starting a second copy', async () => {
+    const { controller, pid } = await sb.run('twice', [COUNTER, '--region-mib', '2'], ['--interval', '1h']);
+    const cp = sb.json<CheckpointJson>(['checkpoint', 'twice']);
+    sb.json<StopJson>(['stop', 'twice', '--grace', '0']);
+    await exitOf(controller);
+    expect(alive(pid)).toBe(false);
+    const killed = sb.cli(['restore', 'twice'], { CRINC_FAULT: 'restore-after-criu' });
+    expect(killed.signal).toBe('SIGKILL');
+    const [restored] = writersOf('twice');
+    expect(restored).toBeDefined();
+    sb.track(restored!);
+    expect(sb.json<JobInfo[]>(['jobs']).find((j) => j.job === 'twice')!.state).toBe('restoring');
+    const retry = sb.cli(['restore', 'twice']);
+    expect(retry.code).toBe(1);
+    expect(retry.stderr).toContain(`it runs as pid ${restored}`);
+    expect(retry.stderr).toContain('Nothing was restored again');
+    expect(writersOf('twice')).toEqual([restored]);
+    expect(sb.json<JobInfo[]>(['jobs']).find((j) => j.job === 'twice')).toMatchObject({ pid: restored, state: 'running' });
+    // And the adopted job is the job: it checkpoints, and stops.
+    expect(sb.json<CheckpointJson>(['checkpoint', 'twice']).id).toBeGreaterThan(cp.id);
+    expect(sb.json<StopJson>(['stop', 'twice', '--grace', '0']).pid).toBe(restored);
+    expect(writersOf('twice')).toEqual([]);
   });
 });

@@ -13,6 +13,8 @@ import { Ingest, type ProgressCallback } from './ingest.js';
 import { type FileFacts, fileFacts, fileMatches, installFile } from './job-files.js';
 import { materializeFile, materializeImages } from './materialize.js';
 import { isRunning } from './procfs.js';
+import { markRestoreFailed, markRestoring, settleInterruptedRestore } from './jobs.js';
+import { faultPoint } from '../sys/fault.js';
 import { FILE_BLOCK_BYTES } from '../store/format.js';
 
 export type RestoreTarget = { at: number } | { id: number };
@@ -46,6 +48,7 @@ export function resolveCheckpoint(repo: Repository, jobName: string, target: Res
 
 /** `onProgress`: bytes of the checkpoint's images materialized, for a progress line. */
 export async function restoreJob(repo: Repository, codecs: Codecs, jobName: string, target: RestoreTarget, onProgress?: ProgressCallback): Promise<RestoreResult> {
+  settleInterruptedRestore(repo, jobName);
   const job = repo.requireJob(jobName);
   if (job.pid !== null && isRunning(job.pid)) throw new JobStillRunningError(jobName, job.pid);
   const checkpoint = resolveCheckpoint(repo, jobName, target);
@@ -120,9 +123,12 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     // 3. Put the checkpoint's files back, then let CRIU restore the processes.
     for (const c of changed) installFile(c.wanted, c.manifest);
     let pid: number;
+    markRestoring(repo, jobName);
     try {
       ({ pid } = await restoreDetached({ imagesDir, workDir }));
+      faultPoint('restore-after-criu');
     } catch (e) {
+      markRestoreFailed(repo, jobName);
       // The job did not come back: give its files their newer content again.
       for (const c of changed) {
         if (c.current) installFile(c.current, { ...c.manifest, ...c.facts!, size: statSync(c.current).size });
