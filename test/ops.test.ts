@@ -1,10 +1,10 @@
 // Operability (issue 12): crinc on PATH and the demo, errors that say what to do, a job
 // that ends at once. Real set-up script, real CRIU, real file systems (a full tmpfs).
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLI, COUNTER, crinc, exitOf, killAndWait, ROOT, Sandbox, waitFor } from './helpers.js';
+import { alive, type CheckpointJson, CLI, COUNTER, crinc, exitOf, killAndWait, ROOT, Sandbox, waitFor } from './helpers.js';
 
 /** A crinc error is said for a person: one line after "crinc: ", no stack, no "a bug". */
 function expectOperatingError(stderr: string): void {
@@ -197,5 +197,70 @@ describe("eBPF telemetry leaves crinc's own syscalls out", () => {
       return s.modifiedFiles.some((f) => f.path === log) && s;
     }, 'the job to append after the checkpoint');
     expect(second.fdChanges).toEqual([]);
+  });
+});
+
+describe('a store on a read-only file system', () => {
+  const sb = new Sandbox();
+  const ro = join(sb.dir, 'ro');
+  afterAll(() => {
+    spawnSync('umount', [ro]);
+    sb.cleanup();
+  });
+
+  /** The store's index and packs, as names, sizes and modification times. */
+  function storeFiles(dir: string): string[] {
+    const out: string[] = [];
+    const walk = (d: string) => {
+      for (const e of readdirSync(d, { withFileTypes: true })) {
+        const p = join(d, e.name);
+        if (e.isDirectory()) walk(p);
+        else out.push(`${p.slice(dir.length)} ${statSync(p).size} ${statSync(p).mtimeMs}`);
+      }
+    };
+    walk(join(dir, 'packs'));
+    for (const f of readdirSync(dir)) if (f.startsWith('index.sqlite')) out.push(`${f} ${statSync(join(dir, f)).size} ${statSync(join(dir, f)).mtimeMs}`);
+    return out.sort();
+  }
+
+  it('can be listed, verified, exported and restored from; writing commands say it is read-only', async () => {
+    // --tick-ms 0: it writes its log only when told, so the log stays as the checkpoint holds it.
+    const { controller, pid } = await sb.run('snap', [COUNTER, '--region-mib', '2', '--tick-ms', '0'], ['--interval', '1h']);
+    const cp = sb.json<CheckpointJson>(['checkpoint', 'snap']);
+    sb.json<{ how: string }>(['stop', 'snap', '--grace', '0']);
+    await exitOf(controller);
+    expect(alive(pid)).toBe(false);
+    // A read-only view of the store (as a snapshot mount would be); the job's log stays writable at its own path.
+    mkdirSync(ro);
+    expect(spawnSync('mount', ['--bind', sb.store, ro]).status).toBe(0);
+    expect(spawnSync('mount', ['-o', 'remount,bind,ro', ro]).status).toBe(0);
+    const before = storeFiles(sb.store);
+    const cli = (args: string[]) => crinc(ro, args);
+    const json = <T>(args: string[]): T => {
+      const r = cli([...args, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as T;
+    };
+    expect(json<CheckpointJson[]>(['list']).map((c) => c.id)).toEqual([cp.id]);
+    expect(json<{ job: string; state: string }[]>(['jobs'])).toEqual([expect.objectContaining({ job: 'snap', state: 'stopped' })]);
+    expect(json<{ job: string; running: boolean }>(['status', 'snap'])).toMatchObject({ job: 'snap', running: false });
+    expect(json<{ ok: boolean }>(['verify', '--read-data']).ok).toBe(true);
+    const exported = cli(['export', 'snap', '--id', String(cp.id), '--to', join(sb.dir, 'exported')]);
+    expect(exported.code, exported.stderr).toBe(0);
+    for (const [args, command] of [[['checkpoint', 'snap'], 'checkpoint'], [['prune', '--keep-last', '1'], 'prune'], [['gc'], 'gc'], [['stop', 'snap'], 'stop']] as const) {
+      const r = cli([...args]);
+      expect(r.code).toBe(1);
+      expectOperatingError(r.stderr);
+      expect(r.stderr).toContain(`the store ${ro} is on a read-only file system, and crinc ${command} writes to it`);
+    }
+    const restored = json<{ pid: number; checkpoint: number }>(['restore', 'snap']);
+    sb.track(restored.pid);
+    expect(restored.checkpoint).toBe(cp.id);
+    expect(alive(restored.pid)).toBe(true);
+    // Its memory is the checkpoint's: the counter checks its region on SIGUSR1.
+    process.kill(restored.pid, 'SIGUSR1');
+    await waitFor(() => /^verify ok /m.test(readFileSync(join(sb.store, 'jobs', 'snap', 'stdout.log'), 'utf8')), 'the restored job to verify its memory');
+    // Nothing of the store was written.
+    expect(storeFiles(sb.store)).toEqual(before);
   });
 });

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // crinc's command line: thin commands over the controller.
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { readFileSync, statSync } from 'node:fs';
+import { accessSync, constants as fsConstants, readFileSync, statSync } from 'node:fs';
 import { asOperatingError } from '../errors.js';
 import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -14,7 +14,7 @@ import { askController, controlSocketPath } from '../controller/control.js';
 import { askDaemon, Daemon, type Registered } from '../controller/daemon.js';
 import { type JobRow, jobRows } from '../controller/jobs.js';
 import { Logger } from '../controller/log.js';
-import { CheckpointCancelledError, NoCheckpointError, NotRootError, StorePathError } from '../controller/errors.js';
+import { CheckpointCancelledError, NoCheckpointError, NotRootError, StorePathError, StoreReadOnlyError } from '../controller/errors.js';
 import { exportCheckpoint } from '../controller/materialize.js';
 import { resolveCheckpoint, restoreJob, type RestoreResult, type RestoreTarget } from '../controller/restore.js';
 import { type ControlOptions, controlJob, type JobStart, runJob, type RunOutcome, type StopRequest } from '../controller/run.js';
@@ -59,16 +59,37 @@ interface StoreOptions {
   cache?: string;
 }
 
+/**
+ * What a command does to the store: create it if missing, write to it, or only read it.
+ * Reading works on a store on a read-only file system (a snapshot); writing says why not.
+ */
+type StoreAccess = 'create' | 'write' | 'read';
+
+/** Whether dir is on a read-only file system (its mount, or a read-only bind of it). */
+function onReadOnlyFileSystem(dir: string): boolean {
+  try {
+    accessSync(dir, fsConstants.W_OK);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EROFS';
+  }
+}
+
 /** A store directory, or an S3 store (s3://bucket/prefix) with its local index in the cache. */
-async function openStore(o: StoreOptions, create = false): Promise<Repository> {
+async function openStore(o: StoreOptions, access: StoreAccess): Promise<Repository> {
   requireRoot();
   const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
+  const create = access === 'create';
   let repo: Repository;
   if (!isS3Url(spec)) {
     if (o.cache !== undefined) throw new InvalidArgumentError(`--cache is for s3:// stores; the store directory ${spec} keeps its own index`);
     openedStore = resolve(spec);
     requireStoreDirectory(openedStore);
-    repo = Repository.open(openedStore, { create });
+    const readOnly = onReadOnlyFileSystem(openedStore);
+    if (readOnly && access !== 'read') throw new StoreReadOnlyError(openedStore, commandName());
+    repo = Repository.open(openedStore, { create, readOnly });
+    // Nothing to recover in a store that cannot have changed since it was made read-only.
+    if (readOnly) return repo;
   } else {
     const cache = o.cache ?? process.env.CRINC_CACHE;
     repo = await openS3Store(spec, {
@@ -81,6 +102,11 @@ async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   const count = recovered.packFiles.length + recovered.stagingDirs.length;
   if (count > 0) console.error(`crinc: removed ${count} leftover file(s) of interrupted checkpoints, restores or GCs: ${[...recovered.packFiles, ...recovered.stagingDirs].join(', ')}`);
   return repo;
+}
+
+/** The crinc command being run, for messages. */
+function commandName(): string {
+  return process.argv[2] ?? 'this command';
 }
 
 /** The store directory the command works on, named in messages about files inside it. */
@@ -167,6 +193,7 @@ lines when stderr is a terminal.`)
       }
       openedStore = resolve(spec);
       requireStoreDirectory(openedStore);
+      if (onReadOnlyFileSystem(openedStore)) throw new StoreReadOnlyError(openedStore, 'daemon');
       const metrics = o.metrics === undefined ? undefined : o.metrics === true ? { host: DEFAULT_METRICS_HOST, port: DEFAULT_METRICS_PORT } : parseMetricsAddress(o.metrics);
       const daemon = await Daemon.start(openedStore, { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1', gcEveryMs, metrics });
       await new Promise<void>((resolve) => {
@@ -218,7 +245,7 @@ ${RETENTION_HELP}`)
     .action(async (cmd: string[], o: RetentionFlags & { job?: string; interval: number | string; killOnExit?: boolean; fresh?: boolean; foreground?: boolean; tracking: boolean; store?: string; cache?: string }) => {
       // Installed first, so that no early signal is lost.
       const stop = stopOnSignals({ SIGINT: 'leave-running', SIGTERM: 'checkpoint-and-stop', SIGUSR1: 'checkpoint-and-stop' });
-      const repo = await openStore(o, true);
+      const repo = await openStore(o, 'create');
       criuVersion();
       const job = o.job ?? jobNameFor(cmd);
       const retention = retentionFromOptions(o);
@@ -266,7 +293,7 @@ ${RETENTION_HELP}`)
     .action(async (pid: number, o: RetentionFlags & { job?: string; interval: number | string; tracking: boolean; store?: string }) => {
       // Installed first, so that no early signal is lost: the attached process goes on.
       const stop = stopOnSignals({ SIGINT: 'leave-running', SIGTERM: 'leave-running' });
-      const repo = await openStore(o, true);
+      const repo = await openStore(o, 'create');
       criuVersion();
       const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
       const target = attachTarget(pid);
@@ -294,7 +321,7 @@ ${RETENTION_HELP}`)
     .addOption(cacheOption())
     .addHelpText('after', `\nExamples:\n  crinc checkpoint sim\n  crinc checkpoint sim --keep-last 5     (and from now on after each checkpoint of sim)\n${RETENTION_HELP}`)
     .action(async (job: string, o: RetentionFlags & { json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'write');
       criuVersion();
       repo.requireJob(job);
       const retention = retentionFromOptions(o);
@@ -349,7 +376,7 @@ Examples:
 The job's controller (crinc run, crinc attach, the daemon) stops it when one runs: a
 crinc run in the foreground then ends as after SIGTERM (with --checkpoint: exit code ${EXIT_CHECKPOINTED}).`)
     .action(async (job: string, o: { checkpoint?: boolean; grace: number | string; json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'write');
       repo.requireJob(job);
       const req = { checkpoint: Boolean(o.checkpoint), graceMs: typeof o.grace === 'string' ? parseDuration(o.grace) : o.grace };
       if (req.checkpoint) criuVersion();
@@ -376,7 +403,7 @@ crinc run in the foreground then ends as after SIGTERM (with --checkpoint: exit 
     .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc list\n  crinc list sim --json')
     .action(async (job: string | undefined, o: { json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'read');
       if (job) repo.requireJob(job);
       const cps = repo.listCheckpoints(job);
       if (o.json) {
@@ -417,7 +444,7 @@ Examples:
 A job the daemon manages is restored by the daemon, which then checkpoints it again on
 its schedule.`)
     .action(async (job: string, o: { at?: string; id?: number; json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'read');
       let target: RestoreTarget;
       if (o.id !== undefined) target = { id: o.id };
       else target = { at: parseTimeSpec(o.at ?? 'now') };
@@ -429,6 +456,7 @@ its schedule.`)
         console.log(JSON.stringify({ pid: r.pid, checkpoint: r.checkpoint.id, takenAt: new Date(r.checkpoint.takenAt).toISOString(), rolledBack: r.rolledBack, preRestore: r.preRestore?.id ?? null }));
       } else {
         console.log(`restored ${job} from checkpoint ${r.checkpoint.id} (taken ${new Date(r.checkpoint.takenAt).toISOString()}): pid ${r.pid}`);
+        if (repo.readOnly) console.log('  the store is read-only: the restored process is not recorded in it (crinc jobs does not show it)');
         for (const f of r.rolledBack) console.log(`  rolled back ${f}`);
         if (r.preRestore) console.log(`  their newer content is kept as snapshot ${r.preRestore.id} (crinc list ${job})`);
       }
@@ -444,7 +472,7 @@ its schedule.`)
     .addOption(cacheOption())
     .addHelpText('after', '\nExample:\n  crinc status sim --json')
     .action(async (job: string, o: { json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'read');
       repo.requireJob(job);
       const status =
         ((await askDaemon(repo.dir, { op: 'status', job })) as JobStatus | undefined) ??
@@ -469,7 +497,7 @@ the daemon seeing it end, e.g. killed while the daemon was down).
 Example:
   crinc jobs --json`)
     .action(async (o: { json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'read');
       const rows = ((await askDaemon(repo.dir, { op: 'jobs' })) as JobRow[] | undefined) ?? jobRows(repo);
       if (o.json) console.log(JSON.stringify(rows));
       else if (rows.length === 0) console.log('no jobs yet (start one with crinc run)');
@@ -496,7 +524,7 @@ Example:
     .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc export sim --id 42 --to /tmp/sim-42 && criu restore -D /tmp/sim-42 -d\n  crinc export sim --id 43 --to /tmp/before-restore    (a pre-restore snapshot: files only)')
     .action(async (job: string, o: { at?: string; id?: number; to: string; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'read');
       const cp = o.id !== undefined ? repo.getCheckpoint(o.id) : resolveCheckpoint(repo, job, { at: parseTimeSpec(o.at ?? 'now') });
       if (cp.job !== job) throw new NoCheckpointError(`checkpoint ${cp.id} belongs to job "${cp.job}", not "${job}"`);
       const codecs = await openCodecs(repo);
@@ -520,7 +548,7 @@ Examples:
   crinc prune sim --keep-last 3 && crinc gc   forget, then free the space
 ${RETENTION_HELP}`)
     .action(async (job: string | undefined, o: RetentionFlags & { dryRun?: boolean; json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'write');
       const given = retentionFromOptions(o);
       const jobs = job ? [repo.requireJob(job).name] : repo.listJobs().map((j) => j.name);
       const out = [];
@@ -557,7 +585,7 @@ ${RETENTION_HELP}`)
     .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc gc\n  crinc gc --dry-run --json')
     .action(async (o: { dryRun?: boolean; json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'write');
       const codecs = await openCodecs(repo);
       const r = await withProgress('gc', (onProgress) => collectGarbage(repo, codecs.chunks, { dryRun: Boolean(o.dryRun), onProgress }));
       if (o.json) {
@@ -581,7 +609,7 @@ ${RETENTION_HELP}`)
     .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc verify\n  crinc verify --read-data --json')
     .action(async (o: { readData?: boolean; json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'read');
       const codecs = await openCodecs(repo);
       const r = await withProgress('verify', (onProgress) => verifyStore(repo, codecs, { readData: Boolean(o.readData), onProgress }));
       if (o.json) {

@@ -20,6 +20,28 @@ export class StorePathError extends ControllerError {
   }
 }
 
+/** A command that writes, on a store on a read-only file system. */
+export class StoreReadOnlyError extends ControllerError {
+  override name = 'StoreReadOnlyError';
+  constructor(readonly path: string, command: string) {
+    super(
+      `the store ${path} is on a read-only file system, and crinc ${command} writes to it. ` +
+        'list, jobs, status, verify, export and restore work on it as it is; to write, remount it read-write or use a writable copy (cp -a).',
+    );
+  }
+}
+
+/** A restore from a read-only store would overwrite job files whose current content it cannot keep. */
+export class ReadOnlyRestoreError extends ControllerError {
+  override name = 'ReadOnlyRestoreError';
+  constructor(readonly job: string, readonly paths: string[]) {
+    super(
+      `restoring job "${job}" would put back ${paths.join(', ')}, whose current content differs, and a read-only store cannot keep that content first. ` +
+        'Move those files away (nothing of them is lost then), or restore from a writable copy of the store.',
+    );
+  }
+}
+
 export class JobNotRunningError extends ControllerError {
   override name = 'JobNotRunningError';
   constructor(readonly job: string, readonly pid: number | null) {

@@ -157,7 +157,7 @@ function restoredProcess(repo: Repository, job: JobRecord): number | undefined {
  */
 export function settleInterruptedRestore(repo: Repository, jobName: string): void {
   const job = repo.requireJob(jobName);
-  if (job.state !== 'restoring') return;
+  if (job.state !== 'restoring' || repo.readOnly) return;
   const pid = restoredProcess(repo, job);
   if (pid !== undefined) {
     repo.saveJob({ ...job, pid, state: 'running', controllerPid: null, updatedAt: Date.now() });
@@ -170,10 +170,10 @@ export function settleInterruptedRestore(repo: Repository, jobName: string): voi
 
 /** Just before CRIU restores the job: a restore killed from now on is found by settleInterruptedRestore. */
 export function markRestoring(repo: Repository, jobName: string): void {
-  repo.saveJob({ ...repo.requireJob(jobName), state: 'restoring', updatedAt: Date.now() });
+  if (!repo.readOnly) repo.saveJob({ ...repo.requireJob(jobName), state: 'restoring', updatedAt: Date.now() });
 }
 
 /** CRIU failed: nothing was brought back. */
 export function markRestoreFailed(repo: Repository, jobName: string): void {
-  repo.saveJob({ ...repo.requireJob(jobName), state: 'stopped', updatedAt: Date.now() });
+  if (!repo.readOnly) repo.saveJob({ ...repo.requireJob(jobName), state: 'stopped', updatedAt: Date.now() });
 }

@@ -8,7 +8,7 @@ import { type CheckpointRecord, type FileManifest, type Repository } from '../st
 import { lockStore, type StoreLock } from '../store/store-lock.js';
 import { makeStaging } from './checkpoint.js';
 import type { Codecs } from './codecs.js';
-import { JobStillRunningError, NoCheckpointError, noCheckpointYet } from './errors.js';
+import { JobStillRunningError, NoCheckpointError, noCheckpointYet, ReadOnlyRestoreError } from './errors.js';
 import { Ingest, type ProgressCallback } from './ingest.js';
 import { type FileFacts, fileFacts, fileMatches, installFile } from './job-files.js';
 import { materializeFile, materializeImages } from './materialize.js';
@@ -52,7 +52,8 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
   const job = repo.requireJob(jobName);
   if (job.pid !== null && isRunning(job.pid)) throw new JobStillRunningError(jobName, job.pid);
   const checkpoint = resolveCheckpoint(repo, jobName, target);
-  const lock = repo.lockJob(jobName, `restore of checkpoint ${checkpoint.id}`);
+  // A read-only store (a snapshot) cannot change under us: no lock, and no record written.
+  const lock = repo.readOnly ? undefined : repo.lockJob(jobName, `restore of checkpoint ${checkpoint.id}`);
   let storeLock: StoreLock | undefined;
   const staging = makeStaging('restore');
   // The job's logs live there; a fresh cache of an S3 store does not have it yet.
@@ -89,6 +90,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     // 2. Keep what the files hold now, before anything is overwritten.
     let preRestore: CheckpointRecord | null = null;
     const kept = changed.filter((c) => c.current !== null);
+    if (kept.length > 0 && repo.readOnly) throw new ReadOnlyRestoreError(jobName, kept.map((c) => c.manifest.path));
     if (kept.length > 0) {
       const writer = repo.newChunkWriter(codecs.chunks);
       const ingest = new Ingest(codecs, repo, writer);
@@ -136,11 +138,11 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
       }
       throw e;
     }
-    repo.saveJob({ ...job, pid, state: 'running', updatedAt: Date.now() });
+    if (!repo.readOnly) repo.saveJob({ ...job, pid, state: 'running', updatedAt: Date.now() });
     return { pid, checkpoint, rolledBack: changed.map((c) => c.manifest.path), preRestore };
   } finally {
     rmSync(staging, { recursive: true, force: true });
     storeLock?.release();
-    lock.release();
+    lock?.release();
   }
 }

@@ -162,6 +162,8 @@ interface ChunkRow {
 
 export interface OpenOptions {
   create: boolean;
+  /** A store on a read-only file system (a snapshot): its index is opened immutable, and nothing is written. */
+  readOnly?: boolean;
   /** Where packs and commits live; default: files in the store directory. */
   backend?: StoreBackend;
   /** A cache of a remote store: its identity, taken at creation and checked on every open. */
@@ -187,6 +189,11 @@ export interface RemoteCheckpoint {
   record: CommitRecord;
 }
 
+// SQLite URI file names, for the immutable open of a read-only store. better-sqlite3 reads
+// this when its native addon loads, at the first Database; store paths are absolute, so
+// none reads as a URI by accident.
+process.env.SQLITE_USE_URI = '1';
+
 export class Repository {
   readonly secret: Uint8Array;
   /** The index: for the store's own modules (gc.ts, inventory.ts); everything else goes through methods. */
@@ -201,14 +208,22 @@ export class Repository {
   private knownComplete = false;
   private readonly statements = new Map<string, Database.Statement>();
   private readonly chunkStmt: Database.Statement;
+  /** Opened with OpenOptions.readOnly: write methods fail (SQLite refuses). */
+  readonly readOnly: boolean;
 
   private constructor(
     readonly dir: string,
     isNew: boolean,
     options: OpenOptions,
   ) {
-    this.db = new Database(join(dir, INDEX_FILE));
-    this.db.pragma('journal_mode = WAL');
+    this.readOnly = Boolean(options.readOnly);
+    if (this.readOnly) {
+      // immutable: SQLite neither locks nor looks for -shm/-wal, which it could not create here.
+      this.db = new Database(`file:${encodeURI(join(dir, INDEX_FILE))}?immutable=1`, { readonly: true });
+    } else {
+      this.db = new Database(join(dir, INDEX_FILE));
+      this.db.pragma('journal_mode = WAL');
+    }
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 30000');
@@ -227,6 +242,16 @@ export class Repository {
   static open(dir: string, options: OpenOptions): Repository {
     const index = join(dir, INDEX_FILE);
     const isNew = !existsSync(index);
+    if (options.readOnly) {
+      if (isNew) throw new StoreNotFoundError(dir);
+      // Commits still in the write-ahead log would be missed by an immutable open.
+      const wal = `${index}-wal`;
+      if (existsSync(wal) && statSync(wal).size > 0) {
+        throw new StoreFormatError(`${dir} is read-only and its index has commits still in ${wal}, which a read-only open cannot apply: open a writable copy of the store (cp -a) instead`);
+      }
+      checkStoreDirectory(dir);
+      return new Repository(dir, false, options);
+    }
     if (isNew) {
       if (!options.create) throw new StoreNotFoundError(dir);
       mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -284,6 +309,7 @@ export class Repository {
       );
     }
     if (version === STORE_FORMAT_VERSION) return;
+    if (this.readOnly) throw new StoreFormatError(`${this.dir} has store format ${version} and is read-only: this crinc reads it once it is upgraded, by any command on a writable copy`);
     // An older store is upgraded in place; IMMEDIATE so that two openers cannot both migrate.
     this.db.transaction(() => {
       const current = Number(versionStmt.get());
