@@ -4,6 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { explainCriuFailure } from '../src/criu/explain.js';
 import { alive, type CheckpointJson, CLI, COUNTER, crinc, exitOf, killAndWait, ROOT, Sandbox, waitFor } from './helpers.js';
 
 /** A crinc error is said for a person: one line after "crinc: ", no stack, no "a bug". */
@@ -152,6 +153,22 @@ describe('operating errors say what happened and what to do', () => {
     expect(restore.code).toBe(1);
     expectOperatingError(restore.stderr);
     expect(restore.stderr).toContain(`the job's file ${readOnly} changed since the checkpoint`);
+  });
+});
+
+describe("CRIU's log lines, translated", () => {
+  // A task killed during a dump (the OOM killer's way) cannot be caused on demand here:
+  // the translation of CRIU's line (the one the issue quotes) is checked as text.
+  it('"killed by 9 unexpectedly" says the job was killed, and where to look', () => {
+    const text = explainCriuFailure('(35.649678) Error (criu/parasite-syscall.c:92): 28769 was killed by 9 unexpectedly: Killed', 'dump');
+    expect(text).toContain("the job's process 28769 was killed (signal 9) while CRIU worked on it");
+    expect(text).toContain('OOM killer');
+    expect(text).toContain('No checkpoint was taken; the earlier checkpoints are intact.');
+    expect(text).toContain('(CRIU said: 28769 was killed by 9 unexpectedly: Killed)');
+  });
+
+  it('an unknown failure is left as CRIU wrote it', () => {
+    expect(explainCriuFailure('(0.1) Error (criu/foo.c:1): something new', 'dump')).toBeUndefined();
   });
 });
 

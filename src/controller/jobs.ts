@@ -4,7 +4,7 @@
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import type { JobRecord, ManagedJobRecord, Repository } from '../store/repository.js';
-import { isGone } from '../sys/proc.js';
+import { procStat } from '../sys/proc.js';
 import { STAGING_ROOT } from './checkpoint.js';
 import { ControllerError } from './errors.js';
 import { isRunning } from './procfs.js';
@@ -85,16 +85,10 @@ export class RestoreInProgressError extends ControllerError {
 
 /** When pid started, in ms since the epoch; undefined when it is gone. */
 function processStartedAt(pid: number): number | undefined {
-  let stat: string;
-  try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch (e) {
-    if (isGone(e)) return undefined;
-    throw e;
-  }
-  const startTicks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+  const stat = procStat(pid);
+  if (!stat) return undefined;
   const bootSeconds = Number(/^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'))![1]);
-  return bootSeconds * 1000 + (startTicks * 1000) / USER_HZ;
+  return bootSeconds * 1000 + (stat.startTicks * 1000) / USER_HZ;
 }
 
 function readlinkOrNull(path: string): string | null {
