@@ -27,17 +27,38 @@ function procState(pid: number): string {
   return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
 }
 
-/** `crinc checkpoint JOB` in its own process group; Ctrl-C sent to the group once CRIU dumps the job. */
-async function checkpointWithCtrlC(sb: Sandbox, job: string, pid: number) {
+/** The pid of a `criu restore` running now, if any. */
+function criuRestoring(): number | undefined {
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const args = readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0');
+      if (args[0]?.endsWith('criu') && args[1] === 'restore') return Number(p);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return undefined;
+}
+
+/**
+ * `crinc ARGS` in its own process group; once `started` finds CRIU at work, Ctrl-C sent to
+ * the group as a terminal does (group) or to crinc alone.
+ */
+async function withCtrlC(sb: Sandbox, args: string[], started: () => number | undefined, target: 'group' | 'crinc' = 'group') {
   let stdout = '';
   let stderr = '';
-  const child = spawn(process.execPath, [CLI, 'checkpoint', job], { env: { ...process.env, CRINC_STORE: sb.store }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, CRINC_STORE: sb.store }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const criu = await waitFor(() => criuDumping(pid), 'CRIU to start dumping the job', 30_000);
-  process.kill(-child.pid!, 'SIGINT');
+  const criu = await waitFor(started, 'CRIU to start', 30_000);
+  process.kill(target === 'group' ? -child.pid! : child.pid!, 'SIGINT');
   const code = await exitOf(child);
   return { code, stdout, stderr, criu };
+}
+
+function checkpointWithCtrlC(sb: Sandbox, job: string, pid: number) {
+  return withCtrlC(sb, ['checkpoint', job], () => criuDumping(pid));
 }
 
 describe('Ctrl-C on crinc checkpoint', () => {
@@ -69,5 +90,27 @@ describe('Ctrl-C on crinc checkpoint', () => {
     const id = Number(/the checkpoint went on in the controller and was committed as (\d+)/.exec(r.stderr)?.[1]);
     expect(sb.json<CheckpointJson[]>(['list', 'ask']).map((c) => c.id)).toEqual([id]);
     expect(alive(pid)).toBe(true);
+  });
+});
+
+describe('Ctrl-C on crinc restore', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  it('cannot stop it halfway: the restore completes, and crinc says so', async () => {
+    const { controller, pid } = await sb.run('back', [COUNTER, '--region-mib', '128'], ['--interval', '1h']);
+    sb.ok(['stop', 'back', '--checkpoint']);
+    await exitOf(controller);
+    expect(alive(pid)).toBe(false);
+    // To crinc alone: `criu restore` still runs in crinc's process group (src/criu/criu.ts), where a
+    // terminal's Ctrl-C would end it too; the dump has its own group.
+    const r = await withCtrlC(sb, ['restore', 'back'], criuRestoring, 'crinc');
+    expect(r.code).toBe(130);
+    const restored = Number(/the restore completed: job back runs as pid (\d+)/.exec(r.stderr)?.[1]);
+    sb.track(restored);
+    expect(alive(restored)).toBe(true);
+    expect(sb.json<{ job: string; pid: number; state: string }[]>(['jobs']).find((j) => j.job === 'back')).toMatchObject({ pid: restored, state: 'running' });
+    const tick = lastTick(sb.jobLog('back'));
+    await waitFor(() => lastTick(sb.jobLog('back')) > tick, 'the restored job to tick on');
   });
 });

@@ -48,6 +48,26 @@ const VERIFY_TRACKING_ENV = 'CRINC_VERIFY_TRACKING';
 export const EXIT_CHECKPOINTED = 75;
 /** The shell's convention for a job killed by a signal: 128 + its number. */
 const SIGNALED_EXIT_BASE = 128;
+/** A command that Ctrl-C interrupted (cancelled, or finished anyway): as if SIGINT had ended it. */
+const INTERRUPTED_EXIT = SIGNALED_EXIT_BASE + osConstants.signals.SIGINT;
+
+/** Ctrl-C on a command that may stop at any point (crash-safe): says what it leaves, exits at once. */
+function cancelOnInterrupt(leaves: string): void {
+  process.once('SIGINT', () => {
+    console.error(`crinc: cancelled; ${leaves}`);
+    process.exit(INTERRUPTED_EXIT);
+  });
+}
+
+/** Ctrl-C on a command that must not stop halfway: it says so and goes on; the returned probe tells whether it came. */
+function finishOnInterrupt(why: string): () => boolean {
+  let interrupted = false;
+  process.on('SIGINT', () => {
+    if (!interrupted) console.error(`crinc: Ctrl-C: ${why}; waiting for it`);
+    interrupted = true;
+  });
+  return () => interrupted;
+}
 
 
 function requireRoot(): void {
@@ -354,7 +374,7 @@ ${RETENTION_HELP}`)
         if (cp && cancel.signal.aborted) console.error(`crinc: Ctrl-C came after the job was thawed; the checkpoint was committed as ${cp.id}`);
       }
       if (cp) console.log(o.json ? JSON.stringify(checkpointJson(cp)) : `checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`);
-      if (cancel.signal.aborted) process.exitCode = SIGNALED_EXIT_BASE + osConstants.signals.SIGINT;
+      if (cancel.signal.aborted) process.exitCode = INTERRUPTED_EXIT;
       repo.close();
     });
 
@@ -376,6 +396,7 @@ Examples:
 The job's controller (crinc run, crinc attach, the daemon) stops it when one runs: a
 crinc run in the foreground then ends as after SIGTERM (with --checkpoint: exit code ${EXIT_CHECKPOINTED}).`)
     .action(async (job: string, o: { checkpoint?: boolean; grace: number | string; json?: boolean; store?: string; cache?: string }) => {
+      const interrupted = finishOnInterrupt('stopping the job goes on');
       const repo = await openStore(o, 'write');
       repo.requireJob(job);
       const req = { checkpoint: Boolean(o.checkpoint), graceMs: typeof o.grace === 'string' ? parseDuration(o.grace) : o.grace };
@@ -390,6 +411,10 @@ crinc run in the foreground then ends as after SIGTERM (with --checkpoint: exit 
         if (r.checkpoint) console.log(`checkpoint ${r.checkpoint.id} of ${job}: ${formatCheckpoint(r.checkpoint)}`);
         if (r.how === 'exited') console.log(`job ${job} was not running (its process ${r.pid || '-'} had ended); nothing to stop`);
         else console.log(`stopped job ${job} (pid ${r.pid}): ${r.how === 'terminated' ? 'it ended on SIGTERM' : 'killed (SIGKILL)'}` + (r.checkpoint ? `; resume it from checkpoint ${r.checkpoint.id} with crinc run or crinc restore ${job}` : ''));
+      }
+      if (interrupted()) {
+        console.error(`crinc: interrupted; job ${job} was stopped all the same`);
+        process.exitCode = INTERRUPTED_EXIT;
       }
       repo.close();
     });
@@ -444,6 +469,7 @@ Examples:
 A job the daemon manages is restored by the daemon, which then checkpoints it again on
 its schedule.`)
     .action(async (job: string, o: { at?: string; id?: number; json?: boolean; store?: string; cache?: string }) => {
+      const interrupted = finishOnInterrupt('the restore goes on: stopped halfway, it would leave the job\'s files put back without the job');
       const repo = await openStore(o, 'read');
       let target: RestoreTarget;
       if (o.id !== undefined) target = { id: o.id };
@@ -456,9 +482,13 @@ its schedule.`)
         console.log(JSON.stringify({ pid: r.pid, checkpoint: r.checkpoint.id, takenAt: new Date(r.checkpoint.takenAt).toISOString(), rolledBack: r.rolledBack, preRestore: r.preRestore?.id ?? null }));
       } else {
         console.log(`restored ${job} from checkpoint ${r.checkpoint.id} (taken ${new Date(r.checkpoint.takenAt).toISOString()}): pid ${r.pid}`);
-        if (repo.readOnly) console.log('  the store is read-only: the restored process is not recorded in it (crinc jobs does not show it)');
         for (const f of r.rolledBack) console.log(`  rolled back ${f}`);
         if (r.preRestore) console.log(`  their newer content is kept as snapshot ${r.preRestore.id} (crinc list ${job})`);
+        if (repo.readOnly) console.log('  the store is read-only: the restored process is not recorded in it (crinc jobs does not show it)');
+      }
+      if (interrupted()) {
+        console.error(`crinc: interrupted; the restore completed: job ${job} runs as pid ${r.pid}`);
+        process.exitCode = INTERRUPTED_EXIT;
       }
       repo.close();
     });
@@ -524,6 +554,7 @@ Example:
     .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc export sim --id 42 --to /tmp/sim-42 && criu restore -D /tmp/sim-42 -d\n  crinc export sim --id 43 --to /tmp/before-restore    (a pre-restore snapshot: files only)')
     .action(async (job: string, o: { at?: string; id?: number; to: string; store?: string; cache?: string }) => {
+      cancelOnInterrupt(`export stopped; ${o.to} holds a partial export: remove it`);
       const repo = await openStore(o, 'read');
       const cp = o.id !== undefined ? repo.getCheckpoint(o.id) : resolveCheckpoint(repo, job, { at: parseTimeSpec(o.at ?? 'now') });
       if (cp.job !== job) throw new NoCheckpointError(`checkpoint ${cp.id} belongs to job "${cp.job}", not "${job}"`);
@@ -548,6 +579,7 @@ Examples:
   crinc prune sim --keep-last 3 && crinc gc   forget, then free the space
 ${RETENTION_HELP}`)
     .action(async (job: string | undefined, o: RetentionFlags & { dryRun?: boolean; json?: boolean; store?: string; cache?: string }) => {
+      cancelOnInterrupt('prune stopped: what it had committed is forgotten, the rest is kept (crinc list shows which)');
       const repo = await openStore(o, 'write');
       const given = retentionFromOptions(o);
       const jobs = job ? [repo.requireJob(job).name] : repo.listJobs().map((j) => j.name);
@@ -585,6 +617,7 @@ ${RETENTION_HELP}`)
     .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc gc\n  crinc gc --dry-run --json')
     .action(async (o: { dryRun?: boolean; json?: boolean; store?: string; cache?: string }) => {
+      cancelOnInterrupt('gc stopped where it was, as a crash would stop it: every checkpoint is intact, and the next crinc command removes what it left; run crinc gc again to free the rest');
       const repo = await openStore(o, 'write');
       const codecs = await openCodecs(repo);
       const r = await withProgress('gc', (onProgress) => collectGarbage(repo, codecs.chunks, { dryRun: Boolean(o.dryRun), onProgress }));
@@ -609,6 +642,7 @@ ${RETENTION_HELP}`)
     .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc verify\n  crinc verify --read-data --json')
     .action(async (o: { readData?: boolean; json?: boolean; store?: string; cache?: string }) => {
+      cancelOnInterrupt('verify stopped; it changes nothing in the store');
       const repo = await openStore(o, 'read');
       const codecs = await openCodecs(repo);
       const r = await withProgress('verify', (onProgress) => verifyStore(repo, codecs, { readData: Boolean(o.readData), onProgress }));
