@@ -109,6 +109,21 @@ struct {
 	__uint(max_entries, CRINC_RING_BUFFER_BYTES);
 } events SEC(".maps");
 
+/* The tgids of crinc controllers (tgid -> 1), set by user space when it loads these
+ * programs. A tracked thread that is ptraced by a controller (its syscall injection
+ * to arm write tracking) or by a process the controller started (CRIU: its parasite)
+ * runs their syscalls, not the job's: fd events of such syscalls (userfaultfd,
+ * memfd_create, socket, recvmsg, close) are left out. Layout and file events stay,
+ * whoever caused them: they decide which pages and file blocks are read. */
+#define CRINC_CONTROLLERS_MAX 8
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CRINC_CONTROLLERS_MAX);
+	__type(key, __u32);
+	__type(value, __u8);
+} controllers SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CRINC_LOSS_COUNTERS);
@@ -203,6 +218,23 @@ static __always_inline struct file *file_of_fd(int fd)
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]))
 		return NULL;
 	return file;
+}
+
+/* Whether the current thread is ptraced by a crinc controller or by a child of one. */
+static __always_inline bool traced_by_crinc(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *tracer;
+	__u32 tgid;
+
+	if (!BPF_CORE_READ(task, ptrace))
+		return false;
+	tracer = BPF_CORE_READ(task, parent);
+	tgid = BPF_CORE_READ(tracer, tgid);
+	if (bpf_map_lookup_elem(&controllers, &tgid))
+		return true;
+	tgid = BPF_CORE_READ(tracer, real_parent, tgid);
+	return bpf_map_lookup_elem(&controllers, &tgid) != NULL;
 }
 
 /* ---- processes -------------------------------------------------------------------- */
@@ -1031,7 +1063,8 @@ int BPF_PROG(on_sys_exit, struct pt_regs *regs, long ret)
 		decode_opaque(&call, ret);
 		break;
 	default:
-		decode_fd(&call, ret);
+		if (!traced_by_crinc())
+			decode_fd(&call, ret);
 		break;
 	}
 	return 0;

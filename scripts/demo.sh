@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The demo behind `npm run demo`: a sample workload under `crinc run` on the default
 # store, three checkpoints, the job killed, restored --at the second checkpoint, and
-# shown to run on from there with its memory intact.
+# shown to run on from there with its memory intact. It calls `crinc` as a user does:
+# the one on PATH, which `npm run setup` links (/usr/local/bin/crinc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-crinc() { node dist/src/cli/main.js "$@"; }
+command -v crinc >/dev/null || { echo "demo: crinc is not on PATH: run npm run setup first" >&2; exit 1; }
 json() { node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const v=JSON.parse(s);console.log(eval(process.argv[1]))})' "$1"; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -25,7 +26,7 @@ last_tick() { grep -o '^tick [0-9]*' "$LOG" | tail -n1 | cut -d' ' -f2; }
 
 step "start a sample workload (a counter with a 64 MiB memory region) as job $JOB in store $STORE"
 # The controller's own lines are marked, to tell them from the commands' output.
-node dist/src/cli/main.js run --job "$JOB" --interval 1h -- "$WORKLOAD" --region-mib 64 --tick-ms 100 \
+crinc run --job "$JOB" --interval 1h -- "$WORKLOAD" --region-mib 64 --tick-ms 100 \
   > >(sed -u 's/^/  [crinc run] /') 2>&1 &
 CONTROLLER=$!
 trap cleanup EXIT
@@ -45,7 +46,13 @@ wait "$CONTROLLER" || true
 CONTROLLER=
 
 SECOND=$(crinc list "$JOB" --json | json "v[1].takenAt")
-step "restore it --at $SECOND (the second checkpoint)"
+SECOND_ID=$(crinc list "$JOB" --json | json "v[1].id")
+# The job's log as the second checkpoint holds it: its last tick is where the restored job goes on.
+SAVED=$(mktemp -d)
+crinc export "$JOB" --id "$SECOND_ID" --to "$SAVED/cp" >/dev/null
+SAVED_TICK=$(grep -o '^tick [0-9]*' "$SAVED/cp/files$LOG" | tail -n1 | cut -d' ' -f2)
+rm -rf "$SAVED"
+step "restore it --at $SECOND (the second checkpoint, saved at tick $SAVED_TICK)"
 RESTORED=$(crinc restore "$JOB" --at "$SECOND" --json | json "v.pid")
 echo "restored as pid $RESTORED"
 
@@ -53,8 +60,8 @@ step "crinc list $JOB"
 crinc list "$JOB"
 
 sleep 1
-step "the restored job runs on from the second checkpoint's counter"
-tail -n 4 "$LOG"
+step "the restored job runs on from the second checkpoint's counter: its first ticks after tick $SAVED_TICK"
+grep -A 4 "^tick $SAVED_TICK " "$LOG" | tail -n 4
 kill -USR1 "$RESTORED"
 sleep 0.5
 grep '^verify' "$LOG" | tail -n1

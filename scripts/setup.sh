@@ -3,8 +3,8 @@
 # (wasm codec, eBPF objects, TypeScript). `npm run demo`, `npm test` and `npm run bench`
 # all call it; a second run only checks and takes seconds.
 #
-#   bash scripts/setup.sh               everything
-#   bash scripts/setup.sh --build-only  skip system packages and npm ci
+#   bash scripts/setup.sh               everything, and `crinc` on PATH (/usr/local/bin/crinc)
+#   bash scripts/setup.sh --build-only  skip system packages, npm ci and the PATH link
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +25,10 @@ POLICY_RC=/usr/sbin/policy-rc.d
 CEPH_PACKAGES=(ceph-mon ceph-osd radosgw ceph-common curl uuid-runtime)
 UNSTABLE_SOURCE=/etc/apt/sources.list.d/crinc-unstable.sources
 UNSTABLE_PIN=/etc/apt/preferences.d/crinc-unstable
+# Where the set-up links the built command line, so that `crinc …` works as the README shows
+# (CRINC_CLI_LINK: elsewhere, for the tests).
+CLI_LINK=${CRINC_CLI_LINK:-/usr/local/bin/crinc}
+CLI_BUILT=dist/src/cli/main.js
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
@@ -169,6 +173,25 @@ build() {
     npx tsc -p tsconfig.json
     touch dist/.built
   fi
+  # The link below runs it directly (its #! line names node).
+  chmod 0755 "$CLI_BUILT"
+}
+
+# /usr/local/bin/crinc → this checkout's built CLI. A link to another checkout is moved
+# here (and said so); anything else at that path is left alone, and the set-up fails.
+link_cli() {
+  local target="$ROOT/$CLI_BUILT" current
+  if [ -L "$CLI_LINK" ]; then
+    current=$(readlink "$CLI_LINK")
+    [ "$current" = "$target" ] && return
+    log "$CLI_LINK pointed at $current; it now points at $target"
+  elif [ -e "$CLI_LINK" ]; then
+    die "$CLI_LINK exists and is not a link crinc made: remove it, or run $target directly"
+  else
+    [ "$(id -u)" = 0 ] || die "only root can link $CLI_LINK: run this as root, or run $target directly"
+    log "linking $CLI_LINK → $target"
+  fi
+  ln -sfn "$target" "$CLI_LINK"
 }
 
 if [ $build_only = 0 ]; then
@@ -177,4 +200,5 @@ if [ $build_only = 0 ]; then
   npm_dependencies
 fi
 build
+[ $build_only = 1 ] || link_cli
 log "ready"

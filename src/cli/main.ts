@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // crinc's command line: thin commands over the controller.
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { spawn } from 'node:child_process';
-import { appendFileSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
+import { accessSync, appendFileSync, closeSync, constants as fsConstants, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { asOperatingError } from '../errors.js';
 import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
 import { packageRoot } from '../sys/package-root.js';
@@ -14,12 +15,14 @@ import { askController, controlSocketPath } from '../controller/control.js';
 import { askDaemon, Daemon, type Registered } from '../controller/daemon.js';
 import { type JobRow, jobRows } from '../controller/jobs.js';
 import { Logger } from '../controller/log.js';
-import { NoCheckpointError, NotRootError } from '../controller/errors.js';
+import { CheckpointCancelledError, NoCheckpointError, NotRootError, StorePathError, StoreReadOnlyError } from '../controller/errors.js';
 import { exportCheckpoint } from '../controller/materialize.js';
 import { resolveCheckpoint, restoreJob, type RestoreResult, type RestoreTarget } from '../controller/restore.js';
 import { type ControlOptions, controlJob, type JobStart, runJob, type RunOutcome, type StopRequest } from '../controller/run.js';
 import { type JobStatus, jobStatus } from '../controller/status.js';
-import { parseDuration, parseTimeSpec, TimeSpecError } from '../controller/time-spec.js';
+import { type StopResult, stopJobStandalone } from '../controller/stop.js';
+import { parseDuration, parseTimeSpec } from '../controller/time-spec.js';
+import { DEFAULT_METRICS_HOST, DEFAULT_METRICS_PORT, METRICS_PATH, parseMetricsAddress } from '../controller/metrics.js';
 import { pruneJob } from '../controller/retention.js';
 import { recoverStore } from '../controller/recovery.js';
 import { verifyStore } from '../controller/verify.js';
@@ -49,6 +52,26 @@ const VERIFY_TRACKING_ENV = 'CRINC_VERIFY_TRACKING';
 export const EXIT_CHECKPOINTED = 75;
 /** The shell's convention for a job killed by a signal: 128 + its number. */
 const SIGNALED_EXIT_BASE = 128;
+/** A command that Ctrl-C interrupted (cancelled, or finished anyway): as if SIGINT had ended it. */
+const INTERRUPTED_EXIT = SIGNALED_EXIT_BASE + osConstants.signals.SIGINT;
+
+/** Ctrl-C on a command that may stop at any point (crash-safe): says what it leaves, exits at once. */
+function cancelOnInterrupt(leaves: string): void {
+  process.once('SIGINT', () => {
+    console.error(`crinc: cancelled; ${leaves}`);
+    process.exit(INTERRUPTED_EXIT);
+  });
+}
+
+/** Ctrl-C on a command that must not stop halfway: it says so and goes on; the returned probe tells whether it came. */
+function finishOnInterrupt(why: string): () => boolean {
+  let interrupted = false;
+  process.on('SIGINT', () => {
+    if (!interrupted) console.error(`crinc: Ctrl-C: ${why}; waiting for it`);
+    interrupted = true;
+  });
+  return () => interrupted;
+}
 
 
 /** Set in the detached process that serves a `restore --lazy` (the fd of its result pipe). */
@@ -118,17 +141,40 @@ interface StoreOptions {
   cache?: string;
 }
 
+/**
+ * What a command does to the store: create it if missing, write to it, or only read it.
+ * Reading works on a store on a read-only file system (a snapshot); writing says why not.
+ */
+type StoreAccess = 'create' | 'write' | 'read';
+
+/** Whether dir is on a read-only file system (its mount, or a read-only bind of it). */
+function onReadOnlyFileSystem(dir: string): boolean {
+  try {
+    accessSync(dir, fsConstants.W_OK);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EROFS';
+  }
+}
+
 /** A store directory, or an S3 store (s3://bucket/prefix) with its local index in the cache. */
 /** The store this command opened: a damaged or missing chunk that ends the command is quarantined in it. */
-let openedStore: Repository | undefined;
+let openedRepo: Repository | undefined;
 
-async function openStore(o: StoreOptions, create = false): Promise<Repository> {
+async function openStore(o: StoreOptions, access: StoreAccess): Promise<Repository> {
   requireRoot();
   const spec = o.store ?? process.env.CRINC_STORE ?? DEFAULT_STORE;
+  const create = access === 'create';
   let repo: Repository;
   if (!isS3Url(spec)) {
     if (o.cache !== undefined) throw new InvalidArgumentError(`--cache is for s3:// stores; the store directory ${spec} keeps its own index`);
-    repo = Repository.open(resolve(spec), { create });
+    openedStore = resolve(spec);
+    requireStoreDirectory(openedStore);
+    const readOnly = onReadOnlyFileSystem(openedStore);
+    if (readOnly && access !== 'read') throw new StoreReadOnlyError(openedStore, commandName());
+    repo = Repository.open(openedStore, { create, readOnly });
+    // Nothing to recover in a store that cannot have changed since it was made read-only.
+    if (readOnly) return repo;
   } else {
     const cache = o.cache ?? process.env.CRINC_CACHE;
     repo = await openS3Store(spec, {
@@ -141,8 +187,28 @@ async function openStore(o: StoreOptions, create = false): Promise<Repository> {
   const count = recovered.packFiles.length + recovered.stagingDirs.length;
   if (count > 0) console.error(`crinc: removed ${count} leftover file(s) of interrupted checkpoints, restores or GCs: ${[...recovered.packFiles, ...recovered.stagingDirs].join(', ')}`);
   if (recovered.checkpoints.length > 0) console.error(`crinc: indexed checkpoint(s) ${recovered.checkpoints.join(', ')}, committed by a crinc that was killed before it could index them`);
-  openedStore = repo;
+  openedRepo = repo;
   return repo;
+}
+
+/** The crinc command being run, for messages. */
+function commandName(): string {
+  return process.argv[2] ?? 'this command';
+}
+
+/** The store directory the command works on, named in messages about files inside it. */
+let openedStore: string | undefined;
+
+/** A store path that exists must be a directory (a file there is no store, nor "no store"). */
+function requireStoreDirectory(dir: string): void {
+  let st;
+  try {
+    st = statSync(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return; // not made yet: Repository.open says so or creates it
+    throw e;
+  }
+  if (!st.isDirectory()) throw new StorePathError(dir);
 }
 
 const storeOption = () =>
@@ -156,6 +222,19 @@ function durationArg(v: string): number {
   } catch (e) {
     throw new InvalidArgumentError((e as Error).message);
   }
+}
+
+/**
+ * The shortest interval between checkpoints: each one freezes the job and dumps it, and
+ * one every few milliseconds would keep the job frozen most of the time.
+ */
+export const MIN_INTERVAL_MS = 500;
+
+function intervalArg(v: string): number {
+  if (/^\s*\d+(\.\d+)?\s*$/.test(v)) throw new InvalidArgumentError(`"${v}" has no unit: write it like 30s, 5m or 1h (at least ${MIN_INTERVAL_MS} ms)`);
+  const ms = durationArg(v);
+  if (ms < MIN_INTERVAL_MS) throw new InvalidArgumentError(`"${v}" is too short: checkpoints must be at least ${MIN_INTERVAL_MS} ms apart (each one freezes the job)`);
+  return ms;
 }
 
 function durationOrZeroArg(v: string): number {
@@ -178,11 +257,13 @@ export function buildProgram(): Command {
     .description('serve the store: checkpoint every managed job on its own schedule, watch their processes, collect garbage, answer the other crinc commands on <store>/daemon.sock')
     .addOption(new Option('--gc-every <duration>', 'run crinc gc this often ("0" for never)').default(DAEMON_GC_EVERY).argParser(durationOrZeroArg))
     .addOption(new Option('--scrub-every <duration>', 're-read and check a slice (1 GiB) of the packs this often, quarantining damage ("0" for never)').default(DAEMON_SCRUB_EVERY).argParser(durationOrZeroArg))
+    .addOption(new Option('--metrics [host:port]', `serve Prometheus metrics at http://HOST:PORT${METRICS_PATH} (default ${DEFAULT_METRICS_HOST}:${DEFAULT_METRICS_PORT}: this machine only)`))
     .addOption(storeOption())
     .addHelpText('after', `
 Examples:
   crinc daemon --store /var/lib/crinc
   crinc daemon --gc-every 10m
+  crinc daemon --metrics                      (Prometheus: http://${DEFAULT_METRICS_HOST}:${DEFAULT_METRICS_PORT}${METRICS_PATH}; metric names in the README)
   systemctl start crinc            (examples/systemd/crinc.service)
 
 While it runs, crinc run and crinc attach hand their job to it and return; crinc jobs,
@@ -190,7 +271,7 @@ status and checkpoint ask it. Jobs keep running when it stops; when it starts ag
 resumes their schedules and marks jobs whose process died meanwhile "dead".
 Logs: one JSON object per line on stderr (time, level, job, msg, fields); readable
 lines when stderr is a terminal.`)
-    .action(async (o: { gcEvery: number | string; scrubEvery: number | string; store?: string }) => {
+    .action(async (o: { gcEvery: number | string; scrubEvery: number | string; metrics?: string | true; store?: string }) => {
       requireRoot();
       criuVersion();
       const gcEveryMs = typeof o.gcEvery === 'string' ? parseDuration(o.gcEvery) : o.gcEvery;
@@ -199,7 +280,11 @@ lines when stderr is a terminal.`)
       if (isS3Url(spec)) {
         throw new InvalidArgumentError(`crinc daemon serves a store directory, and ${spec} is an S3 store: run each job with crinc run --foreground --store ${spec} instead`);
       }
-      const daemon = await Daemon.start(resolve(spec), { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1', gcEveryMs, scrubEveryMs });
+      openedStore = resolve(spec);
+      requireStoreDirectory(openedStore);
+      if (onReadOnlyFileSystem(openedStore)) throw new StoreReadOnlyError(openedStore, 'daemon');
+      const metrics = o.metrics === undefined ? undefined : o.metrics === true ? { host: DEFAULT_METRICS_HOST, port: DEFAULT_METRICS_PORT } : parseMetricsAddress(o.metrics);
+      const daemon = await Daemon.start(openedStore, { log: new Logger(), verifyTracking: process.env[VERIFY_TRACKING_ENV] === '1', gcEveryMs, scrubEveryMs, metrics });
       await new Promise<void>((resolve) => {
         process.once('SIGINT', resolve);
         process.once('SIGTERM', resolve);
@@ -211,7 +296,7 @@ lines when stderr is a terminal.`)
     .command('run'))
     .description('start CMD as a job (own PID namespace, detached from the terminal, output in the job\'s log files) and checkpoint it every interval')
     .addOption(new Option('--job <name>', 'job name (default: the command\'s base name)'))
-    .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
+    .addOption(new Option('--interval <duration>', `time between checkpoints, e.g. 30s, 5m, 1h (at least ${MIN_INTERVAL_MS} ms)`).default(DEFAULT_INTERVAL).argParser(intervalArg))
     .option('--kill-on-exit', 'when Ctrl-C (SIGINT) stops crinc, kill the job too instead of leaving it running')
     .option('--fresh', 'start CMD anew even when the job has checkpoints (they stay in the store)')
     .option('--foreground', 'stay the job\'s controller in the foreground even when a daemon serves the store (batch scripts: the job step must last as long as the job)')
@@ -249,7 +334,7 @@ ${RETENTION_HELP}`)
     .action(async (cmd: string[], o: RetentionFlags & { job?: string; interval: number | string; killOnExit?: boolean; fresh?: boolean; foreground?: boolean; tracking: boolean; store?: string; cache?: string }) => {
       // Installed first, so that no early signal is lost.
       const stop = stopOnSignals({ SIGINT: 'leave-running', SIGTERM: 'checkpoint-and-stop', SIGUSR1: 'checkpoint-and-stop' });
-      const repo = await openStore(o, true);
+      const repo = await openStore(o, 'create');
       criuVersion();
       const job = o.job ?? jobNameFor(cmd);
       const retention = retentionFromOptions(o);
@@ -270,7 +355,7 @@ ${RETENTION_HELP}`)
           fresh: Boolean(o.fresh),
           onStart: (start) => printStart(job, start),
         });
-        printOutcome(job, outcome, Boolean(o.killOnExit));
+        printOutcome(job, outcome);
       }
       repo.close();
     });
@@ -280,7 +365,7 @@ ${RETENTION_HELP}`)
     .description('checkpoint an already running process tree (not started by crinc) every interval, as a job')
     .argument('<pid>', 'the PID of the tree\'s root: a session leader without a controlling terminal', intArg)
     .addOption(new Option('--job <name>', 'job name (default: the program\'s base name)'))
-    .addOption(new Option('--interval <duration>', 'time between checkpoints, e.g. 30s, 5m, 1h').default(DEFAULT_INTERVAL).argParser(durationArg))
+    .addOption(new Option('--interval <duration>', `time between checkpoints, e.g. 30s, 5m, 1h (at least ${MIN_INTERVAL_MS} ms)`).default(DEFAULT_INTERVAL).argParser(intervalArg))
     .option('--no-tracking', 'no dirty tracking: every checkpoint reads and hashes all pages')
     .addOption(storeOption())
     .addHelpText('after', `
@@ -297,7 +382,7 @@ ${RETENTION_HELP}`)
     .action(async (pid: number, o: RetentionFlags & { job?: string; interval: number | string; tracking: boolean; store?: string }) => {
       // Installed first, so that no early signal is lost: the attached process goes on.
       const stop = stopOnSignals({ SIGINT: 'leave-running', SIGTERM: 'leave-running' });
-      const repo = await openStore(o, true);
+      const repo = await openStore(o, 'create');
       criuVersion();
       const intervalMs = typeof o.interval === 'string' ? parseDuration(o.interval) : o.interval;
       const target = attachTarget(pid);
@@ -311,7 +396,7 @@ ${RETENTION_HELP}`)
         const jobDir = registerAttached(repo, job, pid, target);
         console.log(`attached to pid ${pid} as job ${job}; a checkpoint every ${formatDuration(intervalMs)}`);
         const outcome = await controlJob(repo, await openCodecs(repo), foregroundOptions(job, intervalMs, o.tracking, false, stop.signal), attachedJob(pid, jobDir));
-        printOutcome(job, outcome, false);
+        printOutcome(job, outcome);
       }
       repo.close();
     });
@@ -325,18 +410,81 @@ ${RETENTION_HELP}`)
     .addOption(cacheOption())
     .addHelpText('after', `\nExamples:\n  crinc checkpoint sim\n  crinc checkpoint sim --keep-last 5     (and from now on after each checkpoint of sim)\n${RETENTION_HELP}`)
     .action(async (job: string, o: RetentionFlags & { json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'write');
       criuVersion();
       repo.requireJob(job);
       const retention = retentionFromOptions(o);
       if (retention) repo.setJobRetention(job, retention);
       const keepImagesDir = process.env[KEEP_IMAGES_ENV] ? resolve(process.env[KEEP_IMAGES_ENV]) : undefined;
+      // Ctrl-C: a controller's checkpoint cannot be called back, so crinc waits and says what became of it;
+      // a standalone one is cancelled at the freeze (CRIU fails the dump and thaws the job), never left running.
+      const cancel = new AbortController();
+      let viaController = true;
+      process.on('SIGINT', () => {
+        if (cancel.signal.aborted) return;
+        cancel.abort(new CheckpointCancelledError(job));
+        console.error(viaController
+          ? "crinc: Ctrl-C: the checkpoint goes on in the job's controller and cannot be called back from here; waiting for it"
+          : 'crinc: Ctrl-C: cancelling the checkpoint; waiting for CRIU to thaw the job');
+      });
       // The daemon or a running controller takes it, so that its dirty tracking stays continuous.
-      const cp =
+      let cp =
         ((await askDaemon(repo.dir, { op: 'checkpoint', job, keepImagesDir })) as CheckpointRecord | undefined) ??
-        ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'checkpoint', keepImagesDir })) as CheckpointRecord | undefined) ??
-        (await withProgress(`checkpoint of ${job}`, async (onProgress) => takeCheckpoint(repo, await openCodecs(repo), job, { keepImagesDir, onProgress })));
-      console.log(o.json ? JSON.stringify(checkpointJson(cp)) : `checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`);
+        ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'checkpoint', keepImagesDir })) as CheckpointRecord | undefined);
+      if (cp && cancel.signal.aborted) console.error(`crinc: interrupted; the checkpoint went on in the controller and was committed as ${cp.id}`);
+      if (!cp && !cancel.signal.aborted) {
+        viaController = false;
+        try {
+          cp = await withProgress(`checkpoint of ${job}`, async (onProgress) => takeCheckpoint(repo, await openCodecs(repo), job, { keepImagesDir, onProgress, signal: cancel.signal }));
+        } catch (e) {
+          if (e !== cancel.signal.reason) throw e;
+          console.error('crinc: cancelled; the job was thawed and goes on, and no checkpoint was taken');
+        }
+        if (cp && cancel.signal.aborted) console.error(`crinc: Ctrl-C came after the job was thawed; the checkpoint was committed as ${cp.id}`);
+      }
+      if (cp) console.log(o.json ? JSON.stringify(checkpointJson(cp)) : `checkpoint ${cp.id} of ${cp.job}: ${formatCheckpoint(cp)}`);
+      if (cancel.signal.aborted) process.exitCode = INTERRUPTED_EXIT;
+      repo.close();
+    });
+
+  program
+    .command('stop')
+    .description("stop a job's process for good: SIGTERM, then SIGKILL after the grace time (a job is its PID namespace's init, which a plain kill does not end); with --checkpoint, a final checkpoint first")
+    .argument('<job>', 'job name')
+    .option('--checkpoint', 'take a final checkpoint first, then end the job at once (it resumes from there: crinc run, crinc restore)')
+    .addOption(new Option('--grace <duration>', 'how long the job may take to end on SIGTERM before SIGKILL ("0": SIGKILL at once)').default('10s').argParser(durationOrZeroArg))
+    .option('--json', 'print {"job", "pid", "how", "checkpoint"} as JSON')
+    .addOption(storeOption())
+    .addOption(cacheOption())
+    .addHelpText('after', `
+Examples:
+  crinc stop sim
+  crinc stop sim --checkpoint       (then crinc run of the same command resumes it)
+  crinc stop sim --grace 0          (SIGKILL at once)
+
+The job's controller (crinc run, crinc attach, the daemon) stops it when one runs: a
+crinc run in the foreground then ends as after SIGTERM (with --checkpoint: exit code ${EXIT_CHECKPOINTED}).`)
+    .action(async (job: string, o: { checkpoint?: boolean; grace: number | string; json?: boolean; store?: string; cache?: string }) => {
+      const interrupted = finishOnInterrupt('stopping the job goes on');
+      const repo = await openStore(o, 'write');
+      repo.requireJob(job);
+      const req = { checkpoint: Boolean(o.checkpoint), graceMs: typeof o.grace === 'string' ? parseDuration(o.grace) : o.grace };
+      if (req.checkpoint) criuVersion();
+      const r =
+        ((await askDaemon(repo.dir, { op: 'stop', job, ...req })) as StopResult | undefined) ??
+        ((await askController(controlSocketPath(repo.jobDir(job)), { op: 'stop', ...req })) as StopResult | undefined) ??
+        (await stopJobStandalone(repo, await openCodecs(repo), job, req));
+      if (o.json) {
+        console.log(JSON.stringify({ ...r, checkpoint: r.checkpoint ? checkpointJson(r.checkpoint) : null }));
+      } else {
+        if (r.checkpoint) console.log(`checkpoint ${r.checkpoint.id} of ${job}: ${formatCheckpoint(r.checkpoint)}`);
+        if (r.how === 'exited') console.log(`job ${job} was not running (its process ${r.pid || '-'} had ended); nothing to stop`);
+        else console.log(`stopped job ${job} (pid ${r.pid}): ${r.how === 'terminated' ? 'it ended on SIGTERM' : 'killed (SIGKILL)'}` + (r.checkpoint ? `; resume it from checkpoint ${r.checkpoint.id} with crinc run or crinc restore ${job}` : ''));
+      }
+      if (interrupted()) {
+        console.error(`crinc: interrupted; job ${job} was stopped all the same`);
+        process.exitCode = INTERRUPTED_EXIT;
+      }
       repo.close();
     });
 
@@ -349,7 +497,7 @@ ${RETENTION_HELP}`)
     .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc list\n  crinc list sim --json')
     .action(async (job: string | undefined, o: { json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'read');
       if (job) repo.requireJob(job);
       const cps = repo.listCheckpoints(job);
       const damaged = repo.damagedCheckpoints();
@@ -405,7 +553,8 @@ its schedule.`)
         await detachLazyRestore(o.json === true);
         return;
       }
-      const repo = await openStore(o);
+      const interrupted = finishOnInterrupt('the restore goes on: stopped halfway, it would leave the job\'s files put back without the job');
+      const repo = await openStore(o, 'read');
       let target: RestoreTarget;
       if (o.id !== undefined) target = { id: o.id };
       else target = { at: parseTimeSpec(o.at ?? 'now') };
@@ -423,6 +572,11 @@ its schedule.`)
         console.log(`restored ${job} from checkpoint ${r.checkpoint.id} (taken ${new Date(r.checkpoint.takenAt).toISOString()}): pid ${r.pid}`);
         for (const f of r.rolledBack) console.log(`  rolled back ${f}`);
         if (r.preRestore) console.log(`  their newer content is kept as snapshot ${r.preRestore.id} (crinc list ${job})`);
+        if (repo.readOnly) console.log('  the store is read-only: the restored process is not recorded in it (crinc jobs does not show it)');
+      }
+      if (interrupted()) {
+        console.error(`crinc: interrupted; the restore completed: job ${job} runs as pid ${r.pid}`);
+        process.exitCode = INTERRUPTED_EXIT;
       }
       repo.close();
     });
@@ -436,7 +590,7 @@ its schedule.`)
     .addOption(cacheOption())
     .addHelpText('after', '\nExample:\n  crinc status sim --json')
     .action(async (job: string, o: { json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'read');
       repo.requireJob(job);
       const status =
         ((await askDaemon(repo.dir, { op: 'status', job })) as JobStatus | undefined) ??
@@ -461,7 +615,7 @@ the daemon seeing it end, e.g. killed while the daemon was down).
 Example:
   crinc jobs --json`)
     .action(async (o: { json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      const repo = await openStore(o, 'read');
       const rows = ((await askDaemon(repo.dir, { op: 'jobs' })) as JobRow[] | undefined) ?? jobRows(repo);
       if (o.json) console.log(JSON.stringify(rows));
       else if (rows.length === 0) console.log('no jobs yet (start one with crinc run)');
@@ -488,7 +642,8 @@ Example:
     .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc export sim --id 42 --to /tmp/sim-42 && criu restore -D /tmp/sim-42 -d\n  crinc export sim --id 43 --to /tmp/before-restore    (a pre-restore snapshot: files only)')
     .action(async (job: string, o: { at?: string; id?: number; to: string; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      cancelOnInterrupt(`export stopped; ${o.to} holds a partial export: remove it`);
+      const repo = await openStore(o, 'read');
       const cp = o.id !== undefined ? repo.getCheckpoint(o.id) : resolveCheckpoint(repo, job, { at: parseTimeSpec(o.at ?? 'now') });
       if (cp.job !== job) throw new NoCheckpointError(`checkpoint ${cp.id} belongs to job "${cp.job}", not "${job}"`);
       const codecs = await openCodecs(repo);
@@ -512,7 +667,8 @@ Examples:
   crinc prune sim --keep-last 3 && crinc gc   forget, then free the space
 ${RETENTION_HELP}`)
     .action(async (job: string | undefined, o: RetentionFlags & { dryRun?: boolean; json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      cancelOnInterrupt('prune stopped: what it had committed is forgotten, the rest is kept (crinc list shows which)');
+      const repo = await openStore(o, 'write');
       const given = retentionFromOptions(o);
       const jobs = job ? [repo.requireJob(job).name] : repo.listJobs().map((j) => j.name);
       const out = [];
@@ -549,7 +705,8 @@ ${RETENTION_HELP}`)
     .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc gc\n  crinc gc --dry-run --json')
     .action(async (o: { dryRun?: boolean; json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      cancelOnInterrupt('gc stopped where it was, as a crash would stop it: every checkpoint is intact, and the next crinc command removes what it left; run crinc gc again to free the rest');
+      const repo = await openStore(o, 'write');
       const codecs = await openCodecs(repo);
       const r = await withProgress('gc', (onProgress) => collectGarbage(repo, codecs.chunks, { dryRun: Boolean(o.dryRun), onProgress }));
       if (o.json) {
@@ -573,7 +730,8 @@ ${RETENTION_HELP}`)
     .addOption(cacheOption())
     .addHelpText('after', '\nExamples:\n  crinc verify\n  crinc verify --read-data --json')
     .action(async (o: { readData?: boolean; json?: boolean; store?: string; cache?: string }) => {
-      const repo = await openStore(o);
+      cancelOnInterrupt('verify stopped; it changes nothing in the store');
+      const repo = await openStore(o, 'read');
       const codecs = await openCodecs(repo);
       const r = await withProgress('verify', (onProgress) => verifyStore(repo, codecs, { readData: Boolean(o.readData), onProgress }));
       if (o.json) {
@@ -671,7 +829,7 @@ function printStart(job: string, start: JobStart): void {
 }
 
 /** Says how a foreground controller ended, and sets crinc's exit code (README, "Resume, final checkpoint, exit codes"). */
-function printOutcome(job: string, outcome: RunOutcome, killOnExit: boolean): void {
+function printOutcome(job: string, outcome: RunOutcome): void {
   if (outcome.reason === 'job-exited') {
     const how = outcome.exitSignal ? ` on ${outcome.exitSignal}` : outcome.exitCode !== null ? ` with code ${outcome.exitCode}` : '';
     console.log(`job ${job} (pid ${outcome.pid}) exited${how}`);
@@ -681,8 +839,10 @@ function printOutcome(job: string, outcome: RunOutcome, killOnExit: boolean): vo
   } else if (outcome.reason === 'checkpointed') {
     console.log(`checkpointed and stopped: job ${job} saved as checkpoint ${outcome.finalCheckpoint!.id}; run the same command again to resume it (exit code ${EXIT_CHECKPOINTED})`);
     process.exitCode = EXIT_CHECKPOINTED;
+  } else if (outcome.jobStopped) {
+    console.log(`stopped; job ${job} ${outcome.jobStopped === 'terminated' ? 'ended on SIGTERM' : 'killed'}`);
   } else {
-    console.log(killOnExit ? `stopped; job ${job} killed` : `stopped checkpointing; job ${job} goes on as pid ${outcome.pid}`);
+    console.log(`stopped checkpointing; job ${job} goes on as pid ${outcome.pid}`);
   }
 }
 
@@ -709,18 +869,24 @@ function checkpointJson(c: CheckpointRecord) {
   };
 }
 
+/**
+ * Says why a command failed, exit code 1: an operating error (a CrincError, or a system
+ * error that asOperatingError translates) by its message; anything else is a bug, with
+ * its stack.
+ */
+export function reportFailure(e: unknown, store: string | undefined): void {
+  const operating = e instanceof CommanderError ? e : asOperatingError(e, store);
+  if (operating) console.error(`crinc: ${operating.message}`);
+  else console.error(`crinc: unexpected error (a bug; please report it): ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+  process.exitCode = 1;
+}
+
 async function main(): Promise<void> {
   try {
     await buildProgram().parseAsync(process.argv);
   } catch (e) {
-    const err = e as Error;
-    openedStore?.noteReadFailure(err);
-    if (err instanceof TimeSpecError || err.name !== 'Error') {
-      console.error(`crinc: ${err.message}`);
-    } else {
-      console.error(`crinc: unexpected error (a bug; please report it): ${err.stack ?? err.message}`);
-    }
-    process.exitCode = 1;
+    openedRepo?.noteReadFailure(e as Error);
+    reportFailure(e, openedStore);
   }
 }
 

@@ -74,6 +74,8 @@ export interface CheckpointOptions {
   verifyTracking?: boolean;
   /** Bytes of the job's pages ingested, for a progress line. */
   onProgress?: ProgressCallback;
+  /** Cancels the checkpoint up to the freeze (Ctrl-C): CRIU fails the dump and thaws the job; throws the signal's reason. */
+  signal?: AbortSignal;
 }
 
 export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: string, options: CheckpointOptions = {}): Promise<CheckpointRecord> {
@@ -102,6 +104,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     // A file whose manifest names a quarantined chunk is read again, not reused as unchanged.
     const previousFiles = new Map<string, FileManifest>(previousManifests.filter((f) => f.role === 'job-file' && !repo.namesQuarantined(f.ids)).map((f) => [f.path, f]));
 
+    options.signal?.throwIfAborted();
     const started = performance.now();
     let takenAt = 0;
     let captured: CapturedFile[] = [];
@@ -131,6 +134,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
         workDir,
         pages: stream,
         whileFrozen: async () => {
+          options.signal?.throwIfAborted();
           if (!stream.opened) scanWhileFrozen();
           captured = captureJobFiles(pid, filesDir, previousFiles);
         },

@@ -7,25 +7,40 @@
 import { chmodSync, existsSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
+import { asOperatingError, CrincError } from '../errors.js';
 
 export const CONTROL_SOCKET = 'control.sock';
 /** A checkpoint of a large job may take minutes; a status answer takes milliseconds. */
 export const CONTROL_TIMEOUT_MS = 15 * 60_000;
 const MAX_REQUEST_BYTES = 64 * 1024;
 
-export type ControlRequest = { op: 'checkpoint'; keepImagesDir?: string } | { op: 'status' };
-export type ControlResponse = { ok: true; result: unknown } | { ok: false; error: { name: string; message: string } };
+export type ControlRequest = { op: 'checkpoint'; keepImagesDir?: string } | { op: 'status' } | { op: 'stop'; checkpoint: boolean; graceMs: number };
+/** operating: an operating error (CrincError) whose message is for a person; else a bug, its message the remote stack. */
+export type ControlResponse = { ok: true; result: unknown } | { ok: false; error: { name: string; message: string; operating: boolean } };
 
-export class ControlError extends Error {
+export class ControlError extends CrincError {
   override name = 'ControlError';
 }
 
-/** An error raised inside the controller, carried to the asking command with its name. */
-export class RemoteError extends Error {
+/** An operating error raised inside the controller, carried to the asking command with its name. */
+export class RemoteError extends CrincError {
   constructor(name: string, message: string) {
     super(message);
     this.name = name;
   }
+}
+
+/** A bug inside the controller: its message is the controller's stack. */
+export class RemoteBugError extends Error {
+  override name = 'RemoteBugError';
+}
+
+/** What a controller answers for a failed request. */
+function errorResponse(e: unknown): ControlResponse {
+  const operating = asOperatingError(e);
+  if (operating) return { ok: false, error: { name: operating.name, message: operating.message, operating: true } };
+  const err = e instanceof Error ? e : new Error(String(e));
+  return { ok: false, error: { name: err.name, message: `in the controller: ${err.stack ?? err.message}`, operating: false } };
 }
 
 export function controlSocketPath(jobDir: string): string {
@@ -47,12 +62,12 @@ export async function serveControl<Req extends { op: string } = ControlRequest>(
       try {
         req = JSON.parse(buf.slice(0, nl)) as Req;
       } catch {
-        conn.end(JSON.stringify({ ok: false, error: { name: 'ControlError', message: 'malformed request' } }) + '\n');
+        conn.end(JSON.stringify(errorResponse(new ControlError('malformed request'))) + '\n');
         return;
       }
       handle(req).then(
         (result) => conn.end(JSON.stringify({ ok: true, result } satisfies ControlResponse) + '\n'),
-        (e: Error) => conn.end(JSON.stringify({ ok: false, error: { name: e.name, message: e.message } } satisfies ControlResponse) + '\n'),
+        (e: unknown) => conn.end(JSON.stringify(errorResponse(e)) + '\n'),
       );
     });
     conn.on('error', () => conn.destroy());
@@ -89,7 +104,7 @@ export async function askController<Req extends { op: string } = ControlRequest>
       try {
         const res = JSON.parse(buf) as ControlResponse;
         if (res.ok) resolve(res.result);
-        else reject(new RemoteError(res.error.name, res.error.message));
+        else reject(res.error.operating ? new RemoteError(res.error.name, res.error.message) : new RemoteBugError(res.error.message));
       } catch {
         reject(new ControlError(`the controller at ${path} gave a malformed answer: ${buf.slice(0, 200)}`));
       }

@@ -22,7 +22,9 @@ import { isRunning } from './procfs.js';
 import { recoverStore } from './recovery.js';
 import { restoreJob, type RestoreResult, type RestoreTarget } from './restore.js';
 import { restoreForResume, type RunningJob, startJob, startTracking } from './run.js';
+import { DaemonMetrics, METRICS_PATH } from './metrics.js';
 import { type JobStatus, jobStatus } from './status.js';
+import { stopProcess, type StopResult } from './stop.js';
 import type { TrackingSession } from './tracking-session.js';
 
 export const DAEMON_SOCKET = 'daemon.sock';
@@ -36,7 +38,8 @@ export type DaemonRequest =
   | { op: 'checkpoint'; job: string; keepImagesDir?: string }
   | { op: 'run'; job: string; command: string[]; cwd: string; env: Record<string, string>; intervalMs: number; tracking: boolean; fresh: boolean }
   | { op: 'attach'; job: string; pid: number; intervalMs: number; tracking: boolean }
-  | { op: 'restore'; job: string; target: RestoreTarget };
+  | { op: 'restore'; job: string; target: RestoreTarget }
+  | { op: 'stop'; job: string; checkpoint: boolean; graceMs: number };
 
 /** The daemon's answer to run and attach. */
 export interface Registered {
@@ -73,6 +76,8 @@ interface ManagedJob {
   due: number;
   /** For the processes the daemon started: settles with their exit status. */
   exited: RunningJob['exited'] | undefined;
+  /** Set by `crinc stop`: how the job ended, as its record will say. */
+  stoppedAs?: string;
 }
 
 export interface DaemonOptions {
@@ -83,6 +88,8 @@ export interface DaemonOptions {
   gcEveryMs: number;
   /** How often to re-read a slice of the store (verify.ts scrubSlice); 0: never. */
   scrubEveryMs: number;
+  /** Serve Prometheus metrics there (metrics.ts); none: no endpoint. */
+  metrics?: { host: string; port: number };
 }
 
 export class Daemon {
@@ -94,6 +101,7 @@ export class Daemon {
   private gcTimer: NodeJS.Timeout | undefined;
   private scrubTimer: NodeJS.Timeout | undefined;
   private stopping = false;
+  private metrics: DaemonMetrics | undefined;
 
   private constructor(
     readonly store: string,
@@ -121,14 +129,34 @@ export class Daemon {
       opts.log.warn('removed leftovers of interrupted checkpoints, restores or GCs', null, { files: [...recovered.packFiles, ...recovered.stagingDirs].join(' ') });
     }
     const daemon = new Daemon(store, repo, await openCodecs(repo), lockFd, opts);
+    if (opts.metrics) await daemon.serveMetrics(opts.metrics.host, opts.metrics.port);
     await daemon.resume();
     daemon.server = await serveControl<DaemonRequest>(daemonSocketPath(store), (req) => daemon.handle(req));
     daemon.server.ref();
     daemon.watch = setInterval(() => daemon.watchJobs(), JOB_WATCH_MS);
     if (opts.gcEveryMs > 0) daemon.gcTimer = setInterval(() => void daemon.collect(), opts.gcEveryMs);
     if (opts.scrubEveryMs > 0) daemon.scrubTimer = setInterval(() => void daemon.scrub(), opts.scrubEveryMs);
-    opts.log.info('daemon started', null, { store, socket: daemonSocketPath(store), pid: process.pid, jobs: daemon.jobs.size });
+    opts.log.info('daemon started', null, {
+      store, socket: daemonSocketPath(store), pid: process.pid, jobs: daemon.jobs.size,
+      ...(opts.metrics ? { metrics: `http://${opts.metrics.host}:${opts.metrics.port}${METRICS_PATH}` } : {}),
+    });
     return daemon;
+  }
+
+  private async serveMetrics(host: string, port: number): Promise<void> {
+    const metrics = new DaemonMetrics({
+      jobs: () => [...this.jobs.values()].map((m) => ({ job: m.record.job, tracking: m.tracking, lastSuccess: this.repo.latestCheckpoint(m.record.job) })),
+      store: () => this.repo.figures(),
+    });
+    try {
+      await metrics.listen(host, port);
+    } catch (e) {
+      await this.codecs.pool.close();
+      this.repo.close();
+      closeSync(this.lockFd);
+      throw e;
+    }
+    this.metrics = metrics;
   }
 
   /** Stops scheduling, lets a checkpoint in progress finish, and leaves every job running. */
@@ -140,6 +168,7 @@ export class Daemon {
     clearInterval(this.scrubTimer);
     for (const m of this.jobs.values()) clearTimeout(m.timer);
     this.server?.close();
+    this.metrics?.close();
     rmSync(daemonSocketPath(this.store), { force: true });
     await this.queue.catch(() => undefined);
     for (const [name, m] of this.jobs) {
@@ -170,6 +199,8 @@ export class Daemon {
         return this.attach(req);
       case 'restore':
         return this.restore(req.job, req.target);
+      case 'stop':
+        return this.stopJob(req.job, req.checkpoint, req.graceMs);
       default:
         throw new ControlError(`unknown request "${(req as { op: string }).op}"`);
     }
@@ -241,6 +272,29 @@ export class Daemon {
     return result;
   }
 
+  /**
+   * `crinc stop` of a job: a final checkpoint if asked, then the process ended (stop.ts)
+   * and reaped; its record says it was stopped. In the daemon's queue, so no scheduled
+   * checkpoint runs into the kill. A job the daemon does not manage is its own
+   * controller's to stop, or the asking command's (undefined).
+   */
+  private async stopJob(job: string, checkpoint: boolean, graceMs: number): Promise<StopResult | undefined> {
+    const m = this.jobs.get(job);
+    if (!m) {
+      this.repo.requireJob(job);
+      return (await askController(controlSocketPath(this.repo.jobDir(job)), { op: 'stop', checkpoint, graceMs })) as StopResult | undefined;
+    }
+    return this.exclusive(async () => {
+      const cp = checkpoint ? await this.checkpointUnqueued(m) : null;
+      m.stoppedAs = cp ? `stopped by crinc stop after checkpoint ${cp.id}` : 'stopped by crinc stop';
+      const how = await stopProcess(m.pid, cp ? 0 : graceMs);
+      if (m.exited) await m.exited;
+      else this.reapIfChild(m.pid);
+      this.ended(m, 'exited', m.stoppedAs);
+      return { job, pid: m.pid, how, checkpoint: cp };
+    });
+  }
+
   private refuseManaged(job: string): void {
     const m = this.jobs.get(job);
     if (m) throw new JobExistsError(job, m.pid);
@@ -264,7 +318,7 @@ export class Daemon {
       : undefined;
     const m: ManagedJob = { record, pid, tracking: trackingSession, timer: undefined, due, exited };
     this.jobs.set(record.job, m);
-    exited?.then((status) => this.ended(m, 'exited', howEnded(status)));
+    exited?.then((status) => this.ended(m, 'exited', m.stoppedAs ?? howEnded(status)));
     this.schedule(m);
     return m;
   }
@@ -305,15 +359,26 @@ export class Daemon {
   }
 
   private checkpoint(m: ManagedJob, keepImagesDir?: string): Promise<CheckpointRecord> {
-    return this.exclusive(async () => {
-      const cp = await this.withRepo((repo) =>
+    return this.exclusive(() => this.checkpointUnqueued(m, keepImagesDir));
+  }
+
+  /** A checkpoint of a managed job; only from inside the daemon's queue. */
+  private async checkpointUnqueued(m: ManagedJob, keepImagesDir?: string): Promise<CheckpointRecord> {
+    let cp: CheckpointRecord;
+    try {
+      cp = await this.withRepo((repo) =>
         takeCheckpoint(repo, this.codecs, m.record.job, { keepImagesDir, tracking: m.tracking, verifyTracking: this.opts.verifyTracking }),
       );
-      this.opts.log.info('checkpoint', m.record.job, {
-        id: cp.id, mode: cp.mode, imageBytes: cp.imageBytes, storedBytes: cp.storedBytes, durationMs: Math.round(cp.durationMs), freezeMs: Math.round(cp.freezeMs),
-      });
-      return cp;
+    } catch (e) {
+      // A job that ended meanwhile did not fail a checkpoint: it has nothing to checkpoint.
+      if (isRunning(m.pid)) this.metrics?.checkpointFailed(m.record.job, e);
+      throw e;
+    }
+    this.metrics?.checkpointTaken(cp);
+    this.opts.log.info('checkpoint', m.record.job, {
+      id: cp.id, mode: cp.mode, imageBytes: cp.imageBytes, storedBytes: cp.storedBytes, durationMs: Math.round(cp.durationMs), freezeMs: Math.round(cp.freezeMs),
     });
+    return cp;
   }
 
   /** GC between checkpoints (in the daemon's queue); checkpoints of other processes wait for its exclusive store lock. */
@@ -372,15 +437,17 @@ export class Daemon {
       if (m.exited) continue; // the child's exit event reports it
       const stat = procStat(m.pid);
       if (stat && stat.state !== 'Z' && stat.state !== 'X') continue;
-      if (stat?.state === 'Z' && stat.ppid === process.pid) {
-        const [r, status] = waitpidRaw(m.pid, WNOHANG);
-        if (r === m.pid) {
-          this.ended(m, 'exited', howEnded(decodeWaitStatus(status)));
-          continue;
-        }
-      }
-      this.ended(m, 'exited', 'ended; its exit status went to its parent');
+      const status = this.reapIfChild(m.pid);
+      this.ended(m, 'exited', status ? howEnded(status) : 'ended; its exit status went to its parent');
     }
+  }
+
+  /** Reaps pid when it is the daemon's zombie child (adopted as a subreaper); its exit status, else undefined. */
+  private reapIfChild(pid: number): WaitExit | undefined {
+    const stat = procStat(pid);
+    if (stat?.state !== 'Z' || stat.ppid !== process.pid) return undefined;
+    const [r, status] = waitpidRaw(pid, WNOHANG);
+    return r === pid ? decodeWaitStatus(status) : undefined;
   }
 
   private ended(m: ManagedJob, state: 'exited' | 'dead', how: string): void {

@@ -12,6 +12,7 @@ import { type CheckpointRecord, type ChunkLocations, type FileManifest, idHex, i
 import { lockStore } from '../store/store-lock.js';
 import type { Codecs } from './codecs.js';
 import type { ProgressCallback } from './ingest.js';
+import { CrincError } from '../errors.js';
 
 /** Largest single read of a pack: neighbouring chunks are read together up to this. */
 const PACK_SPAN_BYTES = 4 * 1024 * 1024;
@@ -255,7 +256,7 @@ export async function materializeImages(repo: Repository, images: FileManifest[]
   }
 }
 
-export class ExportTargetError extends Error {
+export class ExportTargetError extends CrincError {
   override name = 'ExportTargetError';
 }
 

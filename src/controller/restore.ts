@@ -10,12 +10,14 @@ import { type CheckpointRecord, type FileManifest, type Repository } from '../st
 import { lockStore, type StoreLock } from '../store/store-lock.js';
 import { makeStaging } from './checkpoint.js';
 import type { Codecs } from './codecs.js';
-import { JobStillRunningError, NoCheckpointError } from './errors.js';
+import { JobStillRunningError, NoCheckpointError, noCheckpointYet, ReadOnlyRestoreError } from './errors.js';
 import { Ingest, type ProgressCallback } from './ingest.js';
 import { type FileFacts, fileFacts, fileMatches, installFile } from './job-files.js';
 import { stageLazyRestore } from './lazy-pages.js';
 import { materializeFile } from './materialize.js';
 import { isRunning } from './procfs.js';
+import { markRestoreFailed, markRestoring, settleInterruptedRestore } from './jobs.js';
+import { faultPoint } from '../sys/fault.js';
 import { FILE_BLOCK_BYTES } from '../store/format.js';
 
 export type RestoreTarget = { at: number } | { id: number };
@@ -54,7 +56,7 @@ async function waitUntilGone(pid: number): Promise<void> {
 }
 
 export function resolveCheckpoint(repo: Repository, jobName: string, target: RestoreTarget): CheckpointRecord {
-  repo.requireJob(jobName);
+  const job = repo.requireJob(jobName);
   if ('id' in target) {
     const cp = repo.getCheckpoint(target.id);
     if (cp.job !== jobName) throw new NoCheckpointError(`checkpoint ${target.id} belongs to job "${cp.job}", not "${jobName}"`);
@@ -64,7 +66,7 @@ export function resolveCheckpoint(repo: Repository, jobName: string, target: Res
   const cp = repo.checkpointAtOrBefore(jobName, target.at);
   if (cp) return cp;
   const all = repo.listCheckpoints(jobName).filter((c) => c.kind === 'checkpoint');
-  if (all.length === 0) throw new NoCheckpointError(`job "${jobName}" has no checkpoint yet; take one with \`crinc checkpoint ${jobName}\``);
+  if (all.length === 0) throw noCheckpointYet(jobName, job.pid !== null && isRunning(job.pid));
   throw new NoCheckpointError(
     `job "${jobName}" has no checkpoint at or before ${new Date(target.at).toISOString()}; ` +
       `the earliest is checkpoint ${all[0]!.id} taken at ${new Date(all[0]!.takenAt).toISOString()}`,
@@ -72,10 +74,12 @@ export function resolveCheckpoint(repo: Repository, jobName: string, target: Res
 }
 
 export async function restoreJob(repo: Repository, codecs: Codecs, jobName: string, target: RestoreTarget, options: RestoreOptions = {}): Promise<RestoreResult> {
+  settleInterruptedRestore(repo, jobName);
   const job = repo.requireJob(jobName);
   if (job.pid !== null && isRunning(job.pid)) throw new JobStillRunningError(jobName, job.pid);
   const checkpoint = resolveCheckpoint(repo, jobName, target);
-  const lock = repo.lockJob(jobName, `restore of checkpoint ${checkpoint.id}`);
+  // A read-only store (a snapshot) cannot change under us: no lock, and no record written.
+  const lock = repo.readOnly ? undefined : repo.lockJob(jobName, `restore of checkpoint ${checkpoint.id}`);
   let storeLock: StoreLock | undefined;
   const staging = makeStaging('restore');
   // The job's logs live there; a fresh cache of an S3 store does not have it yet.
@@ -84,7 +88,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
   const release = () => {
     rmSync(staging, { recursive: true, force: true });
     storeLock?.release();
-    lock.release();
+    lock?.release();
   };
   let serving: Promise<void> | undefined;
   try {
@@ -119,6 +123,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     // 2. Keep what the files hold now, before anything is overwritten.
     let preRestore: CheckpointRecord | null = null;
     const kept = changed.filter((c) => c.current !== null);
+    if (kept.length > 0 && repo.readOnly) throw new ReadOnlyRestoreError(jobName, kept.map((c) => c.manifest.path));
     if (kept.length > 0) {
       const writer = repo.newChunkWriter(codecs.chunks);
       const ingest = new Ingest(codecs, repo, writer);
@@ -161,13 +166,16 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     };
     let pid: number;
     let allPagesIn: Promise<void>;
+    markRestoring(repo, jobName);
     try {
       ({ pid, allPagesIn } = await restoreLazy({ imagesDir, workDir, pages }));
+      faultPoint('restore-after-criu');
     } catch (e) {
+      markRestoreFailed(repo, jobName);
       putBack();
       throw e;
     }
-    repo.saveJob({ ...job, pid, state: 'running', updatedAt: Date.now() });
+    if (!repo.readOnly) repo.saveJob({ ...job, pid, state: 'running', updatedAt: Date.now() });
     if (!options.lazy) {
       try {
         await allPagesIn;
@@ -176,7 +184,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
         // never to run on without it. Once it is gone, its files are as they were.
         await waitUntilGone(pid);
         putBack();
-        repo.saveJob({ ...job, pid, state: 'stopped', updatedAt: Date.now() });
+        markRestoreFailed(repo, jobName);
         throw e;
       }
     }

@@ -3,8 +3,9 @@
 // while it runs. Asked to, it takes a final checkpoint and stops the job (batch
 // schedulers' preemption and requeue).
 import { spawn } from 'node:child_process';
-import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants as fsConstants, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { becomeChildSubreaper, decodeWaitStatus, lastErrno, type WaitExit, waitpidRaw, WNOHANG } from '../sys/libc.js';
 import { procStat } from '../sys/proc.js';
@@ -19,11 +20,19 @@ import type { JobTracker } from '../tracking/bpf/job-tracker.js';
 import { ControllerError, FinalCheckpointError, JobExistsError, JobNotRunningError, JobStartError, ResumeError } from './errors.js';
 import { isRunning } from './procfs.js';
 import { restoreJob, type RestoreResult } from './restore.js';
+import { DEFAULT_STOP_GRACE_MS, stopProcess, type StopHow, type StopResult } from './stop.js';
 
-/** How long the namespace's init may take to appear after `unshare` starts. */
+/** How long the namespace's init may take to report its PID after `unshare` starts. */
 const JOB_START_TIMEOUT_MS = 5000;
-const JOB_START_POLL_MS = 10;
-const JOB_EXEC_SCRIPT = 'out=$1; err=$2; shift 2; exec "$@" </dev/null >>"$out" 2>>"$err"';
+/**
+ * Run by the namespace's init before it becomes the job: it writes its host PID (the
+ * host's /proc, which is still mounted, resolves /proc/self to it) to fd 3, a pipe to
+ * the controller, and closes it, then execs the command, which so keeps that PID. The
+ * controller learns the PID even when the command ends at once (`/bin/true`).
+ */
+const JOB_EXEC_SCRIPT =
+  'read -r host_pid _ </proc/self/stat; echo "$host_pid" >&3; exec 3>&-; ' +
+  'out=$1; err=$2; shift 2; exec "$@" </dev/null >>"$out" 2>>"$err"';
 /** How often the controller looks whether a restored job (its child by subreaping) ended. */
 const RESTORED_EXIT_POLL_MS = 100;
 /** How long the final checkpoint waits for a checkpoint already under way (crinc checkpoint). */
@@ -33,9 +42,10 @@ const FINAL_CHECKPOINT_BUSY_POLL_MS = 200;
 /**
  * What a stop request asks for (the reason of RunOptions.signal): leave the job running
  * (Ctrl-C), or take a final checkpoint and stop the job so that a later `crinc run`
- * resumes it (SIGTERM, SIGUSR1: preemption, requeue, wall-time warning).
+ * resumes it (SIGTERM, SIGUSR1: preemption, requeue, wall-time warning), or stop the job
+ * without a checkpoint (`crinc stop`: SIGTERM, a grace time, SIGKILL).
  */
-export type StopRequest = 'leave-running' | 'checkpoint-and-stop';
+export type StopRequest = 'leave-running' | 'checkpoint-and-stop' | 'stop';
 
 /** How the job came to run: started from its command, or restored from a checkpoint. */
 export type JobStart = { how: 'started'; pid: number; freshRequested: boolean } | { how: 'restored'; pid: number; restore: RestoreResult };
@@ -72,22 +82,40 @@ export interface RunOutcome {
   exitSignal: NodeJS.Signals | null;
   /** With 'checkpointed': the final checkpoint, from which the next `crinc run` resumes. */
   finalCheckpoint: CheckpointRecord | null;
+  /** With 'stopped': whether the controller ended the job (--kill-on-exit, crinc stop) and how; null when it goes on. */
+  jobStopped: StopHow | null;
 }
 
 
-/** The host PID of the process that `unshare --fork` made the namespace's init. */
-async function namespaceInit(unsharePid: number): Promise<number> {
-  const deadline = Date.now() + JOB_START_TIMEOUT_MS;
-  while (Date.now() < deadline) {
-    try {
-      const children = readFileSync(`/proc/${unsharePid}/task/${unsharePid}/children`, 'utf8').trim();
-      if (children) return Number(children.split(/\s+/)[0]);
-    } catch {
-      break; // unshare itself is gone
-    }
-    await sleep(JOB_START_POLL_MS);
+/** The host PID that the namespace's init wrote to the launch pipe (JOB_EXEC_SCRIPT). */
+async function namespaceInit(pipe: Readable, launcherLog: string): Promise<number> {
+  let text = '';
+  const reported = new Promise<string>((resolve, reject) => {
+    pipe.setEncoding('utf8');
+    // unshare keeps its copy of the pipe open as long as the job runs: the line is the answer, not the end.
+    pipe.on('data', (d: string) => {
+      text += d;
+      if (text.includes('\n')) resolve(text);
+    });
+    pipe.once('end', () => resolve(text));
+    pipe.once('error', reject);
+  });
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new JobStartError(`the job's process did not report its PID within ${JOB_START_TIMEOUT_MS / 1000} s; see ${launcherLog}`)),
+      JOB_START_TIMEOUT_MS,
+    );
+  });
+  try {
+    const line = (await Promise.race([reported, timeout])).trim();
+    const pid = Number(line);
+    if (!Number.isInteger(pid) || pid <= 1) throw new JobStartError(`the job could not be started (unshare or setsid failed): see ${launcherLog}`);
+    return pid;
+  } finally {
+    clearTimeout(timer);
+    pipe.destroy();
   }
-  throw new JobStartError(`the job's process did not start within ${JOB_START_TIMEOUT_MS / 1000} s`);
 }
 
 export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 'command' | 'cwd'> & { env?: NodeJS.ProcessEnv }): Promise<RunningJob> {
@@ -103,15 +131,18 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
   // stdio on files and no terminal, CRIU dumps and restores it without --shell-job.
   // unshare's own messages go to launcher.log, never into the job's logs.
   for (const log of ['stdout.log', 'stderr.log']) closeSync(openSync(join(jobDir, log), 'a', 0o600));
-  const launcherLog = openSync(join(jobDir, 'launcher.log'), 'a', 0o600);
+  const launcherLogPath = join(jobDir, 'launcher.log');
+  const launcherLog = openSync(launcherLogPath, 'a', 0o600);
   const child = spawn(
     'unshare',
     ['--pid', '--fork', 'setsid', 'sh', '-c', JOB_EXEC_SCRIPT, 'sh', join(jobDir, 'stdout.log'), join(jobDir, 'stderr.log'), ...opts.command],
-    { cwd: opts.cwd, env: opts.env ?? process.env, detached: true, stdio: ['ignore', launcherLog, launcherLog] },
+    { cwd: opts.cwd, env: opts.env ?? process.env, detached: true, stdio: ['ignore', launcherLog, launcherLog, 'pipe'] },
   );
   closeSync(launcherLog);
+  // Listened to at once: a job that ends at once must not be missed.
+  const exited = new Promise<WaitExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   const spawnError = new Promise<never>((_, reject) => child.once('error', (e) => reject(new JobStartError(`cannot start the job: ${e.message}`))));
-  const pid = await Promise.race([namespaceInit(child.pid!), spawnError]);
+  const pid = await Promise.race([namespaceInit(child.stdio[3] as Readable, launcherLogPath), spawnError]);
   const now = Date.now();
   repo.saveJob({
     name: opts.job,
@@ -123,7 +154,6 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
     state: 'running',
     updatedAt: now,
   });
-  const exited = new Promise<WaitExit>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   return { pid, exited, jobDir, release: () => child.unref() };
 }
 
@@ -151,21 +181,32 @@ export type ControlOptions = Omit<RunOptions, 'command' | 'cwd' | 'fresh' | 'onS
 /** Checkpoints a running job every interval and serves its control socket, until it ends or opts.signal stops it. */
 export async function controlJob(repo: Repository, codecs: Codecs, opts: ControlOptions, running: RunningJob): Promise<RunOutcome> {
   const { pid, exited, jobDir, release } = running;
-  const tracking = opts.tracking ? await startTracking(pid, opts.onNotice) : undefined;
+  // A job that ended already (a command that ends at once) has nothing to track.
+  const tracking = opts.tracking && isRunning(pid) ? await startTracking(pid, opts.onNotice) : undefined;
   const checkpoint = async (keepImagesDir?: string) => {
     const cp = await takeCheckpoint(repo, codecs, opts.job, { keepImagesDir, tracking, verifyTracking: opts.verifyTracking });
     opts.onCheckpoint(cp);
     return cp;
   };
+  // `crinc stop` asks through the control socket: it ends supervision as a signal would.
+  const stopAsked = new AbortController();
+  let stopGraceMs = DEFAULT_STOP_GRACE_MS;
+  let supervised: Promise<RunOutcome> | undefined;
   const socket = controlSocketPath(jobDir);
   const control = await serveControl(socket, async (req) => {
     if (req.op === 'checkpoint') return checkpoint(req.keepImagesDir);
     if (req.op === 'status') return jobStatus(repo, opts.job, true, tracking ?? null);
+    if (req.op === 'stop') {
+      stopGraceMs = req.graceMs;
+      if (!stopAsked.signal.aborted) stopAsked.abort(req.checkpoint ? 'checkpoint-and-stop' : 'stop');
+      return stopAnswer(opts.job, await supervised!);
+    }
     throw new ControlError(`unknown request "${(req as { op: string }).op}"`);
   });
   try {
-    const outcome = await superviseJob(repo, opts, pid, exited, checkpoint);
-    if (outcome.reason === 'stopped') release();
+    supervised = superviseJob(repo, { ...opts, signal: AbortSignal.any([opts.signal, stopAsked.signal]) }, pid, exited, checkpoint, () => stopGraceMs);
+    const outcome = await supervised;
+    if (outcome.reason === 'stopped' && outcome.jobStopped === null) release();
     return outcome;
   } finally {
     control.close();
@@ -251,6 +292,7 @@ async function superviseJob(
   pid: number,
   exited: Promise<WaitExit>,
   checkpoint: () => Promise<CheckpointRecord>,
+  stopGraceMs: () => number,
 ): Promise<RunOutcome> {
   let ended: WaitExit | undefined;
   let watchError: Error | undefined;
@@ -282,10 +324,11 @@ async function superviseJob(
   const jobExited = async (): Promise<RunOutcome> => {
     await jobEnded;
     markStopped();
-    return { pid, reason: 'job-exited', exitCode: ended?.code ?? null, exitSignal: ended?.signal ?? null, finalCheckpoint: null };
+    return { pid, reason: 'job-exited', exitCode: ended?.code ?? null, exitSignal: ended?.signal ?? null, finalCheckpoint: null, jobStopped: null };
   };
   if (ended || !isRunning(pid)) return jobExited();
-  if ((opts.signal.reason as StopRequest) === 'checkpoint-and-stop') {
+  const request = opts.signal.reason as StopRequest | undefined;
+  if (request === 'checkpoint-and-stop') {
     // The job is stopped even when the final checkpoint fails: the scheduler ends it
     // anyway, and its earlier checkpoints stay restorable.
     let finalCheckpoint: CheckpointRecord | undefined;
@@ -297,20 +340,27 @@ async function superviseJob(
     }
     // The job ended by itself before the final dump began: its own exit is the outcome.
     if (failure instanceof JobNotRunningError) return jobExited();
-    process.kill(pid, 'SIGKILL');
+    // At once: after its final checkpoint the job must not run on and change its files.
+    await stopProcess(pid, 0);
     await jobEnded;
     markStopped();
     if (failure) throw new FinalCheckpointError(opts.job, repo.latestCheckpoint(opts.job) ?? null, failure as Error);
-    return { pid, reason: 'checkpointed', exitCode: null, exitSignal: null, finalCheckpoint: finalCheckpoint! };
+    return { pid, reason: 'checkpointed', exitCode: null, exitSignal: null, finalCheckpoint: finalCheckpoint!, jobStopped: 'killed' };
   }
-  if (opts.killOnExit) {
-    process.kill(pid, 'SIGKILL');
+  let jobStopped: StopHow | null = null;
+  if (request === 'stop' || opts.killOnExit) {
+    jobStopped = await stopProcess(pid, request === 'stop' ? stopGraceMs() : 0);
     await jobEnded;
     markStopped();
   } else {
     repo.saveJob({ ...repo.requireJob(opts.job), controllerPid: null, updatedAt: Date.now() });
   }
-  return { pid, reason: 'stopped', exitCode: null, exitSignal: null, finalCheckpoint: null };
+  return { pid, reason: 'stopped', exitCode: null, exitSignal: null, finalCheckpoint: null, jobStopped };
+}
+
+/** The answer to `crinc stop` through the control socket, once supervision has ended. */
+function stopAnswer(job: string, o: RunOutcome): StopResult {
+  return { job, pid: o.pid, how: o.jobStopped ?? 'exited', checkpoint: o.finalCheckpoint };
 }
 
 /** One more checkpoint; waits for one already under way (`crinc checkpoint` through the controller). */

@@ -1,6 +1,7 @@
 // Times and durations as people write them on a command line.
+import { CrincError } from '../errors.js';
 
-export class TimeSpecError extends Error {
+export class TimeSpecError extends CrincError {
   override name = 'TimeSpecError';
 }
 

@@ -7,6 +7,8 @@ import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { setReceiveTimeout, streamSocketPair } from '../sys/libc.js';
 import { type DumpStreamSink, PAGE_STREAM_SILENCE_MS, type PageLookup, PageServerProtocolError, receiveDump, serveLazyPages } from './page-server.js';
+import { CrincError } from '../errors.js';
+import { type CriuAction, explainCriuFailure } from './explain.js';
 
 /** The fd CRIU gets its end of the page stream on (--ps-socket). */
 const CRIU_PS_FD = 3;
@@ -23,7 +25,7 @@ const LOG_TAIL_LINES = 8;
 /** Options for every dump and restore: the job's unix sockets to outside peers, file locks. */
 const COMMON_OPTIONS = ['--ext-unix-sk', '--file-locks', '--tcp-established'];
 
-export class CriuError extends Error {
+export class CriuError extends CrincError {
   override name = 'CriuError';
 }
 
@@ -42,11 +44,12 @@ export class CriuMissingError extends CriuError {
 export class CriuFailedError extends CriuError {
   override name = 'CriuFailedError';
   constructor(
-    readonly action: 'dump' | 'restore' | 'lazy-pages',
+    readonly action: CriuAction,
     readonly logPath: string,
     logTail: string,
   ) {
-    super(`criu ${action} failed; the end of its log (${logPath}):\n${logTail}`);
+    const explained = explainCriuFailure(logTail, action);
+    super(explained ? `criu ${action} failed: ${explained}` : `criu ${action} failed; the end of its log (${logPath}):\n${logTail}`);
   }
 }
 
@@ -131,7 +134,9 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
       'criu',
       ['dump', '-t', String(req.pid), '-D', req.imagesDir, '-W', req.workDir, '-o', 'dump.log', '-v4',
         '--leave-running', '--page-server', '--ps-socket', String(CRIU_PS_FD), '--action-script', hook, ...COMMON_OPTIONS],
-      { stdio: ['ignore', 'ignore', 'pipe', theirs], env: { ...process.env, CRINC_HOOK_NOTIFY: notify, CRINC_HOOK_ACK: ack, CRINC_HOOK_PID: String(process.pid) } },
+      // Its own process group: a Ctrl-C at crinc's terminal must not kill CRIU mid-dump (the
+      // job would be left with CRIU's parasite in it); crinc cancels at the freeze instead.
+      { stdio: ['ignore', 'ignore', 'pipe', theirs], detached: true, env: { ...process.env, CRINC_HOOK_NOTIFY: notify, CRINC_HOOK_ACK: ack, CRINC_HOOK_PID: String(process.pid) } },
     );
   } catch (e) {
     closeSync(ours);

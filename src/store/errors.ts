@@ -1,6 +1,7 @@
 // Errors of the store, each written for the person who reads it.
+import { CrincError } from '../errors.js';
 
-export class StoreError extends Error {
+export class StoreError extends CrincError {
   override name = 'StoreError';
 }
 

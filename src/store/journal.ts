@@ -24,7 +24,7 @@ export class WriterJournal {
   /** Notes a pack this writer is about to create (or delete): until close(), it is this writer's to clean up. */
   note(pack: string): void {
     if (!this.path) {
-      ownStartTime ??= procStat(process.pid)!.startTime;
+      ownStartTime ??= procStat(process.pid)!.startTicks;
       const dir = join(this.storeDir, WRITERS_DIR);
       ensureDirDurable(dir);
       this.path = join(dir, `${process.pid}-${ownStartTime}-${randomBytes(6).toString('hex')}.journal`);
@@ -59,7 +59,7 @@ export function deadWriterJournals(storeDir: string): DeadJournal[] {
     const m = JOURNAL_NAME.exec(name);
     if (!m) continue;
     const stat = procStat(Number(m[1]));
-    if (stat && stat.startTime === Number(m[2]) && stat.state !== 'Z' && stat.state !== 'X') continue;
+    if (stat && stat.startTicks === Number(m[2]) && stat.state !== 'Z' && stat.state !== 'X') continue;
     const path = join(storeDir, WRITERS_DIR, name);
     const packs = readFileSync(path, 'utf8').split('\n').filter((l) => PACK_LINE.test(l));
     out.push({ path, packs });

@@ -173,6 +173,8 @@ interface ChunkRow {
 
 export interface OpenOptions {
   create: boolean;
+  /** A store on a read-only file system (a snapshot): its index is opened immutable, and nothing is written. */
+  readOnly?: boolean;
   /** Where packs and commits live; default: files in the store directory. */
   backend?: StoreBackend;
   /** A cache of a remote store: its identity, taken at creation and checked on every open. */
@@ -193,6 +195,11 @@ export interface RemoteCheckpoint {
   id: number;
   record: CommitRecord;
 }
+
+// SQLite URI file names, for the immutable open of a read-only store. better-sqlite3 reads
+// this when its native addon loads, at the first Database; store paths are absolute, so
+// none reads as a URI by accident.
+process.env.SQLITE_USE_URI = '1';
 
 export class Repository {
   readonly secret: Uint8Array;
@@ -217,14 +224,17 @@ export class Repository {
   private quarantined = new IdSet();
   /** A commit healed quarantined chunks: reload the set once it is durable. */
   private quarantineStale = false;
+  /** Opened with OpenOptions.readOnly: write methods fail (SQLite refuses). */
+  readonly readOnly: boolean;
 
   private constructor(
     readonly dir: string,
     isNew: boolean,
     options: OpenOptions,
   ) {
+    this.readOnly = Boolean(options.readOnly);
     this.indexFile = indexFileIdentity(dir);
-    this.index = openIndex(dir);
+    this.index = openIndex(dir, this.readOnly);
     this.backend = options.backend ?? new LocalBackend(dir);
     this.ensureSchema(isNew, options.identity);
     const secret = this.db.prepare(`SELECT value FROM meta WHERE key = 'secret'`).pluck().get() as Buffer | undefined;
@@ -248,7 +258,7 @@ export class Repository {
     if (now === undefined) throw new StoreIndexMissingError(this.dir);
     this.index.close();
     this.statements.clear();
-    this.index = openIndex(this.dir);
+    this.index = openIndex(this.dir, this.readOnly);
     this.indexFile = now;
     this.hasChunkStmt = this.db.prepare('SELECT 1 FROM chunks WHERE id = ?').pluck();
     this.chunkStmt = this.db.prepare(CHUNK_ROW_SQL);
@@ -265,6 +275,16 @@ export class Repository {
     // Without its index a store's checkpoints are found again only by crinc repair: no
     // command may act on the packs meanwhile (crash recovery would take them for leftovers).
     if (isNew && local && storeHoldsData(dir)) throw new StoreIndexMissingError(dir);
+    if (options.readOnly) {
+      if (isNew) throw new StoreNotFoundError(dir);
+      // Commits still in the write-ahead log would be missed by an immutable open.
+      const wal = `${index}-wal`;
+      if (existsSync(wal) && statSync(wal).size > 0) {
+        throw new StoreFormatError(`${dir} is read-only and its index has commits still in ${wal}, which a read-only open cannot apply: open a writable copy of the store (cp -a) instead`);
+      }
+      checkStoreDirectory(dir);
+      return new Repository(dir, false, { ...options, identity: local ? readLocalIdentity(dir) : options.identity });
+    }
     if (isNew) {
       if (!options.create) throw new StoreNotFoundError(dir);
       mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -336,6 +356,7 @@ export class Repository {
       );
     }
     if (version === STORE_FORMAT_VERSION) return;
+    if (this.readOnly) throw new StoreFormatError(`${this.dir} has store format ${version} and is read-only: this crinc reads it once it is upgraded, by any command on a writable copy`);
     // An older store is upgraded in place; IMMEDIATE so that two openers cannot both migrate.
     this.db.transaction(() => {
       const current = Number(versionStmt.get());
@@ -906,6 +927,13 @@ export class Repository {
     return checkpointFromRow(row);
   }
 
+  /** The store's size as the index knows it: packs, their bytes, chunks (crinc daemon --metrics). */
+  figures(): { packs: number; packBytes: number; chunks: number } {
+    const packs = this.db.prepare('SELECT count(*) AS n, coalesce(sum(bytes), 0) AS bytes FROM packs').get() as { n: number; bytes: number };
+    const chunks = this.db.prepare('SELECT count(*) AS n FROM chunks').get() as { n: number };
+    return { packs: packs.n, packBytes: packs.bytes, chunks: chunks.n };
+  }
+
   listCheckpoints(job?: string): CheckpointRecord[] {
     const rows = job
       ? this.db.prepare('SELECT * FROM checkpoints WHERE job = ? ORDER BY taken_at, id').all(job)
@@ -1172,9 +1200,12 @@ export class ChunkWriter {
 
 const CHUNK_ROW_SQL = 'SELECT p.name AS pack, c.offset, c.stored_length, c.raw_length, c.compression FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?';
 
-function openIndex(dir: string): Database.Database {
-  const db = new Database(join(dir, INDEX_FILE));
-  db.pragma('journal_mode = WAL');
+function openIndex(dir: string, readOnly: boolean): Database.Database {
+  // immutable: SQLite neither locks nor looks for -shm/-wal, which it could not create on a read-only store.
+  const db = readOnly
+    ? new Database(`file:${encodeURI(join(dir, INDEX_FILE))}?immutable=1`, { readonly: true })
+    : new Database(join(dir, INDEX_FILE));
+  if (!readOnly) db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL');
   db.pragma('foreign_keys = ON');
   db.pragma('busy_timeout = 30000');

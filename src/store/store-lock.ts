@@ -25,8 +25,14 @@ export class StoreLock {
   }
 }
 
-function openLockFile(storeDir: string, name: string): number {
-  return openSync(join(storeDir, LOCKS_DIR, name), 'a+', 0o600);
+/** The lock file's fd; undefined on a read-only file system, where nothing can change and no lock is needed. */
+function openLockFile(storeDir: string, name: string): number | undefined {
+  try {
+    return openSync(join(storeDir, LOCKS_DIR, name), 'a+', 0o600);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EROFS') return undefined;
+    throw e;
+  }
 }
 
 /**
@@ -37,10 +43,11 @@ function openLockFile(storeDir: string, name: string): number {
  */
 export async function lockStore(storeDir: string, mode: StoreLockMode): Promise<StoreLock> {
   const gate = openLockFile(storeDir, STORE_GATE_FILE);
+  if (gate === undefined) return new StoreLock(mode, []);
   let lock = -1;
   try {
     await lockAsync(gate, 'exclusive');
-    lock = openLockFile(storeDir, STORE_LOCK_FILE);
+    lock = openLockFile(storeDir, STORE_LOCK_FILE)!;
     await lockAsync(lock, mode);
   } catch (e) {
     if (lock >= 0) closeSync(lock);
@@ -57,6 +64,7 @@ export async function lockStore(storeDir: string, mode: StoreLockMode): Promise<
 /** The lock exclusive only if nobody holds it now (crash recovery: never waits). */
 export function tryLockStoreExclusive(storeDir: string): StoreLock | undefined {
   const lock = openLockFile(storeDir, STORE_LOCK_FILE);
+  if (lock === undefined) return new StoreLock('exclusive', []);
   if (tryLockExclusive(lock)) return new StoreLock('exclusive', [lock]);
   closeSync(lock);
   return undefined;

@@ -21,6 +21,8 @@ export const FAULT_POINTS = {
   'commit-in-transaction': 'checkpoint',
   /** The checkpoint is committed; retention has not run. */
   'checkpoint-after-commit': 'checkpoint',
+  /** CRIU has restored the job; its record still says `restoring` (the next restore adopts the process). */
+  'restore-after-criu': 'restore',
   /** Inside retention's transaction, the forgotten rows deleted, before COMMIT. */
   'retention-in-transaction': 'prune',
   /** The sweep is committed; half of the dead pack files are deleted. */

@@ -19,8 +19,8 @@ export interface ProcStat {
   session: number;
   /** (7) the controlling terminal's device number; 0 for none. */
   ttyNr: number;
-  /** (22) when the process started, in clock ticks since boot: with the pid, names one process for good. */
-  startTime: number;
+  /** (22) when the process started, in clock ticks (USER_HZ) since boot: with the pid, names one process for good. */
+  startTicks: number;
 }
 
 /** /proc/PID/stat, or undefined when the process is gone. */
@@ -34,7 +34,7 @@ export function procStat(pid: number): ProcStat | undefined {
   }
   // pid (comm) state …: comm may hold spaces and parentheses; the state follows the last ')'.
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { state: f[0]!, ppid: Number(f[1]), session: Number(f[3]), ttyNr: Number(f[4]), startTime: Number(f[19]) };
+  return { state: f[0]!, ppid: Number(f[1]), session: Number(f[3]), ttyNr: Number(f[4]), startTicks: Number(f[19]) };
 }
 
 /** Whether the process has exited and waits to be reaped (or is gone). */

@@ -1,6 +1,7 @@
 // Errors of the eBPF job tracker, each written for the person who reads it.
+import { CrincError } from '../../errors.js';
 
-export class TrackingError extends Error {
+export class TrackingError extends CrincError {
   override name = 'TrackingError';
 }
 

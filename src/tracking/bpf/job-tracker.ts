@@ -141,6 +141,8 @@ export class JobTracker {
         events: object.map('events'),
         lossCounters: object.map('loss_counters'),
       });
+      // This process's own syscall injection, and CRIU's that it starts, are not the job's fd changes (crinc.bpf.c, "controllers").
+      object.map('controllers').update(u32Key(process.pid), Buffer.from([1]), BPF_ANY);
       for (const name of PROGRAMS) links.push(object.program(name).attach());
       return new JobTracker(object, links, options.consumeIntervalMs ?? CONSUME_INTERVAL_MS);
     } catch (error) {
