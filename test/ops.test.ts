@@ -156,6 +156,32 @@ describe('operating errors say what happened and what to do', () => {
   });
 });
 
+describe('CRIU refusing a resource', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  it('a perf_event fd: named, with what to do, not CRIU\'s raw log', async () => {
+    const python = spawnSync('python3', ['-c', 'import sys; print(sys.executable)'], { encoding: 'utf8' }).stdout.trim();
+    expect(python).not.toBe('');
+    // perf_event_open (syscall 298) of a software clock: a file CRIU cannot dump.
+    const script =
+      'import ctypes, time\n' +
+      'libc = ctypes.CDLL(None, use_errno=True)\n' +
+      'attr = (ctypes.c_uint8 * 128)()\n' +
+      'ctypes.c_uint32.from_buffer(attr, 0).value = 1\n' +
+      'ctypes.c_uint32.from_buffer(attr, 4).value = 128\n' +
+      'print("perf fd", libc.syscall(298, ctypes.byref(attr), 0, -1, -1, 0), flush=True)\n' +
+      'time.sleep(1000)\n';
+    await sb.run('perf', [python, '-c', script], ['--interval', '1h', '--kill-on-exit']);
+    await waitFor(() => /^perf fd \d+$/m.test(sb.jobLog('perf')), 'the perf_event fd');
+    const r = sb.cli(['checkpoint', 'perf']);
+    expect(r.code).toBe(1);
+    expectOperatingError(r.stderr);
+    expect(r.stderr).toContain('the job holds a file CRIU cannot dump: anon anon_inode:[perf_event]');
+    expect(r.stderr).not.toContain('the end of its log');
+  });
+});
+
 describe("CRIU's log lines, translated", () => {
   // A task killed during a dump (the OOM killer's way) cannot be caused on demand here:
   // the translation of CRIU's line (the one the issue quotes) is checked as text.

@@ -12,6 +12,7 @@ import { pageCount, type Range, subtract, union } from '../tracking/page-ranges.
 import { TrackingLostError, WriteTracker } from '../tracking/write-protect.js';
 import { type CleanPages, NO_CLEAN_PAGES, type PageIndex } from './ingest.js';
 import { processTree } from './procfs.js';
+import { isGone } from '../sys/proc.js';
 import { CHUNK_ID_BYTES } from '../store/format.js';
 
 /**
@@ -268,7 +269,14 @@ export class TrackingSession {
     for (const pid of live) {
       const existing = this.processes.get(pid);
       if (existing?.tracker) continue;
-      const entry: TrackedProcess = existing ?? { hostPid: pid, nsPid: namespacePid(pid), tracker: null, problem: null };
+      let entry: TrackedProcess;
+      try {
+        entry = existing ?? { hostPid: pid, nsPid: namespacePid(pid), tracker: null, problem: null };
+      } catch (e) {
+        // Ended since the tree was read (a short-lived child): nothing to track, and no reason to stop tracking the rest.
+        if (isGone(e)) continue;
+        throw e;
+      }
       try {
         entry.tracker = WriteTracker.arm(pid);
         entry.problem = null;

@@ -48,7 +48,8 @@ export class CriuFailedError extends CriuError {
     readonly logPath: string,
     logTail: string,
   ) {
-    const explained = explainCriuFailure(logTail, action);
+    // The whole log: the line that says why may be far from its end.
+    const explained = explainCriuFailure((existsSync(logPath) ? readFileSync(logPath, 'utf8') : '') + '\n' + logTail, action);
     super(explained ? `criu ${action} failed: ${explained}` : `criu ${action} failed; the end of its log (${logPath}):\n${logTail}`);
   }
 }

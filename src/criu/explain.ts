@@ -66,7 +66,13 @@ const EXPLANATIONS: Explanation[] = [
       '(Jobs started by crinc run live in their own PID namespace and do not meet this.)',
   },
   {
-    pattern: /[^\n]*(?:[Uu]nsupported|not supported|[Cc]an't dump (?:half of stream unix connection|nested|ghost)|Unknown [\w ]+ type|isn't supported)[^\n]*/,
+    pattern: /Can't dump file \d+ of that type \[\w+\] \((.+)\)/,
+    say: (m, action) =>
+      `the job holds a file CRIU cannot ${action}: ${m[1]}. Close it before checkpoints are taken (or keep it out of the job), or run the job without checkpoints.`,
+  },
+  {
+    // Error lines only: CRIU warns of features it goes without in words like these.
+    pattern: /^[^\n]*Error[^\n]*(?:[Uu]nsupported|not supported|[Cc]an't dump (?:half of stream unix connection|nested|ghost)|Unknown [\w ]+ type|isn't supported)[^\n]*/m,
     say: (m, action) =>
       `the job uses something CRIU cannot ${action}: "${stripLogPrefix(m[0])}". ` +
       'Change the job so that it does not hold it at checkpoint time (e.g. close the device or socket), or run it without checkpoints.',
@@ -78,8 +84,20 @@ function stripLogPrefix(line: string): string {
   return line.replace(/^\s*\([\d.]+\)\s*(?:\d+:\s*)?/, '').replace(/^(?:Error|Warn)\s+\([^)]*\):\s*/, '').trim();
 }
 
-/** What CRIU's failure means and what to do, from its log's lines; undefined when crinc does not know it. */
-export function explainCriuFailure(logLines: string, action: CriuAction): string | undefined {
+/** CRIU's errors and warnings that every run logs here and that fail nothing (docs: DESIGN, "Environment facts"). */
+const NOISE = [/rlimit: Can't setup RLIMIT_NOFILE/, /criu\/kerndat\.c/];
+
+/** The lines that can say why CRIU failed: its errors and warnings (not its feature probes), and what it wrote to stderr. */
+function failureLines(log: string): string {
+  return log
+    .split('\n')
+    .filter((l) => (/^\s*\([\d.]+\)\s*(?:\d+:\s*)?(?:Error|Warn)\b/.test(l) || !/^\s*\(/.test(l)) && !NOISE.some((n) => n.test(l)))
+    .join('\n');
+}
+
+/** What CRIU's failure means and what to do, from its log (and stderr); undefined when crinc does not know it. */
+export function explainCriuFailure(log: string, action: CriuAction): string | undefined {
+  const logLines = failureLines(log);
   for (const e of EXPLANATIONS) {
     const m = e.pattern.exec(logLines);
     if (!m) continue;
