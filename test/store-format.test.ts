@@ -1,9 +1,11 @@
 // Store format 4: a version-1 store is upgraded in place on open; a newer one is refused.
 import Database from 'better-sqlite3';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { StoreFormatError } from '../src/store/errors.js';
+import { encodeStoreObject } from '../src/store/objects.js';
 import { Repository } from '../src/store/repository.js';
 
 describe('store format versions', () => {
@@ -50,5 +52,15 @@ describe('store format versions', () => {
     const check = rawIndex();
     expect(check.prepare(`SELECT value FROM meta WHERE key = 'format_version'`).pluck().get()).toBe('5');
     check.close();
+  });
+
+  it('a new store takes the identity of a store.json already there (a creation killed before its index, or a concurrent one)', () => {
+    const fresh = join(dir, 'fresh');
+    mkdirSync(fresh, { mode: 0o700 });
+    const identity = { storeId: 'ab'.repeat(16), createdAt: '2026-01-01T00:00:00.000Z', secret: new Uint8Array(randomBytes(192)) };
+    writeFileSync(join(fresh, 'store.json'), encodeStoreObject(identity), { mode: 0o600 });
+    const repo = Repository.open(fresh, { create: true });
+    expect(Buffer.from(repo.secret).equals(Buffer.from(identity.secret))).toBe(true);
+    repo.close();
   });
 });

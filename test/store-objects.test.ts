@@ -237,3 +237,27 @@ describe('crash recovery removes only what a dead writer noted', () => {
     expectExport(sb, cp.id, x);
   });
 });
+
+describe('a forget killed before it deleted the checkpoint objects', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  it('stays forgotten: repair does not bring it back, and the next open deletes the objects', async () => {
+    const repo = openFilesStore(sb.store);
+    const codecs = await openCodecs(repo);
+    const kept: StoredFile[] = [{ path: '/k', data: randomBytes(70_000) }];
+    const old = await commitFiles(repo, codecs, Date.now(), [{ path: '/o', data: randomBytes(5000) }]);
+    const newest = await commitFiles(repo, codecs, Date.now() + 1000, kept);
+    await codecs.pool.close();
+    repo.close();
+    const r = sb.cli(['prune', 'files', '--keep-last', '1'], { CRINC_FAULT: 'retention-before-objects' });
+    expect(r.signal).toBe('SIGKILL');
+    const object = (id: number) => join(sb.store, 'checkpoints', String(id).padStart(12, '0'));
+    expect(existsSync(object(old.id)), 'the object is still there after the kill').toBe(true);
+    // Repair first: it rebuilds from the objects, but keeps the old index's forgotten ids.
+    sb.ok(['repair']);
+    expect(sb.json<{ id: number }[]>(['list']).map((c) => c.id)).toEqual([newest.id]);
+    expect(existsSync(object(old.id)), 'catch-up deleted the object').toBe(false);
+    expectExport(sb, newest.id, kept);
+  });
+});

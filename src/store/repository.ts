@@ -35,7 +35,7 @@ import {
 import { SECRET_BYTES } from '../codec/limits.js';
 import { IdSet } from './id-set.js';
 import { type CommitRecord, LocalBackend, type StoreBackend } from './backend.js';
-import { removeFilesDurable, writeFileDurable } from './durable.js';
+import { createFileDurable, removeFilesDurable } from './durable.js';
 import { WriterJournal } from './journal.js';
 import { decodeStoreObject, encodeStoreObject, PACK_INDEX_SUFFIX, packKey, STORE_OBJECT, type StoreIdentity } from './objects.js';
 import { PackedChunks, PackWriter, packPath } from './pack.js';
@@ -294,8 +294,9 @@ export class Repository {
     if (local) {
       identity = readLocalIdentity(dir);
       if (!identity && isNew) {
-        identity = { storeId: randomBytes(16).toString('hex'), secret: new Uint8Array(randomBytes(SECRET_BYTES)), createdAt: new Date().toISOString() };
-        writeFileDurable(join(dir, STORE_OBJECT), encodeStoreObject(identity));
+        // Two processes creating the store at once: one store.json wins, both use it.
+        const made = { storeId: randomBytes(16).toString('hex'), secret: new Uint8Array(randomBytes(SECRET_BYTES)), createdAt: new Date().toISOString() };
+        identity = createFileDurable(join(dir, STORE_OBJECT), encodeStoreObject(made)) ? made : readLocalIdentity(dir);
       }
     }
     // Created 0600 before SQLite opens it: its -wal and -shm files take the same mode.
@@ -426,6 +427,7 @@ export class Repository {
       }
       faultPoint('retention-in-transaction');
     })();
+    faultPoint('retention-before-objects');
     await this.backend.forgetCheckpoints(ids);
     this.clearForgotten(ids);
   }
@@ -877,7 +879,7 @@ export class Repository {
    * is. A chunk indexed already keeps its location, unless it is quarantined: then this
    * copy becomes its location and the quarantine ends (checkpoints that needed it heal).
    */
-  insertPack(name: string, bytes: number, chunks: PackedChunks, now: number): void {
+  private insertPack(name: string, bytes: number, chunks: PackedChunks, now: number): void {
     const added = this.statement('INSERT OR IGNORE INTO packs (name, bytes, created_at) VALUES (?, ?, ?)').run(name, bytes, now);
     if (added.changes === 0) return;
     const insChunk = this.statement(
@@ -988,7 +990,7 @@ export class Repository {
   // ---- the index as a cache of the objects ----------------------------------------------
 
   /** A checkpoint as its object records it, from the index (for an index older than the objects). */
-  commitRecordFromIndex(id: number): CommitRecord {
+  private commitRecordFromIndex(id: number): CommitRecord {
     const cp = this.getCheckpoint(id);
     const job = this.requireJob(cp.job);
     const { id: _id, job: _job, ...checkpoint } = cp;
@@ -1009,7 +1011,7 @@ export class Repository {
   private writeObjectsFromIndex(backend: LocalBackend): void {
     const meta = (key: string) => this.db.prepare('SELECT value FROM meta WHERE key = ?').pluck().get(key) as Buffer | string;
     if (!readLocalIdentity(this.dir)) {
-      writeFileDurable(join(this.dir, STORE_OBJECT), encodeStoreObject({
+      createFileDurable(join(this.dir, STORE_OBJECT), encodeStoreObject({
         storeId: String(meta('store_id')), createdAt: String(meta('created_at')), secret: new Uint8Array(meta('secret') as Buffer),
       }));
     }

@@ -25,6 +25,8 @@ export const FAULT_POINTS = {
   'restore-after-criu': 'restore',
   /** Inside retention's transaction, the forgotten rows deleted, before COMMIT. */
   'retention-in-transaction': 'prune',
+  /** Retention's transaction committed (the ids remembered in forgotten); the checkpoint objects not yet deleted. */
+  'retention-before-objects': 'prune',
   /** The sweep is committed; half of the dead pack files are deleted. */
   'gc-mid-sweep': 'gc',
   /** Repacked copies are finished; the index still points at the old packs. */
