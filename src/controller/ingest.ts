@@ -349,7 +349,7 @@ export class Ingest {
       if (this.batchFlags[i] !== PageFlag.Duplicate && !this.writer.hasPending(this.batchIds, i * CHUNK_ID_BYTES)) candidates.push(i);
     }
     for (const i of this.repo.unknownChunks(this.batchIds, candidates)) {
-      await this.compressNewPage(data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), this.batchIds.slice(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
+      await this.compressNewPage(data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), this.batchIds.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
     }
     this.stats.pagesHashed += n;
     await this.yieldToPool();
@@ -417,7 +417,8 @@ export class Ingest {
     for (let i = 0; i < batch.count; i++) {
       // Only duplicates within the batch are flagged; they are stored with their first copy.
       if (batch.flag(i) !== PageFlag.Normal) continue;
-      this.writer.putStored(batch.id(i).slice(), batch.stored(i), PAGE_BYTES, batch.compression(i) as number as Compression);
+      // putStored copies the id and the bytes: views of the batch suffice (no object per page).
+      this.writer.putStored(batch.id(i), batch.stored(i), PAGE_BYTES, batch.compression(i) as number as Compression);
     }
     this.codecs.pool.release(batch);
     faultPoint('checkpoint-mid-pack');
