@@ -7,6 +7,7 @@ import { closeSync, fstatSync, openSync, readdirSync, readSync, statSync } from 
 import { join } from 'node:path';
 import type { ChunkBatch } from '../codec/chunk-batch.js';
 import { type PageCodec, PageFlag } from '../codec/page-codec.js';
+import type { PageSource } from '../criu/page-server.js';
 import { CHUNK_ID_BYTES, Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
 import type { ChunkWriter, FileManifest, Repository } from '../store/repository.js';
 import type { Range } from '../tracking/page-ranges.js';
@@ -81,12 +82,6 @@ export class PageStreamOrderError extends Error {
   constructor(vaddr: number, last: number) {
     super(`CRIU sent page 0x${vaddr.toString(16)} after 0x${last.toString(16)}: a pagemap's pages must come at ascending addresses`);
   }
-}
-
-/** Where a run of pages comes from: read them into a buffer, or pass over them unread. */
-export interface PageSource {
-  read(into: Uint8Array): void;
-  skip(bytes: number): void;
 }
 
 /** A pages-N.img that streamed in: its name and the id of each page, in file order. */
