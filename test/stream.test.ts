@@ -211,5 +211,17 @@ describe('lazy restore of a 1 GiB job', () => {
     expect(again.checkpoint).toBe(cpId);
     expect(await verifyJob(sb, 'big', again.pid)).toMatch(/^verify ok tick 1$/);
     await killAndWait(again.pid);
+    // The killed server's staging goes with the next command once its CRIU has ended.
+    const leftover = `crinc-restore-${r.server}-`;
+    const inUse = () => readdirSync('/proc').filter((p) => /^\d+$/.test(p)).some((p) => {
+      try {
+        return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(leftover);
+      } catch {
+        return false;
+      }
+    });
+    await waitFor(() => !inUse(), "the killed server's CRIU to end");
+    sb.cli(['jobs']);
+    expect(readdirSync('/dev/shm').filter((n) => n.startsWith(leftover))).toEqual([]);
   });
 });
