@@ -7,6 +7,7 @@ import { closeSync, fstatSync, openSync, readdirSync, readSync, statSync } from 
 import { join } from 'node:path';
 import type { ChunkBatch } from '../codec/chunk-batch.js';
 import { type PageCodec, PageFlag } from '../codec/page-codec.js';
+import type { PageSource } from '../criu/page-server.js';
 import { CHUNK_ID_BYTES, Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
 import type { ChunkWriter, FileManifest, Repository } from '../store/repository.js';
 import type { Range } from '../tracking/page-ranges.js';
@@ -81,12 +82,6 @@ export class PageStreamOrderError extends Error {
   constructor(vaddr: number, last: number) {
     super(`CRIU sent page 0x${vaddr.toString(16)} after 0x${last.toString(16)}: a pagemap's pages must come at ascending addresses`);
   }
-}
-
-/** Where a run of pages comes from: read them into a buffer, or pass over them unread. */
-export interface PageSource {
-  read(into: Uint8Array): void;
-  skip(bytes: number): void;
 }
 
 /** A pages-N.img that streamed in: its name and the id of each page, in file order. */
@@ -349,7 +344,7 @@ export class Ingest {
       if (this.batchFlags[i] !== PageFlag.Duplicate && !this.writer.hasPending(this.batchIds, i * CHUNK_ID_BYTES)) candidates.push(i);
     }
     for (const i of this.repo.unknownChunks(this.batchIds, candidates)) {
-      await this.compressNewPage(data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), this.batchIds.slice(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
+      await this.compressNewPage(data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), this.batchIds.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
     }
     this.stats.pagesHashed += n;
     await this.yieldToPool();
@@ -417,7 +412,8 @@ export class Ingest {
     for (let i = 0; i < batch.count; i++) {
       // Only duplicates within the batch are flagged; they are stored with their first copy.
       if (batch.flag(i) !== PageFlag.Normal) continue;
-      this.writer.putStored(batch.id(i).slice(), batch.stored(i), PAGE_BYTES, batch.compression(i) as number as Compression);
+      // putStored copies the id and the bytes: views of the batch suffice (no object per page).
+      this.writer.putStored(batch.id(i), batch.stored(i), PAGE_BYTES, batch.compression(i) as number as Compression);
     }
     this.codecs.pool.release(batch);
     faultPoint('checkpoint-mid-pack');

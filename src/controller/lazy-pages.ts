@@ -30,16 +30,13 @@ interface ProcessPages {
   /** Each run's first page, as an index in the pages file. */
   firstPage: number[];
   ids: Uint8Array;
-  /** Per page of the pages file: its index in where, or -1 (a zero page, or one CRIU restores itself). */
-  slot: Int32Array;
-  where: ChunkLocations;
+  /** Per page of the pages file: 1 when it is served (lazy and not a zero page). */
+  served: Uint8Array;
+  /** The pages located last (requests come mostly in address order). */
+  window: LocatedWindow | undefined;
 }
 
-/**
- * Writes the checkpoint's images for a lazy restore into dir; returns the lookup for the
- * rest. Every lazy page is located in the store here, once: a missing chunk stops the
- * restore before anything is touched, and a request costs no query.
- */
+/** Writes the checkpoint's images for a lazy restore into dir; returns the lookup for the rest. */
 export async function stageLazyRestore(repo: Repository, images: FileManifest[], codecs: Codecs, dir: string, onProgress?: ProgressCallback): Promise<PageLookup> {
   const pagesFiles = new Map(images.filter((m) => PAGES_FILE.test(m.path)).map((m) => [m.path, m]));
   await materializeImages(repo, images.filter((m) => !pagesFiles.has(m.path)), codecs, dir);
@@ -53,7 +50,7 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
     pagesFiles.delete(pagesName);
     const pid = PROCESS_PAGEMAP.exec(name);
     const pageCount = manifest.ids.length / CHUNK_ID_BYTES;
-    const own: ProcessPages = { starts: [], counts: [], firstPage: [], ids: manifest.ids, slot: new Int32Array(pageCount).fill(-1), where: NOWHERE };
+    const own: ProcessPages = { starts: [], counts: [], firstPage: [], ids: manifest.ids, served: new Uint8Array(pageCount), window: undefined };
     // Pages CRIU restores itself, by index in the pages file; lazy ones are left as holes.
     const eager = new Uint8Array(pageCount);
     // CRIU's entries are at most a pipe buffer (1 MiB) long, and the daemon asks for at
@@ -65,7 +62,6 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
       if (run) merged.add(run.vaddr, run.nrPages, run.flags);
       run = undefined;
     };
-    const located: number[] = [];
     let page = 0;
     for (const e of pagemap.entries) {
       const vaddr = Number(e.vaddr);
@@ -87,11 +83,7 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
           own.counts.push(e.nrPages);
           own.firstPage.push(page);
         }
-        for (let p = page; p < page + e.nrPages; p++) {
-          if (isZeroId(manifest.ids, p)) continue;
-          own.slot[p] = located.length;
-          located.push(p);
-        }
+        for (let p = page; p < page + e.nrPages; p++) if (!isZeroId(manifest.ids, p)) own.served[p] = 1;
         totalBytes += e.nrPages * PAGE_BYTES;
       }
       page += e.nrPages;
@@ -101,9 +93,6 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
     await materializeFile(repo, manifest, codecs, join(dir, pagesName), undefined, (block) => eager[block] === 1);
     if (!pid) continue;
     writeFileSync(join(dir, name), merged.bytes(), { mode: 0o600 });
-    const ids = new Uint8Array(located.length * CHUNK_ID_BYTES);
-    located.forEach((p, k) => ids.set(manifest.ids.subarray(p * CHUNK_ID_BYTES, (p + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES));
-    if (located.length > 0) own.where = repo.locateChunks(ids);
     processes.set(Number(pid[1]), own);
   }
   if (pagesFiles.size > 0) throw new LazyPageError(`the checkpoint has ${[...pagesFiles.keys()].join(', ')} without a pagemap`);
@@ -117,12 +106,16 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
     if (e < 0 || offset >= p.counts[e]! || !Number.isInteger(offset)) {
       throw new LazyPageError(`criu lazy-pages asked for page 0x${vaddr.toString(16)} of process ${pid}, which the checkpoint does not hold as lazy`);
     }
-    // Fewer pages than asked, up to the run's end, is allowed: the daemon asks again.
-    const n = Math.min(nrPages, p.counts[e]! - offset);
     const first = p.firstPage[e]! + offset;
+    if (!p.window || first < p.window.first || first >= p.window.first + LOCATE_WINDOW_PAGES) {
+      p.window = locateWindow(repo, p.ids, p.served, first - (first % LOCATE_WINDOW_PAGES));
+    }
+    const window = p.window;
+    // Fewer pages than asked (up to the run's or the window's end) is allowed: the daemon asks again.
+    const n = Math.min(nrPages, p.counts[e]! - offset, window.first + LOCATE_WINDOW_PAGES - first);
     const out = Buffer.alloc(n * PAGE_BYTES);
     const wanted: number[] = [];
-    for (let i = 0; i < n; i++) if (p.slot[first + i]! >= 0) wanted.push(i);
+    for (let i = 0; i < n; i++) if (p.served[first + i] === 1) wanted.push(i);
     if (wanted.length > 0) {
       const ids = new Uint8Array(wanted.length * CHUNK_ID_BYTES);
       const located: ChunkLocations = {
@@ -135,12 +128,12 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
       wanted.forEach((i, k) => {
         const page = first + i;
         ids.set(p.ids.subarray(page * CHUNK_ID_BYTES, (page + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES);
-        const w = p.slot[page]!;
-        located.pack[k] = p.where.pack[w]!;
-        located.offset[k] = p.where.offset[w]!;
-        located.storedLength[k] = p.where.storedLength[w]!;
-        located.rawLength[k] = p.where.rawLength[w]!;
-        located.compression[k] = p.where.compression[w]!;
+        const w = window.slot[page - window.first]!;
+        located.pack[k] = window.where.pack[w]!;
+        located.offset[k] = window.where.offset[w]!;
+        located.storedLength[k] = window.where.storedLength[w]!;
+        located.rawLength[k] = window.where.rawLength[w]!;
+        located.compression[k] = window.where.compression[w]!;
       });
       await readChunks(repo, ids, codecs, (k, raw) => {
         if (raw.length !== PAGE_BYTES) throw new LazyPageError(`page chunk of ${raw.length} bytes in process ${pid}'s pages`);
@@ -160,7 +153,33 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
  */
 const MERGED_ENTRY_PAGES = (4 * 1024 * 1024) / PAGE_BYTES;
 
-const NOWHERE: ChunkLocations = { pack: [], offset: new Float64Array(0), storedLength: new Uint32Array(0), rawLength: new Uint32Array(0), compression: new Uint8Array(0) };
+/**
+ * Pages are located LOCATE_WINDOW_PAGES (1 GiB) at a time: one store query per window,
+ * not per request (the daemon asks for up to 4 MiB at a time, mostly in address
+ * order), and memory for one window's locations, not for the whole job's.
+ */
+const LOCATE_WINDOW_PAGES = 262_144;
+
+interface LocatedWindow {
+  /** The window's first page (index in the pages file). */
+  first: number;
+  /** Per page of the window: its index in where, or -1 (not served). */
+  slot: Int32Array;
+  where: ChunkLocations;
+}
+
+function locateWindow(repo: Repository, pageIds: Uint8Array, served: Uint8Array, first: number): LocatedWindow {
+  const end = Math.min(first + LOCATE_WINDOW_PAGES, served.length);
+  const slot = new Int32Array(end - first).fill(-1);
+  let count = 0;
+  for (let page = first; page < end; page++) if (served[page] === 1) slot[page - first] = count++;
+  const ids = new Uint8Array(count * CHUNK_ID_BYTES);
+  for (let page = first; page < end; page++) {
+    const k = slot[page - first]!;
+    if (k >= 0) ids.set(pageIds.subarray(page * CHUNK_ID_BYTES, (page + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES);
+  }
+  return { first, slot, where: repo.locateChunks(ids) };
+}
 
 /** The entry whose start is the greatest at or below vaddr, or -1 (starts ascending). */
 function entryAt(starts: number[], vaddr: number): number {

@@ -19,6 +19,8 @@ const CRIU_STATUS_FD = 4;
 export const CRIU_MIN_VERSION = [4, 2] as const;
 /** Longest time crinc may keep the job frozen for its own work (file capture, dirty scan). */
 export const FROZEN_WORK_TIMEOUT_MS = 120_000;
+/** How long a failed restore's stderr is waited for once it exited. */
+const RESTORE_STDERR_WAIT_MS = 1000;
 /** Lines of CRIU's log quoted in an error. */
 const LOG_TAIL_LINES = 8;
 
@@ -314,11 +316,14 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
   );
   let stderr = '';
   restore.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  // Its exit, not the end of its stderr: what it leaves running may hold that a while.
   const code = await new Promise<number>((resolve, reject) => {
     restore.on('error', reject);
-    restore.on('close', (c) => resolve(c ?? -1));
+    restore.on('exit', (c) => resolve(c ?? -1));
   });
   if (code !== 0) {
+    // Its last words, if they come soon.
+    await Promise.race([new Promise((resolve) => restore.once('close', resolve)), new Promise((resolve) => setTimeout(resolve, RESTORE_STDERR_WAIT_MS))]);
     daemon.kill('SIGKILL');
     await allPagesIn.catch(() => undefined);
     throw new CriuFailedError('restore', logPath, logTail(logPath) + (stderr ? `\n${stderr.trim()}` : ''));
