@@ -249,10 +249,13 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
     daemon = spawn(
       'criu',
       ['lazy-pages', '-D', req.imagesDir, '-W', req.workDir, '-o', 'lazy-pages.log', '-v4', '--page-server', '--ps-socket', String(CRIU_PS_FD), '--status-fd', String(CRIU_STATUS_FD)],
-      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe'] },
+      // Its own process group, like the watchdog and criu restore below: a Ctrl-C at
+      // crinc's terminal must not kill them mid-restore (crinc finishes the restore).
+      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe'], detached: true },
     );
     watchdog = spawn('sh', ['-c', LAZY_WATCHDOG_SCRIPT], {
       stdio: ['ignore', 'ignore', 'ignore', ours],
+      detached: true,
       env: { ...process.env, CRINC_PID: String(process.pid), PIDFILE: pidFile },
     });
   } catch (e) {
@@ -312,7 +315,7 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
   const restore = spawn(
     'criu',
     ['restore', '-D', req.imagesDir, '-W', req.workDir, '-o', 'restore.log', '-v4', '-d', '--lazy-pages', '--pidfile', pidFile, ...COMMON_OPTIONS],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
+    { stdio: ['ignore', 'ignore', 'pipe'], detached: true },
   );
   let stderr = '';
   restore.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
