@@ -169,13 +169,11 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     markRestoring(repo, jobName);
     try {
       ({ pid, allPagesIn } = await restoreLazy({ imagesDir, workDir, pages }));
-      faultPoint('restore-after-criu');
     } catch (e) {
       markRestoreFailed(repo, jobName);
       putBack();
       throw e;
     }
-    if (!repo.readOnly) repo.saveJob({ ...job, pid, state: 'running', updatedAt: Date.now() });
     if (!options.lazy) {
       try {
         await allPagesIn;
@@ -188,6 +186,11 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
         throw e;
       }
     }
+    // The job runs on its own now (every page in, or --lazy's server feeding it): a crinc
+    // killed here leaves the record at `restoring`, and a retry finds the job instead of
+    // restoring a second copy. Killed earlier, its watchdog kills the job with it.
+    faultPoint('restore-after-criu');
+    if (!repo.readOnly) repo.saveJob({ ...job, pid, state: 'running', updatedAt: Date.now() });
     serving = allPagesIn.finally(release);
     serving.catch(() => undefined); // the caller observes allPagesIn
     return { pid, checkpoint, rolledBack: changed.map((c) => c.manifest.path), preRestore, allPagesIn };
