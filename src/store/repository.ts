@@ -589,12 +589,14 @@ export class Repository {
    * checkpoint found to need it is marked damaged (`damaged`).
    */
   quarantineChunk(id: Uint8Array, problem: string, checkpoints: number[] = []): void {
+    this.quarantined.add(id);
+    // A read-only store (a snapshot) is only reported on: nothing checkpoints into it.
+    if (this.readOnly) return;
     const now = Date.now();
     this.db.transaction(() => {
       this.statement('INSERT OR IGNORE INTO quarantine (id, found_at, problem) VALUES (?, ?, ?)').run(id, now, problem);
       for (const c of checkpoints) this.markDamaged(c, id, problem);
     })();
-    this.quarantined.add(id);
   }
 
   /** Quarantines every chunk the index places in a pack that is missing. */
@@ -605,6 +607,7 @@ export class Repository {
 
   /** Marks a checkpoint damaged: it needs the chunk (or, with none given, something else that is broken). */
   markDamaged(checkpoint: number, chunk: Uint8Array | null, problem: string): void {
+    if (this.readOnly) return;
     this.statement('INSERT OR REPLACE INTO damaged (checkpoint, chunk, problem, found_at) VALUES (?, ?, ?, ?)').run(checkpoint, chunk ?? NO_CHUNK, problem, Date.now());
   }
 
@@ -621,6 +624,7 @@ export class Repository {
 
   /** Clears the damage recorded for checkpoints (verify records it afresh). */
   clearDamage(checkpoints: number[]): void {
+    if (this.readOnly) return;
     const del = this.db.prepare('DELETE FROM damaged WHERE checkpoint = ?');
     this.db.transaction(() => {
       for (const c of checkpoints) del.run(c);
