@@ -116,6 +116,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     const ingest = new Ingest(codecs, repo, writer, verify && tracking !== undefined);
     ingest.onProgress = options.onProgress;
     ingest.progressTotal = residentBytes(pid);
+    if (options.keepImagesDir) mkdirSync(options.keepImagesDir, { recursive: true, mode: 0o700 });
     const teeDir = options.keepImagesDir ? mkdtempSync(join(options.keepImagesDir, '.streaming-')) : undefined;
     // The tracking scan belongs to the freeze: at CRIU's first open of a pagemap, or at
     // post-dump if CRIU opened none.
