@@ -140,6 +140,8 @@ describe('the page stream cannot be reached by another process', () => {
         // controller's control socket (root-only, in the store, carries no pages). CRIU's
         // own parasite socket (abstract, crtools-pr-…) is CRIU's business, not the pages'.
         const crincPid = Number(readFileSync(`/proc/${dump.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
+        // Only this test's dumps: their crinc works on this test's store.
+        if (!readFileSync(`/proc/${crincPid}/environ`, 'utf8').split('\0').includes(`CRINC_STORE=${sb.store}`)) continue;
         const control = join(sb.store, 'jobs', 'target', 'control.sock');
         const crincSockets = [...socketInodes(crincPid).values()];
         const describe = (ino: number) => `${table.get(ino)!.kind}:${ino} ${table.get(ino)!.path}`;
