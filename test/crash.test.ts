@@ -223,6 +223,8 @@ describe('SIGKILL at every fault point and at random times', () => {
       await sleep(delayMs);
       run.kill();
       const r = await run.done;
+      // Killed after its commit point (the checkpoint's object), a checkpoint is indexed by the next open.
+      sb.ok(['list']);
       noteCommitted(before);
       await checkStore(`a kill of ${command} after ${delayMs} ms (${r.signal ?? `exit ${r.code}`})`);
     });
