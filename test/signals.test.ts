@@ -41,18 +41,15 @@ function criuRestoring(): number | undefined {
   return undefined;
 }
 
-/**
- * `crinc ARGS` in its own process group; once `started` finds CRIU at work, Ctrl-C sent to
- * the group as a terminal does (group) or to crinc alone.
- */
-async function withCtrlC(sb: Sandbox, args: string[], started: () => number | undefined, target: 'group' | 'crinc' = 'group') {
+/** `crinc ARGS` in its own process group; once `started` finds CRIU at work, Ctrl-C sent to the group as a terminal does. */
+async function withCtrlC(sb: Sandbox, args: string[], started: () => number | undefined) {
   let stdout = '';
   let stderr = '';
   const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, CRINC_STORE: sb.store }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const criu = await waitFor(started, 'CRIU to start', 30_000);
-  process.kill(target === 'group' ? -child.pid! : child.pid!, 'SIGINT');
+  process.kill(-child.pid!, 'SIGINT');
   const code = await exitOf(child);
   return { code, stdout, stderr, criu };
 }
@@ -102,9 +99,8 @@ describe('Ctrl-C on crinc restore', () => {
     sb.ok(['stop', 'back', '--checkpoint']);
     await exitOf(controller);
     expect(alive(pid)).toBe(false);
-    // To crinc alone: `criu restore` still runs in crinc's process group (src/criu/criu.ts), where a
-    // terminal's Ctrl-C would end it too; the dump has its own group.
-    const r = await withCtrlC(sb, ['restore', 'back'], criuRestoring, 'crinc');
+    // To the whole group, as a terminal sends it: CRIU's restore processes have groups of their own.
+    const r = await withCtrlC(sb, ['restore', 'back'], criuRestoring);
     expect(r.code).toBe(130);
     const restored = Number(/the restore completed: job back runs as pid (\d+)/.exec(r.stderr)?.[1]);
     sb.track(restored);
