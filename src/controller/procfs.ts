@@ -1,6 +1,7 @@
 // What /proc says about a live job: whether a pid runs, its process tree, and which
 // regular files its processes hold open for writing.
 import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { childrenOf, hasExited } from '../sys/proc.js';
 
 const O_ACCMODE = 0o3;
@@ -10,6 +11,19 @@ const O_RDWR = 0o2;
 /** True when pid exists and is not a zombie. */
 export function isRunning(pid: number): boolean {
   return !hasExited(pid);
+}
+
+/** How often exitedWithin looks again. */
+const EXIT_POLL_MS = 20;
+
+/** Whether pid has ended (gone, or a zombie for its parent to reap) within ms. */
+export async function exitedWithin(pid: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (isRunning(pid)) {
+    if (Date.now() > deadline) return false;
+    await sleep(EXIT_POLL_MS);
+  }
+  return true;
 }
 
 /** The pid and all its descendants (threads' children included). */

@@ -15,7 +15,7 @@ import { Ingest, type ProgressCallback } from './ingest.js';
 import { type FileFacts, fileFacts, fileMatches, installFile } from './job-files.js';
 import { stageLazyRestore } from './lazy-pages.js';
 import { materializeFile } from './materialize.js';
-import { isRunning } from './procfs.js';
+import { exitedWithin, isRunning } from './procfs.js';
 import { markRestoreFailed, markRestoring, settleInterruptedRestore } from './jobs.js';
 import { faultPoint } from '../sys/fault.js';
 import { FILE_BLOCK_BYTES } from '../store/format.js';
@@ -48,10 +48,8 @@ export interface RestoreOptions {
 const KILLED_JOB_GONE_MS = 30_000;
 
 async function waitUntilGone(pid: number): Promise<void> {
-  const deadline = Date.now() + KILLED_JOB_GONE_MS;
-  while (isRunning(pid)) {
-    if (Date.now() > deadline) throw new Error(`the restored job (pid ${pid}) was killed but is still there after ${KILLED_JOB_GONE_MS / 1000} s`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
+  if (!(await exitedWithin(pid, KILLED_JOB_GONE_MS))) {
+    throw new Error(`the restored job (pid ${pid}) was killed but is still there after ${KILLED_JOB_GONE_MS / 1000} s`);
   }
 }
 

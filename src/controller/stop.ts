@@ -3,18 +3,16 @@
 // parent namespace for which it has no handler — SIGKILL aside: a plain `kill PID` does
 // nothing to most jobs. crinc asks nicely (SIGTERM, for a job that handles it), waits a
 // grace time, then sends SIGKILL, and waits until the process is gone.
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { CheckpointRecord, Repository } from '../store/repository.js';
 import { takeCheckpoint } from './checkpoint.js';
 import type { Codecs } from './codecs.js';
 import { ControllerError } from './errors.js';
-import { isRunning } from './procfs.js';
+import { exitedWithin, isRunning } from './procfs.js';
 
 /** How long a job may take to end on SIGTERM before it gets SIGKILL (crinc stop --grace). */
 export const DEFAULT_STOP_GRACE_MS = 10_000;
 /** After SIGKILL the kernel ends a process within milliseconds; longer means it is stuck in the kernel (D state). */
 const KILL_WAIT_MS = 10_000;
-const STOP_POLL_MS = 20;
 
 export class JobStopError extends ControllerError {
   override name = 'JobStopError';
@@ -30,15 +28,6 @@ export interface StopResult {
   /** 'exited': it had ended by itself before crinc stopped it. */
   how: StopHow | 'exited';
   checkpoint: CheckpointRecord | null;
-}
-
-async function endedWithin(pid: number, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (isRunning(pid)) {
-    if (Date.now() > deadline) return false;
-    await sleep(STOP_POLL_MS);
-  }
-  return true;
 }
 
 function signal(pid: number, sig: NodeJS.Signals): void {
@@ -57,10 +46,10 @@ function signal(pid: number, sig: NodeJS.Signals): void {
 export async function stopProcess(pid: number, graceMs: number): Promise<StopHow> {
   if (graceMs > 0) {
     signal(pid, 'SIGTERM');
-    if (await endedWithin(pid, graceMs)) return 'terminated';
+    if (await exitedWithin(pid, graceMs)) return 'terminated';
   }
   signal(pid, 'SIGKILL');
-  if (!(await endedWithin(pid, KILL_WAIT_MS))) {
+  if (!(await exitedWithin(pid, KILL_WAIT_MS))) {
     throw new JobStopError(`process ${pid} did not end within ${KILL_WAIT_MS / 1000} s of SIGKILL: it is stuck in the kernel (state D; see /proc/${pid}/stack). It ends when the kernel call it waits on returns.`);
   }
   return 'killed';

@@ -5,14 +5,14 @@
 import { SECRET_BYTES } from '../codec/limits.js';
 import type { CommitRecord } from './backend.js';
 import { StoreFormatError } from './errors.js';
-import { CHUNK_ID_BYTES } from './format.js';
+import { CHECKPOINTS_DIR, CHUNK_ID_BYTES, PACKS_DIR } from './format.js';
 import { PackedChunks } from './pack.js';
 
 /** The format of store.json, the .idx chunk tables and the checkpoint objects (apart from the index's version). */
 export const OBJECT_FORMAT = 1;
 export const STORE_OBJECT = 'store.json';
-export const PACKS_PREFIX = 'packs/';
-export const CHECKPOINTS_PREFIX = 'checkpoints/';
+export const PACKS_PREFIX = `${PACKS_DIR}/`;
+export const CHECKPOINTS_PREFIX = `${CHECKPOINTS_DIR}/`;
 export const PACK_SUFFIX = '.pack';
 export const PACK_INDEX_SUFFIX = '.idx';
 const PACK_INDEX_MAGIC = Buffer.from('CRINCIX1', 'ascii');
