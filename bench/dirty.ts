@@ -159,7 +159,6 @@ export async function dirtyTracking(scratch: Scratch, options: DirtyOptions = DI
 
     const open = async (dir: string): Promise<{ repo: Repository; codecs: Codecs }> => {
       const repo = Repository.open(dir, { create: true });
-      repo.preloadKnown(); // as the controller (crinc run) does
       closers.push(() => repo.close());
       const now = Date.now();
       repo.saveJob({ name: JOB, createdAt: now, command: [DIRTIER], cwd: '/', pid: job.pid, controllerPid: process.pid, state: 'running', updatedAt: now });

@@ -86,8 +86,6 @@ async function main(): Promise<void> {
   const [op, json] = process.argv.slice(2);
   const args = JSON.parse(json ?? '{}') as { store: string; image?: string; dest?: string; profile?: boolean };
   const repo = Repository.open(args.store, { create: true });
-  // As the controller (crinc run) does at start: every chunk id in memory.
-  repo.preloadKnown();
   const codecs = await openCodecs(repo);
   if (!repo.findJob(BENCH_JOB)) {
     const now = Date.now();

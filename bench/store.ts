@@ -1,26 +1,33 @@
 // The store's index costs (issue 11, "constant cost at scale"), on synthetic chunk ids
 // in a store on tmpfs: the commit of a 1 GiB all-new checkpoint (262,144 page chunks),
-// restore's lookup of their locations, the index's bytes per chunk, and a 1%-dirty
-// checkpoint (lookup of its dirty ids, then its commit) in an empty store and in one
-// pre-filled with synthetic chunk entries. Chunk data is 64 bytes per chunk: what is
-// measured is the index, not pack I/O (the e2e section measures ingest against cp).
+// the merge of the chunk index's runs that follows it, restore's lookup of their
+// locations, the index's bytes per chunk, and a 1%-dirty checkpoint (merge of the runs
+// earlier commits left, lookup of its dirty ids, its commit) in an empty store and in
+// one pre-filled with 50 M synthetic chunk entries (one run, as a merge leaves it).
+// Chunk data is 64 bytes per chunk: what is measured is the index, not pack I/O (the
+// e2e section measures ingest against cp).
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CHUNK_ID_BYTES, Compression, PAGE_BYTES } from '../src/store/format.js';
 import { openCodecs } from '../src/controller/codecs.js';
 import { type ChunkCodec, Repository } from '../src/store/repository.js';
+import { CHUNK_INDEX_DIR } from '../src/store/chunk-index.js';
+import { RunWriter } from '../src/store/index-run.js';
 import { GIB, printTable, type Scratch, verdict } from './util.js';
 
 export const STORE_TARGETS = { commitMs: 50, locateMsPerGiB: 50, indexBytesPerChunk: 24, prefilledRatio: 1.2 };
-/** Synthetic chunk entries of the pre-filled store (the issue asks for 50 M; SQLite takes minutes per 10 M). */
-const PREFILL_ENTRIES = 5_000_000;
+/** Synthetic chunk entries of the pre-filled store. */
+const PREFILL_ENTRIES = 50_000_000;
+/** Synthetic chunk ordinals wrap at this (a pack's chunk table size); never read, the ids being absent. */
+const PREFILL_PACK_CHUNKS = 1 << 20;
 const PAGES_PER_GIB = GIB / PAGE_BYTES;
 const DIRTY_SHARE = 0.01;
 const STORED = randomBytes(64);
 
 export interface StoreResults {
   commitMs: number;
+  mergeMs: number;
   locateMsPerGiB: number;
   indexBytesPerChunk: number;
   dirtyEmptyMs: number;
@@ -55,23 +62,51 @@ async function dirtyCheckpoint(repo: Repository, codec: ChunkCodec): Promise<num
   const dirty = Math.round(PAGES_PER_GIB * DIRTY_SHARE);
   const ids = new Uint8Array(randomBytes(dirty * CHUNK_ID_BYTES));
   const t = performance.now();
+  repo.refreshAfterCollection();
+  repo.compactChunkIndex();
   const unknown = repo.unknownChunks(ids, Array.from({ length: dirty }, (_, i) => i));
   if (unknown.length !== dirty) throw new Error('random ids found in the store');
   await commitNew(repo, codec, ids);
   return performance.now() - t;
 }
 
-/** Synthetic entries straight into the index: a pack row and `count` chunk rows in it. */
+/**
+ * Synthetic entries straight into the chunk index: one run of `count` ids in one pack,
+ * ascending by construction (the first four bytes count up, the rest is random).
+ */
 function prefill(repo: Repository, count: number): void {
-  const pack = repo.db.prepare('INSERT INTO packs (name, bytes, created_at) VALUES (?, ?, ?)').run(randomBytes(16).toString('hex'), 1, Date.now()).lastInsertRowid;
-  const ins = repo.db.prepare('INSERT INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES (?, ?, ?, 64, 4096, 1)');
-  const batch = 1_000_000;
+  const pack = randomBytes(16).toString('hex');
+  const dir = join(repo.dir, CHUNK_INDEX_DIR);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const name = `${pack}.run`;
+  const writer = new RunWriter(join(dir, name), [pack], count);
+  const batch = 1 << 20;
+  const ids = new Uint8Array(batch * CHUNK_ID_BYTES);
   for (let done = 0; done < count; done += batch) {
-    const ids = randomBytes(batch * CHUNK_ID_BYTES);
-    repo.db.transaction(() => {
-      for (let i = 0; i < batch && done + i < count; i++) ins.run(ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), pack, 16 + (done + i) * 92);
-    })();
+    ids.set(randomBytes(ids.length));
+    for (let i = 0; i < batch && done + i < count; i++) {
+      const prefix = Math.floor(((done + i) * 2 ** 32) / count);
+      const o = i * CHUNK_ID_BYTES;
+      ids[o] = prefix >>> 24;
+      ids[o + 1] = (prefix >>> 16) & 0xff;
+      ids[o + 2] = (prefix >>> 8) & 0xff;
+      ids[o + 3] = prefix & 0xff;
+      writer.add(ids, o, 0, (done + i) % PREFILL_PACK_CHUNKS);
+    }
   }
+  const entries = writer.finish();
+  repo.db.transaction(() => {
+    repo.db.prepare('INSERT INTO packs (name, bytes, created_at) VALUES (?, ?, ?)').run(pack, 1, Date.now());
+    repo.db.prepare('INSERT INTO index_runs (name, entries, created_at) VALUES (?, ?, ?)').run(name, entries, Date.now());
+  })();
+  repo.refreshAfterCollection();
+}
+
+/** Bytes of the chunk index: its runs and the SQLite file (which lists runs and packs). */
+function indexBytes(repo: Repository): number {
+  repo.db.pragma('wal_checkpoint(TRUNCATE)');
+  const dir = join(repo.dir, CHUNK_INDEX_DIR);
+  return readdirSync(dir).reduce((n, f) => n + statSync(join(dir, f)).size, 0) + statSync(join(repo.dir, 'index.sqlite')).size;
 }
 
 export async function storeCosts(scratch: Scratch): Promise<StoreResults> {
@@ -82,10 +117,13 @@ export async function storeCosts(scratch: Scratch): Promise<StoreResults> {
   const all = new Uint8Array(randomBytes(PAGES_PER_GIB * CHUNK_ID_BYTES));
   const commitMs = await commitNew(empty, codec, all);
   let t = performance.now();
+  empty.compactChunkIndex();
+  const mergeMs = performance.now() - t;
+  t = performance.now();
   empty.locateChunks(all);
   const locateMsPerGiB = performance.now() - t;
-  empty.db.pragma('wal_checkpoint(TRUNCATE)');
-  const indexBytesPerChunk = statSync(join(empty.dir, 'index.sqlite')).size / PAGES_PER_GIB;
+  // Unique chunks: the pages' and the indirect manifest's parts.
+  const indexBytesPerChunk = indexBytes(empty) / empty.chunkIndex.entryCount();
   // The same store, A B A B against a pre-filled one.
   const full = openStore(scratch.dir('store-full'));
   t = performance.now();
@@ -101,7 +139,7 @@ export async function storeCosts(scratch: Scratch): Promise<StoreResults> {
   empty.close();
   full.close();
   const median = (v: number[]) => v.sort((x, y) => x - y)[v.length >> 1]!;
-  const results = { commitMs, locateMsPerGiB, indexBytesPerChunk, dirtyEmptyMs: median(a), dirtyPrefilledMs: median(b), prefilled: PREFILL_ENTRIES };
+  const results = { commitMs, mergeMs, locateMsPerGiB, indexBytesPerChunk, dirtyEmptyMs: median(a), dirtyPrefilledMs: median(b), prefilled: PREFILL_ENTRIES };
   printTable('Store index (synthetic ids; 64-byte chunk data)', ['measure', 'result', 'wanted', 'PASS/MISS'], storeRows(results));
   return results;
 }
@@ -110,8 +148,9 @@ export function storeRows(r: StoreResults): string[][] {
   const ratio = r.dirtyPrefilledMs / r.dirtyEmptyMs;
   return [
     ['commit of a 1 GiB all-new checkpoint, ms', r.commitMs.toFixed(0), `≤ ${STORE_TARGETS.commitMs}`, verdict(r.commitMs, STORE_TARGETS.commitMs, true)],
+    ['merge of the chunk index after it (before the next checkpoint), ms', r.mergeMs.toFixed(0), '', ''],
     ["restore's chunk lookup, ms per GiB", r.locateMsPerGiB.toFixed(0), `≤ ${STORE_TARGETS.locateMsPerGiB}`, verdict(r.locateMsPerGiB, STORE_TARGETS.locateMsPerGiB, true)],
-    ['index on disk, bytes per unique chunk', r.indexBytesPerChunk.toFixed(0), `≤ ${STORE_TARGETS.indexBytesPerChunk}`, verdict(r.indexBytesPerChunk, STORE_TARGETS.indexBytesPerChunk, true)],
+    ['index on disk, bytes per unique chunk', r.indexBytesPerChunk.toFixed(1), `≤ ${STORE_TARGETS.indexBytesPerChunk}`, verdict(r.indexBytesPerChunk, STORE_TARGETS.indexBytesPerChunk, true)],
     [`1%-dirty checkpoint, ${(r.prefilled / 1e6).toFixed(0)} M entries vs empty (${r.dirtyPrefilledMs.toFixed(0)} / ${r.dirtyEmptyMs.toFixed(0)} ms)`, `${ratio.toFixed(2)}×`, `≤ ${STORE_TARGETS.prefilledRatio}× at 50 M`, verdict(ratio, STORE_TARGETS.prefilledRatio, true)],
   ];
 }

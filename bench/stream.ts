@@ -101,7 +101,6 @@ async function oneSize(scratch: Scratch, tracker: JobTracker, timers: StageTimer
     closers.push(() => job.kill());
     const open = async (dir: string): Promise<Side> => {
       const repo = Repository.open(dir, { create: true });
-      repo.preloadKnown();
       const now = Date.now();
       repo.saveJob({ name: JOB, createdAt: now, command: [DIRTIER], cwd: '/', pid: job.pid, controllerPid: process.pid, state: 'running', updatedAt: now });
       const codecs = await openCodecs(repo);

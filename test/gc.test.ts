@@ -14,7 +14,7 @@ import { FILE_BLOCK_BYTES } from '../src/store/format.js';
 import { packPath } from '../src/store/pack.js';
 import { Repository } from '../src/store/repository.js';
 import { lockStore } from '../src/store/store-lock.js';
-import { type CheckpointJson, COUNTER, crincAsync, killAndWait, Sandbox, sha256Dir, waitFor } from './helpers.js';
+import { type CheckpointJson, COUNTER, crincAsync, indexedChunks, killAndWait, Sandbox, sha256Dir, waitFor } from './helpers.js';
 
 const JOBS = ['alpha', 'beta'];
 const ROUNDS = 3;
@@ -71,7 +71,7 @@ describe('gc while two jobs are checkpointed', () => {
         if (id !== zero) referenced.add(id);
       }
     }
-    const stored = new Set((db.prepare('SELECT id FROM chunks').pluck().all() as Buffer[]).map((b) => b.toString('hex')));
+    const stored = new Set(indexedChunks(sb.store).keys());
     db.close();
     expect(stored.size).toBe(referenced.size);
     for (const id of referenced) expect(stored.has(id)).toBe(true);
@@ -125,7 +125,8 @@ describe('gc while two jobs are checkpointed', () => {
     // A stored page of alpha's newest checkpoint (raw pages: one flipped byte cannot be decoded around).
     const newest = db.prepare(`SELECT id, taken_at FROM checkpoints WHERE job = 'alpha' AND kind = 'checkpoint' ORDER BY id DESC LIMIT 1`).get() as { id: number; taken_at: number };
     const manifest = db.prepare(`SELECT manifest FROM files WHERE checkpoint = ? AND path LIKE 'pages-%'`).pluck().get(newest.id) as Buffer;
-    const locate = db.prepare('SELECT p.name AS pack, c.offset, c.compression FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?');
+    const chunks = indexedChunks(sb.store);
+    const locate = { get: (id: Buffer) => chunks.get(id.toString('hex')) };
     let target: { id: string; pack: string; offset: number } | undefined;
     for (let o = 0; o < manifest.length && !target; o += 16) {
       const row = locate.get(manifest.subarray(o, o + 16)) as { pack: string; offset: number; compression: number } | undefined;
@@ -176,7 +177,7 @@ describe('a long-lived process after another process collected garbage', () => {
 
   it('forgets the chunk ids it cached, so a chunk GC deleted is written again, not referenced', async () => {
     // In this test process, as in a `crinc run` controller: one Repository kept open,
-    // its whole chunk table cached. Checkpoint rows without a process (files only) are
+    // the previous checkpoint's ids cached as known. Checkpoint rows without a process (files only) are
     // committed through the real commit path.
     const repo = Repository.open(sb.store, { create: true });
     const codecs = await openCodecs(repo);
@@ -194,7 +195,7 @@ describe('a long-lived process after another process collected garbage', () => {
       );
     };
     const first = await commit(now);
-    expect(repo.preloadKnown()).toBe(true);
+    repo.rememberKnown(blockId);
     expect(repo.hasChunk(blockId)).toBe(true);
     await repo.forgetCheckpoints([first.id]);
 

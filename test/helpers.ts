@@ -8,6 +8,7 @@ import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { expect } from 'vitest';
 import { packPath } from '../src/store/pack.js';
+import { Repository } from '../src/store/repository.js';
 
 export const ROOT = resolve(import.meta.dirname, '..');
 export const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -226,16 +227,35 @@ export function lastTick(log: string): number {
   return t.length ? t[t.length - 1]!.tick : 0;
 }
 
+export interface IndexedChunk {
+  pack: string;
+  offset: number;
+  storedLength: number;
+  rawLength: number;
+  compression: number;
+}
+
+/** Every chunk the store's index places, by hex id: read through the chunk index, as crinc reads it. */
+export function indexedChunks(store: string): Map<string, IndexedChunk> {
+  const repo = Repository.open(store, { create: false });
+  try {
+    const out = new Map<string, IndexedChunk>();
+    repo.chunkIndex.forEach((id, at, place) => {
+      out.set(id.toString('hex', at, at + 16), { pack: place.pack, ...repo.chunkIndex.location(place, id, at) });
+    });
+    return out;
+  } finally {
+    repo.close();
+  }
+}
+
 /**
  * Flips one byte inside a stored, uncompressed page chunk of the store (the first the
  * index lists). Returns the chunk and pack it damaged, and a repair that flips it back.
  */
 export function damageStoredPage(store: string): { id: string; pack: string; repair: () => void } {
-  const db = new Database(join(store, 'index.sqlite'), { readonly: true });
-  const row = db
-    .prepare('SELECT hex(c.id) AS id, p.name AS pack, c.offset FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.raw_length = 4096 AND c.compression = 0 LIMIT 1')
-    .get() as { id: string; pack: string; offset: number } | undefined;
-  db.close();
+  const found = [...indexedChunks(store)].find(([, c]) => c.rawLength === 4096 && c.compression === 0);
+  const row = found && { id: found[0], pack: found[1].pack, offset: found[1].offset };
   if (!row) throw new Error(`no uncompressed page chunk in ${store} to damage`);
   const flip = () => {
     const fd = openSync(packPath(store, row.pack), 'r+');

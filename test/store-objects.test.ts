@@ -14,7 +14,7 @@ import { scrubSlice } from '../src/controller/verify.js';
 import { FILE_BLOCK_BYTES } from '../src/store/format.js';
 import { packPath } from '../src/store/pack.js';
 import { type CheckpointRecord, Repository } from '../src/store/repository.js';
-import { Sandbox } from './helpers.js';
+import { indexedChunks, Sandbox } from './helpers.js';
 
 /** Job-file sizes around every boundary of a 4 KiB page and a 64 KiB block. */
 const SIZES = [1, 4095, 4096, 4097, 65535, 65536, 65537, 3 * 65536 + 5];
@@ -60,9 +60,7 @@ function openFilesStore(store: string): Repository {
 }
 
 function flipStoredByte(store: string, id: Uint8Array, at: number): void {
-  const db = new Database(join(store, 'index.sqlite'), { readonly: true });
-  const row = db.prepare('SELECT p.name AS pack, c.offset FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?').get(id) as { pack: string; offset: number };
-  db.close();
+  const row = indexedChunks(store).get(Buffer.from(id).toString('hex'))!;
   const fd = openSync(packPath(store, row.pack), 'r+');
   const b = Buffer.alloc(1);
   readSync(fd, b, 0, 1, row.offset + at);

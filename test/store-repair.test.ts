@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packPath } from '../src/store/pack.js';
-import { type CheckpointJson, COUNTER, crincAsync, killAndWait, lastTick, Sandbox, sha256Dir, waitFor } from './helpers.js';
+import { type CheckpointJson, COUNTER, crincAsync, indexedChunks, killAndWait, lastTick, Sandbox, sha256Dir, waitFor } from './helpers.js';
 
 const JOB = 'sim';
 
@@ -146,7 +146,8 @@ describe('index lost, byte flipped, pack deleted: nothing spreads, everything is
     const manifests = ids.slice(-2).map((id) => db.prepare(`SELECT manifest FROM files WHERE checkpoint = ? AND path LIKE 'pages-%' ORDER BY length(manifest) DESC LIMIT 1`).pluck().get(id) as Buffer);
     const inOlder = new Set<string>();
     for (let o = 0; o < manifests[0]!.length; o += 16) inOlder.add(manifests[0]!.subarray(o, o + 16).toString('hex'));
-    const locate = db.prepare('SELECT p.name AS pack, c.offset, c.compression FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?');
+    const chunks = indexedChunks(sb.store);
+    const locate = { get: (id: Buffer) => chunks.get(id.toString('hex')) };
     let target: { id: string; pack: string; offset: number } | undefined;
     for (let o = manifests[1]!.length - 16; o >= 0 && !target; o -= 16) {
       const id = manifests[1]!.subarray(o, o + 16);
@@ -188,10 +189,11 @@ describe('index lost, byte flipped, pack deleted: nothing spreads, everything is
     const next = sb.json<CheckpointJson>(['checkpoint', JOB], { CRINC_KEEP_IMAGES: kept });
     expect(imagesOf(next.id)).toEqual(sha256Dir(join(kept, String(next.id))));
     const after = new Database(join(sb.store, 'index.sqlite'), { readonly: true });
-    const where = after.prepare('SELECT p.name FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?').pluck().get(Buffer.from(target!.id, 'hex')) as string;
+    const placed = indexedChunks(sb.store);
+    const where = placed.get(target!.id)?.pack;
     expect(where, 'the chunk now lives in the new copy').not.toBe(target!.pack);
     expect(after.prepare('SELECT count(*) FROM quarantine').pluck().get()).toBe(0);
-    const fileWhere = after.prepare('SELECT p.name FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?').pluck().get(fileBlock) as string;
+    const fileWhere = placed.get(Buffer.from(fileBlock).toString('hex'))?.pack;
     expect(fileWhere, 'the job file block now lives in the new copy').not.toBe(fileRow.pack);
     after.close();
     // Healed: the damaged checkpoints restore (export) as CRIU wrote them, and nothing is marked.
@@ -227,7 +229,7 @@ describe('index lost, byte flipped, pack deleted: nothing spreads, everything is
     const ids = list().map((c) => c.id);
     // Which checkpoints need each pack.
     const packOf = new Map<string, string>();
-    for (const r of db.prepare('SELECT hex(c.id) AS id, p.name FROM chunks c JOIN packs p ON p.id = c.pack').all() as { id: string; name: string }[]) packOf.set(r.id.toLowerCase(), r.name);
+    for (const [id, c] of indexedChunks(sb.store)) packOf.set(id, c.pack);
     const users = new Map<string, Set<number>>();
     for (const id of ids) {
       for (const m of db.prepare('SELECT manifest FROM files WHERE checkpoint = ?').pluck().all(id) as Buffer[]) {

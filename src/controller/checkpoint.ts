@@ -91,6 +91,9 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     // here, before the job is frozen.
     storeLock = await lockStore(repo.dir, 'shared');
     repo.refreshAfterCollection();
+    // The runs earlier commits added are merged now, while the job runs: lookups during
+    // the freeze read few runs.
+    repo.compactChunkIndex();
     const imagesDir = join(staging, 'images');
     const workDir = join(staging, 'work');
     const filesDir = join(staging, 'files');
@@ -99,7 +102,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
 
     const previous = repo.latestCheckpoint(jobName);
     const previousManifests = previous ? await repo.checkpointFiles(previous.id, codecs.chunks) : [];
-    // Most chunks of this checkpoint are the previous one's: known without a query.
+    // Most chunks of this checkpoint are the previous one's: known without a read.
     for (const f of previousManifests) repo.rememberKnown(f.ids);
     // A file whose manifest names a quarantined chunk is read again, not reused as unchanged.
     const previousFiles = new Map<string, FileManifest>(previousManifests.filter((f) => f.role === 'job-file' && !repo.namesQuarantined(f.ids)).map((f) => [f.path, f]));

@@ -113,7 +113,7 @@ export class DaemonMetrics {
       },
     });
     new Gauge({ name: 'crinc_store_packs', help: 'Pack files in the store', registers, collect() { this.set((figures ?? source.store()).packs); } });
-    new Gauge({ name: 'crinc_store_chunks', help: 'Chunks in the store', registers, collect() { this.set((figures ?? source.store()).chunks); } });
+    new Gauge({ name: 'crinc_store_chunks', help: 'Entries of the chunk index: each stored chunk, a chunk stored again twice until the next merge', registers, collect() { this.set((figures ?? source.store()).chunks); } });
   }
 
   checkpointTaken(cp: CheckpointRecord): void {

@@ -29,6 +29,8 @@ export async function repairStore(dir: string, options: RepairOptions): Promise<
   const repo = Repository.open(dir, { create: false });
   try {
     recoverStore(repo);
+    // The rebuilt index lists a run per pack: one run makes lookups cheap again.
+    repo.compactChunkIndex({ all: true });
     const codecs = await openCodecs(repo);
     try {
       const verify = await verifyStore(repo, codecs, { readData: options.readData, onProgress: (d, t) => options.onProgress?.(d, t, 'verify') });

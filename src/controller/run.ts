@@ -158,8 +158,6 @@ export async function startJob(repo: Repository, opts: Pick<RunOptions, 'job' | 
 }
 
 export async function runJob(repo: Repository, codecs: Codecs, opts: RunOptions): Promise<RunOutcome> {
-  // A long-lived controller keeps every chunk id in memory: new ids need no query.
-  repo.preloadKnown();
   const latest = opts.fresh ? undefined : repo.latestCheckpoint(opts.job);
   const { start, ...running } = latest ? await resumeJob(repo, codecs, opts, latest) : await startFresh(repo, opts);
   opts.onStart(start);

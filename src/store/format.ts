@@ -1,8 +1,8 @@
 // On-disk format constants of a crinc store. docs/FORMAT.md describes the layout; any
 // change to it bumps STORE_FORMAT_VERSION.
 
-export const STORE_FORMAT_VERSION = 4;
-/** Pack headers carry the store format version they were written under: 1 to 4, same layout. */
+export const STORE_FORMAT_VERSION = 5;
+/** Pack headers carry the store format version they were written under: 1 to 5, same layout. */
 export const OLDEST_PACK_FORMAT_VERSION = 1;
 
 export const INDEX_FILE = 'index.sqlite';

@@ -151,13 +151,12 @@ async function sweepAndRepack(repo: Repository, codec: ChunkCodec, live: IdSet, 
     return result;
   }
 
-  // 1. Sweep: the index forgets dead chunks and empty packs, then their files go.
+  // 1. Sweep: the index forgets empty packs (their chunk index entries are dead from
+  // then on), then their files go.
   const bumpGeneration = repo.db.prepare(`UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'gc_generation'`);
-  const delChunk = repo.db.prepare('DELETE FROM chunks WHERE id = ?');
   const delPack = repo.db.prepare('DELETE FROM packs WHERE id = ?');
   for (const p of [...deadPacks, ...repack]) journal.note(p.name);
   repo.db.transaction(() => {
-    for (const i of dead) delChunk.run(table.ids.idAt(i));
     for (const p of deadPacks) delPack.run(p.id);
     bumpGeneration.run();
   })();
@@ -186,17 +185,9 @@ async function sweepAndRepack(repo: Repository, codec: ChunkCodec, live: IdSet, 
       const written = writer.finish();
       await repo.storePacks(written);
       faultPoint('gc-repack-written');
-      const insPack = repo.db.prepare('INSERT INTO packs (name, bytes, created_at) VALUES (?, ?, ?)');
-      const move = repo.db.prepare('UPDATE chunks SET pack = ?, offset = ? WHERE id = ?');
-      const now = Date.now();
       repo.db.transaction(() => {
-        for (const w of written) {
-          const packId = insPack.run(w.name, w.bytes, now).lastInsertRowid;
-          for (let k = 0; k < w.chunks.count; k++) {
-            if (move.run(packId, w.chunks.offsets[k], w.chunks.id(k)).changes !== 1) throw new Error('a repacked chunk has no index row');
-          }
-        }
-        // The foreign key refuses this while any chunk row still names the old pack.
+        // The copies' runs are the newest: they place the chunks from now on.
+        repo.indexPacks(written, writer.runs);
         for (const p of repack) delPack.run(p.id);
         bumpGeneration.run();
       })();
@@ -212,6 +203,8 @@ async function sweepAndRepack(repo: Repository, codec: ChunkCodec, live: IdSet, 
   }
   journal.close();
   faultPoint('gc-after-delete');
+  // One run of the live chunks: entries of deleted packs and of dead chunks go.
+  repo.compactChunkIndex({ all: true, live });
   const kept = [...plans.values()].filter((p) => p.live.length > 0 && !repack.includes(p));
   result.bytesAfter += kept.reduce((n, p) => n + p.bytes, 0);
   result.bytesFreed = bytesBefore - result.bytesAfter;
@@ -246,14 +239,15 @@ function fileSize(path: string): number {
 }
 
 /** The journals of dead writers, and the files of their packs that the index does not name (docs/FORMAT.md, "Writer journals"). */
-function abandoned(repo: Repository): { journals: string[]; files: string[] } {
+function abandoned(repo: Repository): { journals: string[]; packs: string[]; files: string[] } {
   const indexed = new Set(listPacks(repo).map((p) => p.name));
   const journals = deadWriterJournals(repo.dir);
-  const files = journals.flatMap((j) => j.packs).filter((name) => !indexed.has(name)).flatMap((name) => {
+  const packs = journals.flatMap((j) => j.packs).filter((name) => !indexed.has(name));
+  const files = packs.flatMap((name) => {
     const pack = packPath(repo.dir, name);
     return [pack, pack + PARTIAL_SUFFIX, join(repo.dir, packKey(name, PACK_INDEX_SUFFIX))];
   });
-  return { journals: journals.map((j) => j.path), files: files.filter((f) => existsSync(f)) };
+  return { journals: journals.map((j) => j.path), packs, files: files.filter((f) => existsSync(f)) };
 }
 
 /**
@@ -263,9 +257,11 @@ function abandoned(repo: Repository): { journals: string[]; files: string[] } {
  * journal names is never deleted here, whatever the index says.
  */
 export function removeAbandonedPacks(repo: Repository): string[] {
-  const { journals, files } = abandoned(repo);
+  const { journals, packs, files } = abandoned(repo);
   repo.closePacks();
   removeFilesDurable(files);
+  // Their chunk index runs, which no listing names either.
+  for (const name of packs) repo.chunkIndex.removeUnlistedRuns(name);
   removeFilesDurable(journals);
   return files;
 }

@@ -27,13 +27,16 @@ export function listPacks(repo: Repository): PackRow[] {
   return repo.db.prepare('SELECT id, name, bytes FROM packs ORDER BY id').all() as PackRow[];
 }
 
-/** One consistent snapshot of the chunks table (a read transaction), whatever commits meanwhile. */
+/** One consistent snapshot of the chunk index (in a read transaction), whatever commits meanwhile. */
 export function loadChunkTable(repo: Repository): ChunkTable {
   return repo.db.transaction(() => readChunkTable(repo))();
 }
 
 function readChunkTable(repo: Repository): ChunkTable {
-  const n = repo.db.prepare('SELECT count(*) FROM chunks').pluck().get() as number;
+  const index = repo.chunkIndex;
+  index.refresh();
+  const n = index.entryCount();
+  const packIds = new Map(listPacks(repo).map((p) => [p.name, p.id]));
   const t: ChunkTable = {
     ids: new IdSet(n),
     pack: new Int32Array(n),
@@ -42,21 +45,16 @@ function readChunkTable(repo: Repository): ChunkTable {
     rawLength: new Uint32Array(n),
     compression: new Uint8Array(n),
   };
-  const rows = repo.db
-    .prepare('SELECT id, pack, offset, stored_length, raw_length, compression FROM chunks')
-    .raw()
-    .iterate() as IterableIterator<[Buffer, number, number, number, number, number]>;
-  let i = 0;
-  for (const [id, pack, offset, stored, raw, compression] of rows) {
-    if (i >= n || !t.ids.add(id)) throw new Error('the chunks table changed during a read transaction');
-    t.pack[i] = pack;
-    t.offset[i] = offset;
-    t.storedLength[i] = stored;
-    t.rawLength[i] = raw;
-    t.compression[i] = compression;
-    i++;
-  }
-  if (i !== n) throw new Error('the chunks table changed during a read transaction');
+  index.forEach((id, at, place) => {
+    const i = t.ids.size;
+    t.ids.add(id, at);
+    const where = index.location(place, id, at);
+    t.pack[i] = packIds.get(place.pack)!;
+    t.offset[i] = where.offset;
+    t.storedLength[i] = where.storedLength;
+    t.rawLength[i] = where.rawLength;
+    t.compression[i] = where.compression;
+  });
   return t;
 }
 

@@ -79,13 +79,16 @@ export function encodePackIndex(chunks: PackedChunks, packBytes: number): Buffer
   out.writeUInt32LE(OBJECT_FORMAT, 8);
   out.writeUInt32LE(chunks.count, 12);
   out.writeBigUInt64LE(BigInt(packBytes), 16);
+  // Fields through a 32-bit view of the (aligned, little-endian as x86 and arm64 run) entries.
+  const words = new Uint32Array(out.buffer, out.byteOffset + PACK_INDEX_HEADER_BYTES, (chunks.count * PACK_INDEX_ENTRY_BYTES) / 4);
   for (let i = 0; i < chunks.count; i++) {
     const o = PACK_INDEX_HEADER_BYTES + i * PACK_INDEX_ENTRY_BYTES;
-    out.set(chunks.id(i), o);
-    out.writeUInt32LE(chunks.offsets[i]!, o + 16);
-    out.writeUInt32LE(chunks.storedLengths[i]!, o + 20);
-    out.writeUInt32LE(chunks.rawLengths[i]!, o + 24);
-    out.writeUInt8(chunks.compressions[i]!, o + 28);
+    out.set(chunks.ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), o);
+    const w = (i * PACK_INDEX_ENTRY_BYTES) / 4;
+    words[w + 4] = chunks.offsets[i]!;
+    words[w + 5] = chunks.storedLengths[i]!;
+    words[w + 6] = chunks.rawLengths[i]!;
+    words[w + 7] = chunks.compressions[i]!;
   }
   return out;
 }

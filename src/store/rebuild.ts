@@ -9,11 +9,12 @@ import { join } from 'node:path';
 import { faultPoint } from '../sys/fault.js';
 import { tryLockExclusive } from '../sys/libc.js';
 import { LocalBackend } from './backend.js';
-import { fsyncDir } from './durable.js';
+import { ChunkIndex } from './chunk-index.js';
+import { fsyncDir, writeFileDurable } from './durable.js';
 import { StoreError, StoreNotFoundError } from './errors.js';
 import { INDEX_FILE, STORE_FORMAT_VERSION } from './format.js';
 import { packFilesOnDisk } from './inventory.js';
-import { decodeStoreObject, STORE_OBJECT } from './objects.js';
+import { decodeStoreObject, encodePackIndex, PACK_INDEX_SUFFIX, packKey, STORE_OBJECT } from './objects.js';
 import { readPackTable } from './pack-table.js';
 import { SCHEMA_MIGRATIONS, SCHEMA_V1 } from './schema.js';
 import { lockStore } from './store-lock.js';
@@ -112,11 +113,9 @@ function build(dir: string, identity: { storeId: string; secret: Uint8Array; cre
     const objectIds = backend.checkpointObjectIds().filter((id) => !forgotten.has(id));
     const total = packFiles.length + objectIds.length;
     const insPack = db.prepare('INSERT INTO packs (name, bytes, created_at) VALUES (?, ?, ?)');
-    const insChunk = db.prepare(
-      `INSERT INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES (?, ?, ?, ?, ?, ?)
-       ON CONFLICT (id) DO UPDATE SET pack = excluded.pack, offset = excluded.offset, stored_length = excluded.stored_length,
-         raw_length = excluded.raw_length, compression = excluded.compression`,
-    );
+    // Each pack's run written afresh (a run left by the old index is not trusted); the
+    // newest pack's run is listed last, so it places a chunk stored twice.
+    const chunkIndex = new ChunkIndex(dir, () => db, true);
     const now = Date.now();
     let done = 0;
     for (const f of packFiles) {
@@ -124,12 +123,15 @@ function build(dir: string, identity: { storeId: string; secret: Uint8Array; cre
       if (!table.ok) {
         report.unreadablePacks.push({ pack: f.name, problem: table.problem });
       } else {
+        const idx = join(dir, packKey(f.name, PACK_INDEX_SUFFIX));
+        if (!existsSync(idx)) writeFileDurable(idx, encodePackIndex(table.chunks, table.bytes));
+        const run = chunkIndex.writePackRun(f.name, table.chunks);
         db.transaction(() => {
-          const packId = insPack.run(f.name, table.bytes, now).lastInsertRowid;
-          const c = table.chunks;
-          for (let i = 0; i < c.count; i++) insChunk.run(c.id(i), packId, c.offsets[i], c.storedLengths[i], c.rawLengths[i], c.compressions[i]);
+          insPack.run(f.name, table.bytes, now);
+          chunkIndex.register([run]);
         })();
         report.packs++;
+        report.chunks += table.chunks.count;
       }
       onProgress?.({ done: ++done, total });
     }
@@ -156,7 +158,6 @@ function build(dir: string, identity: { storeId: string; secret: Uint8Array; cre
       onProgress?.({ done: ++done, total });
     }
     backend.close();
-    report.chunks = db.prepare('SELECT count(*) FROM chunks').pluck().get() as number;
     // Checkpoint ids are never reused, also past ids the objects no longer show.
     const seq = Math.max(0, ...objectIds, ...forgotten);
     db.prepare(`DELETE FROM sqlite_sequence WHERE name = 'checkpoints'`).run();

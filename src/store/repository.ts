@@ -35,22 +35,19 @@ import {
 import { SECRET_BYTES } from '../codec/limits.js';
 import { IdSet } from './id-set.js';
 import { type CommitRecord, LocalBackend, type StoreBackend } from './backend.js';
-import { createFileDurable, removeFilesDurable } from './durable.js';
+import { createFileDurable, removeFilesDurable, writeFileDurable } from './durable.js';
 import { WriterJournal } from './journal.js';
-import { decodeStoreObject, encodeStoreObject, PACK_INDEX_SUFFIX, packKey, STORE_OBJECT, type StoreIdentity } from './objects.js';
+import { decodeStoreObject, encodePackIndex, encodeStoreObject, PACK_INDEX_SUFFIX, packKey, STORE_OBJECT, type StoreIdentity } from './objects.js';
+import { ChunkIndex, RunSegments } from './chunk-index.js';
 import { PackedChunks, PackWriter, packPath } from './pack.js';
 import { readPackTable } from './pack-table.js';
 import type { RetentionPolicy } from './retention-policy.js';
 import { SCHEMA_MIGRATIONS, SCHEMA_V1 } from './schema.js';
 
-/** Ids per lookup query: below SQLite's default limit of 32766 bound parameters, large enough to amortize a query. */
-const LOOKUP_BATCH = 500;
-/** Up to this many chunk ids (~24 bytes each in memory) a controller keeps all of them in memory. */
-const KNOWN_PRELOAD_MAX_IDS = 8 * 1024 * 1024;
-/** Locating chunks scans the whole table when it holds at most this many times the ids wanted. */
-const LOCATE_SCAN_FACTOR = 4;
 /** The store format from which packs and checkpoint objects are the truth (docs/FORMAT.md). */
 const OBJECTS_FORMAT_VERSION = 4;
+/** The store format from which the chunk index is runs beside SQLite, not a table in it. */
+const CHUNK_RUNS_FORMAT_VERSION = 5;
 /** The id under which a checkpoint's damage that no single chunk explains is recorded (table damaged). */
 const NO_CHUNK = Buffer.alloc(0);
 
@@ -160,17 +157,6 @@ export class JobLock {
   }
 }
 
-const CHUNK_LOCATION_COLUMNS = 'id, pack, offset, stored_length, raw_length, compression';
-type ChunkLocationRow = [id: Buffer, pack: number, offset: number, storedLength: number, rawLength: number, compression: number];
-
-interface ChunkRow {
-  pack: string;
-  offset: number;
-  stored_length: number;
-  raw_length: number;
-  compression: number;
-}
-
 export interface OpenOptions {
   create: boolean;
   /** A store on a read-only file system (a snapshot): its index is opened immutable, and nothing is written. */
@@ -211,15 +197,11 @@ export class Repository {
   /** dev:ino of the index file this process opened: `crinc repair` renames a rebuilt one over it. */
   private indexFile: string | undefined;
   private readonly backend: StoreBackend;
-  private hasChunkStmt: Database.Statement;
-  /** Ids known to be in the index: lookups of them need no query. */
-  private known = new IdSet();
-  /** The GC generation the cache is valid for (meta gc_generation, read before any id went in). */
+  /** Where each chunk is (runs in chunk-index/, listed by the index). */
+  readonly chunkIndex: ChunkIndex;
+  /** The GC generation the open packs and runs are valid for. */
   private knownGeneration: number;
-  /** The cache holds every id of the index (as of preloadKnown, plus our own commits). */
-  private knownComplete = false;
   private readonly statements = new Map<string, Database.Statement>();
-  private chunkStmt: Database.Statement;
   /** Chunks found damaged or missing (table quarantine), as of open or the last refresh. */
   private quarantined = new IdSet();
   /** A commit healed quarantined chunks: reload the set once it is durable. */
@@ -236,14 +218,14 @@ export class Repository {
     this.indexFile = indexFileIdentity(dir);
     this.index = openIndex(dir, this.readOnly);
     this.backend = options.backend ?? new LocalBackend(dir);
+    this.chunkIndex = new ChunkIndex(dir, () => this.index, !this.backend.remote);
     this.ensureSchema(isNew, options.identity);
     const secret = this.db.prepare(`SELECT value FROM meta WHERE key = 'secret'`).pluck().get() as Buffer | undefined;
     if (!secret || secret.length !== SECRET_BYTES) throw new StoreFormatError(`${dir}: the store's secret is missing or damaged`);
     this.secret = new Uint8Array(secret);
     this.knownGeneration = this.gcGeneration();
     this.loadQuarantine();
-    this.hasChunkStmt = this.db.prepare('SELECT 1 FROM chunks WHERE id = ?').pluck();
-    this.chunkStmt = this.db.prepare(CHUNK_ROW_SQL);
+    this.chunkIndex.refresh();
   }
 
   /**
@@ -260,10 +242,7 @@ export class Repository {
     this.statements.clear();
     this.index = openIndex(this.dir, this.readOnly);
     this.indexFile = now;
-    this.hasChunkStmt = this.db.prepare('SELECT 1 FROM chunks WHERE id = ?').pluck();
-    this.chunkStmt = this.db.prepare(CHUNK_ROW_SQL);
-    this.known = new IdSet();
-    this.knownComplete = false;
+    this.chunkIndex.close();
     this.knownGeneration = this.gcGeneration();
     this.backend.closePacks();
   }
@@ -318,6 +297,7 @@ export class Repository {
 
   close(): void {
     this.backend.close();
+    this.chunkIndex.close();
     this.db.close();
   }
 
@@ -364,7 +344,9 @@ export class Repository {
       for (const m of SCHEMA_MIGRATIONS) {
         if (m.version <= current) continue;
         if (m.version === OBJECTS_FORMAT_VERSION && this.backend instanceof LocalBackend) this.writeObjectsFromIndex(this.backend);
+        const runs = m.version === CHUNK_RUNS_FORMAT_VERSION ? this.chunkRowsToRuns() : [];
         this.db.exec(m.sql);
+        this.chunkIndex.register(runs);
         this.db.prepare(`UPDATE meta SET value = ? WHERE key = 'format_version'`).run(String(m.version));
       }
     }).immediate();
@@ -378,21 +360,18 @@ export class Repository {
   }
 
   /**
-   * After a GC (another process's, possibly): drops the cache of known chunk ids, which
-   * may name deleted chunks, and reloads it when it was complete; closes open packs,
-   * which may be deleted files. Call with the store lock held shared, before ingest.
+   * After a GC or a commit of another process: reopens the chunk index's runs as the
+   * index lists them now; after a GC, closes open packs, which may be deleted files.
+   * Call with the store lock held shared, before ingest.
    */
   refreshAfterCollection(): void {
     if (this.backend instanceof LocalBackend) this.followIndexFile();
     this.loadQuarantine();
+    this.chunkIndex.refresh();
     const generation = this.gcGeneration();
     if (generation === this.knownGeneration) return;
-    const wasComplete = this.knownComplete;
-    this.known = new IdSet();
-    this.knownComplete = false;
     this.knownGeneration = generation;
     this.backend.closePacks();
-    if (wasComplete) this.preloadKnown();
   }
 
   jobRetention(job: string): RetentionPolicy | undefined {
@@ -542,21 +521,17 @@ export class Repository {
 
   hasChunk(id: Uint8Array): boolean {
     if (this.quarantined.size > 0 && this.quarantined.has(id)) return false;
-    if (this.known.has(id)) return true;
-    if (this.knownComplete) return false;
-    const found = this.hasChunkStmt.get(id) !== undefined;
-    if (found) this.known.add(id);
-    return found;
+    return this.chunkIndex.has(id);
   }
 
   /**
-   * Tells the cache of ids known to be in the index about ids that are (the previous
-   * checkpoint's manifests, say), so that lookups of them need no query. Valid until the
-   * next GC: see refreshAfterCollection.
+   * Tells the chunk index of ids it places (the previous checkpoint's manifests, say), so
+   * that finding them again needs no read; valid until the index's listing changes.
    */
   rememberKnown(ids: Uint8Array): void {
+    this.chunkIndex.refresh();
     for (let o = 0; o < ids.length; o += CHUNK_ID_BYTES) {
-      if (!isZeroId(ids, o / CHUNK_ID_BYTES)) this.known.add(ids, o);
+      if (!isZeroId(ids, o / CHUNK_ID_BYTES)) this.chunkIndex.remember(ids, o);
     }
   }
 
@@ -601,7 +576,10 @@ export class Repository {
 
   /** Quarantines every chunk the index places in a pack that is missing. */
   quarantinePack(pack: string, problem: string): void {
-    const ids = this.db.prepare('SELECT c.id FROM chunks c JOIN packs p ON p.id = c.pack WHERE p.name = ?').pluck().all(pack) as Buffer[];
+    const ids: Buffer[] = [];
+    this.chunkIndex.forEach((id, at, place) => {
+      if (place.pack === pack) ids.push(Buffer.from(id.subarray(at, at + CHUNK_ID_BYTES)));
+    });
     for (const id of ids) this.quarantineChunk(id, problem);
   }
 
@@ -644,107 +622,28 @@ export class Repository {
     }
   }
 
-  /**
-   * Loads every chunk id of a store of at most KNOWN_PRELOAD_MAX_IDS chunks into the
-   * cache, for a long-lived controller: then an id missing from the cache is new without
-   * a query. A chunk another process commits later is missed and stored again (a second
-   * copy, never a wrong one). Returns whether the cache is complete.
-   */
-  preloadKnown(): boolean {
-    if (this.knownComplete) return true;
-    const n = this.db.prepare('SELECT count(*) FROM chunks').pluck().get() as number;
-    if (n > KNOWN_PRELOAD_MAX_IDS) return false;
-    for (const id of this.db.prepare('SELECT id FROM chunks').pluck().iterate() as IterableIterator<Buffer>) this.known.add(id);
-    this.knownComplete = true;
-    return true;
-  }
-
-  /** Of ids[i] for i in candidates, those the store does not have: cache first, then batched queries. */
+  /** Of ids[i] for i in candidates, those the store does not have (a quarantined chunk counts as missing). */
   unknownChunks(ids: Uint8Array, candidates: number[]): number[] {
-    const unknown = this.unknownToIndex(ids, candidates);
-    if (this.quarantined.size === 0) return unknown;
-    // A quarantined chunk is unknown: the checkpoint stores it again.
-    const marked = new Set(unknown);
-    return candidates.filter((i) => marked.has(i) || this.quarantined.has(ids, i * CHUNK_ID_BYTES));
-  }
-
-  private unknownToIndex(ids: Uint8Array, candidates: number[]): number[] {
-    const ask: number[] = [];
-    for (const i of candidates) if (!this.known.has(ids, i * CHUNK_ID_BYTES)) ask.push(i);
-    if (this.knownComplete) return ask;
     const unknown: number[] = [];
-    for (let b = 0; b < ask.length; b += LOOKUP_BATCH) {
-      const part = ask.slice(b, b + LOOKUP_BATCH);
-      const params = part.map((i) => ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
-      const found = new IdSet(part.length);
-      for (const row of this.lookupStmt(part.length).all(...params) as { id: Buffer }[]) {
-        found.add(row.id);
-        this.known.add(row.id);
-      }
-      for (const i of part) if (!found.has(ids, i * CHUNK_ID_BYTES)) unknown.push(i);
+    for (const i of candidates) {
+      const o = i * CHUNK_ID_BYTES;
+      if ((this.quarantined.size > 0 && this.quarantined.has(ids, o)) || !this.chunkIndex.has(ids, o)) unknown.push(i);
     }
     return unknown;
   }
 
-  /** Where each chunk is: pack name, data offset, lengths, compression; batched queries. */
+  /** Where each chunk is: pack name, data offset, lengths, compression. */
   locateChunks(ids: Uint8Array): ChunkLocations {
+    this.chunkIndex.refresh();
     const n = ids.length / CHUNK_ID_BYTES;
-    const unique = new IdSet(n);
-    const slot = new Int32Array(n);
+    const where = this.chunkIndex.locateMany(ids, n);
+    const pack = new Array<string>(n);
     for (let i = 0; i < n; i++) {
-      unique.add(ids, i * CHUNK_ID_BYTES);
-      slot[i] = unique.indexOf(ids, i * CHUNK_ID_BYTES);
+      const p = where.packIndex[i]!;
+      if (p < 0) throw new ChunkMissingError(idHex(ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES)));
+      pack[i] = where.packs[p]!;
     }
-    // Per unique id; packOf 0 = not found (pack ids start at 1).
-    const u = unique.size;
-    const packOf = new Int32Array(u);
-    const offset = new Float64Array(u);
-    const stored = new Uint32Array(u);
-    const raw = new Uint32Array(u);
-    const compression = new Uint8Array(u);
-    const note = (k: number, row: [Buffer, number, number, number, number, number]) => {
-      packOf[k] = row[1];
-      offset[k] = row[2];
-      stored[k] = row[3];
-      raw[k] = row[4];
-      compression[k] = row[5];
-    };
-    const total = this.db.prepare('SELECT count(*) FROM chunks').pluck().get() as number;
-    if (total <= LOCATE_SCAN_FACTOR * u) {
-      // Most of the store is wanted: one pass over the table beats a lookup per id
-      // (without the join to packs, which costs a string per row).
-      const rows = this.db.prepare(`SELECT ${CHUNK_LOCATION_COLUMNS} FROM chunks`).raw().iterate() as IterableIterator<ChunkLocationRow>;
-      for (const row of rows) {
-        const k = unique.indexOf(row[0]);
-        if (k >= 0) note(k, row);
-      }
-    } else {
-      for (let b = 0; b < u; b += LOOKUP_BATCH) {
-        const count = Math.min(LOOKUP_BATCH, u - b);
-        const params = Array.from({ length: count }, (_, k) => unique.idAt(b + k));
-        for (const row of this.locateStmt(count).raw().all(...params) as ChunkLocationRow[]) note(unique.indexOf(row[0]), row);
-      }
-    }
-    const packNames = new Map<number, string>();
-    for (const [id, name] of this.db.prepare('SELECT id, name FROM packs').raw().iterate() as IterableIterator<[number, string]>) packNames.set(id, name);
-    const out: ChunkLocations = {
-      pack: new Array<string>(n),
-      offset: new Float64Array(n),
-      storedLength: new Uint32Array(n),
-      rawLength: new Uint32Array(n),
-      compression: new Uint8Array(n),
-    };
-    for (let i = 0; i < n; i++) {
-      const k = slot[i]!;
-      const pack = packNames.get(packOf[k]!);
-      if (pack === undefined) throw new ChunkMissingError(idHex(ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES)));
-      out.pack[i] = pack;
-      out.offset[i] = offset[k]!;
-      out.storedLength[i] = stored[k]!;
-      out.rawLength[i] = raw[k]!;
-      out.compression[i] = compression[k]!;
-    }
-    return out;
+    return { pack, offset: where.offset, storedLength: where.storedLength, rawLength: where.rawLength, compression: where.compression };
   }
 
   /** Reads pack bytes; a pack found missing has its chunks quarantined (PackMissingError). */
@@ -755,14 +654,6 @@ export class Repository {
       this.noteReadFailure(e);
       throw e;
     }
-  }
-
-  private lookupStmt(n: number): Database.Statement {
-    return this.statement(`SELECT id FROM chunks WHERE id IN (${'?,'.repeat(n - 1)}?)`);
-  }
-
-  private locateStmt(n: number): Database.Statement {
-    return this.statement(`SELECT ${CHUNK_LOCATION_COLUMNS} FROM chunks WHERE id IN (${'?,'.repeat(n - 1)}?)`);
   }
 
   private statement(sql: string): Database.Statement {
@@ -782,26 +673,28 @@ export class Repository {
   }
 
   private async readChunkChecked(id: Uint8Array, codec: ChunkCodec): Promise<Uint8Array> {
-    const row = this.chunkStmt.get(id) as ChunkRow | undefined;
-    if (!row) throw new ChunkMissingError(idHex(id));
-    const stored = Buffer.allocUnsafe(row.stored_length);
-    const got = await this.readPackInto(row.pack, row.offset, stored);
-    if (got !== row.stored_length) {
-      throw new ChunkCorruptError(idHex(id), row.pack, `pack is ${row.stored_length - got} bytes short`);
+    this.chunkIndex.refresh();
+    const place = this.chunkIndex.find(id);
+    if (!place) throw new ChunkMissingError(idHex(id));
+    const row = this.chunkIndex.location(place, id);
+    const stored = Buffer.allocUnsafe(row.storedLength);
+    const got = await this.readPackInto(place.pack, row.offset, stored);
+    if (got !== row.storedLength) {
+      throw new ChunkCorruptError(idHex(id), place.pack, `pack is ${row.storedLength - got} bytes short`);
     }
     let raw: Uint8Array;
     if (row.compression === Compression.Lz4) {
       try {
-        raw = codec.decompress(stored, row.raw_length);
+        raw = codec.decompress(stored, row.rawLength);
       } catch (e) {
-        throw new ChunkCorruptError(idHex(id), row.pack, `does not decompress: ${(e as Error).message}`);
+        throw new ChunkCorruptError(idHex(id), place.pack, `does not decompress: ${(e as Error).message}`);
       }
     } else {
       raw = stored;
     }
     const actual = codec.chunkId(raw);
     if (Buffer.compare(actual, id) !== 0) {
-      throw new ChunkCorruptError(idHex(id), row.pack, `its content hashes to ${idHex(actual)}`);
+      throw new ChunkCorruptError(idHex(id), place.pack, `its content hashes to ${idHex(actual)}`);
     }
     return raw;
   }
@@ -852,7 +745,7 @@ export class Repository {
     const insFile = this.insertFileStmt();
     const now = Date.now();
     const commit = this.db.transaction(() => {
-      for (const pack of packs) this.insertPack(pack.name, pack.bytes, pack.chunks, now);
+      this.indexPacks(packs, writer.runs, now);
       // A catch-up (another crinc process) may have brought it in already.
       if (this.db.prepare('SELECT 1 FROM checkpoints WHERE id = ?').get(objectId)) return objectId;
       const checkpointId = Number(insCheckpoint.run({ ...meta, id: objectId, storedBytes: writer.storedBytes }).lastInsertRowid);
@@ -874,34 +767,39 @@ export class Repository {
     }
     this.backend.committed(packs);
     writer.committed();
-    for (const pack of packs) for (let i = 0; i < pack.chunks.count; i++) this.known.add(pack.chunks.ids, i * CHUNK_ID_BYTES);
+    this.chunkIndex.refresh();
     return this.getCheckpoint(id);
   }
 
   /**
-   * Indexes a pack and its chunks; a pack indexed already (by a catch-up) is left as it
-   * is. A chunk indexed already keeps its location, unless it is quarantined: then this
-   * copy becomes its location and the quarantine ends (checkpoints that needed it heal).
+   * Indexes packs in the caller's transaction: their rows, and their runs in the chunk
+   * index (the runs their writer wrote, else one per pack written now). A pack indexed
+   * already (by a catch-up) is left as it is. A quarantined chunk in a new pack is
+   * healed: the newest run places it there, and checkpoints that needed it are no longer damaged.
    */
-  private insertPack(name: string, bytes: number, chunks: PackedChunks, now: number): void {
-    const added = this.statement('INSERT OR IGNORE INTO packs (name, bytes, created_at) VALUES (?, ?, ?)').run(name, bytes, now);
-    if (added.changes === 0) return;
-    const insChunk = this.statement(
-      'INSERT OR IGNORE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES (?, ?, ?, ?, ?, ?)',
-    );
-    const heal = this.statement('REPLACE INTO chunks (id, pack, offset, stored_length, raw_length, compression) VALUES (?, ?, ?, ?, ?, ?)');
-    let healed = false;
-    for (let i = 0; i < chunks.count; i++) {
-      const quarantined = this.quarantined.size > 0 && this.quarantined.has(chunks.ids, i * CHUNK_ID_BYTES);
-      (quarantined ? heal : insChunk).run(chunks.id(i), added.lastInsertRowid, chunks.offsets[i], chunks.storedLengths[i], chunks.rawLengths[i], chunks.compressions[i]);
-      if (quarantined) {
-        this.statement('DELETE FROM quarantine WHERE id = ?').run(chunks.id(i));
-        this.statement('DELETE FROM damaged WHERE chunk = ?').run(chunks.id(i));
-        healed = true;
+  indexPacks(packs: { name: string; bytes: number; chunks: PackedChunks }[], writerRuns?: { name: string; entries: number }[], now = Date.now()): void {
+    const insPack = this.statement('INSERT OR IGNORE INTO packs (name, bytes, created_at) VALUES (?, ?, ?)');
+    const runs: { name: string; entries: number }[] = [];
+    for (const pack of packs) {
+      if (insPack.run(pack.name, pack.bytes, now).changes === 0) continue;
+      // A remote store's chunk tables live in the bucket; locating chunks reads a local copy.
+      if (this.backend.remote) writeFileDurable(join(this.dir, packKey(pack.name, PACK_INDEX_SUFFIX)), encodePackIndex(pack.chunks, pack.bytes));
+      if (!writerRuns) runs.push(this.chunkIndex.writePackRun(pack.name, pack.chunks));
+      if (this.quarantined.size === 0) continue;
+      for (let i = 0; i < pack.chunks.count; i++) {
+        if (!this.quarantined.has(pack.chunks.ids, i * CHUNK_ID_BYTES)) continue;
+        this.statement('DELETE FROM quarantine WHERE id = ?').run(pack.chunks.id(i));
+        this.statement('DELETE FROM damaged WHERE chunk = ?').run(pack.chunks.id(i));
+        // Reloaded after the transaction commits (a rollback would leave the set too small otherwise).
+        this.quarantineStale = true;
       }
     }
-    // Reloaded after the transaction commits (a rollback would leave the set too small otherwise).
-    if (healed) this.quarantineStale = true;
+    this.chunkIndex.register(writerRuns ?? runs);
+  }
+
+  /** Merges the chunk index's newest runs (after a commit, off the job's freeze); see ChunkIndex.compact. */
+  compactChunkIndex(options: { all?: boolean; live?: IdSet } = {}): void {
+    this.chunkIndex.compact(options);
   }
 
   private insertCheckpointStmt(): Database.Statement {
@@ -936,8 +834,9 @@ export class Repository {
   /** The store's size as the index knows it: packs, their bytes, chunks (crinc daemon --metrics). */
   figures(): { packs: number; packBytes: number; chunks: number } {
     const packs = this.db.prepare('SELECT count(*) AS n, coalesce(sum(bytes), 0) AS bytes FROM packs').get() as { n: number; bytes: number };
-    const chunks = this.db.prepare('SELECT count(*) AS n FROM chunks').get() as { n: number };
-    return { packs: packs.n, packBytes: packs.bytes, chunks: chunks.n };
+    // Entries of the chunk index's runs: a chunk stored again counts twice until a merge.
+    const entries = this.db.prepare('SELECT coalesce(sum(entries), 0) FROM index_runs').pluck().get() as number;
+    return { packs: packs.n, packBytes: packs.bytes, chunks: entries };
   }
 
   listCheckpoints(job?: string): CheckpointRecord[] {
@@ -1009,6 +908,30 @@ export class Repository {
         indirect: (r.manifest_indirect as number) === 1, identity: (r.identity as string | null) ?? null,
       })),
     };
+  }
+
+  /**
+   * Upgrade to format 5: the chunks table becomes runs of the chunk index. A local store
+   * gets a run per pack from its chunk table (.idx, written first where a pack older than
+   * format 4 has none), oldest pack first so that a chunk stored twice is placed at its
+   * newest copy; a remote store's cache forgets its packs, and the catch-up that follows
+   * every open brings them back with their chunk tables from the bucket.
+   */
+  private chunkRowsToRuns(): { name: string; entries: number }[] {
+    const runs: { name: string; entries: number }[] = [];
+    if (this.backend.remote) {
+      this.db.exec('DELETE FROM packs');
+    } else {
+      for (const name of this.db.prepare('SELECT name FROM packs ORDER BY id').pluck().all() as string[]) {
+        const table = readPackTable(this.dir, name);
+        // An unreadable pack's chunks are missing from the index, as verify and repair report.
+        if (!table.ok) continue;
+        const idx = join(this.dir, packKey(name, PACK_INDEX_SUFFIX));
+        if (!existsSync(idx)) writeFileDurable(idx, encodePackIndex(table.chunks, table.bytes));
+        runs.push(this.chunkIndex.writePackRun(name, table.chunks));
+      }
+    }
+    return runs;
   }
 
   /** Upgrade to format 4: store.json and one object per checkpoint, from the index (idempotent). */
@@ -1083,11 +1006,9 @@ export class Repository {
         this.db.prepare('DELETE FROM files WHERE checkpoint = ?').run(id);
         this.db.prepare('DELETE FROM checkpoints WHERE id = ?').run(id);
       }
-      for (const name of change.gonePacks) {
-        this.db.prepare('DELETE FROM chunks WHERE pack = (SELECT id FROM packs WHERE name = ?)').run(name);
-        this.db.prepare('DELETE FROM packs WHERE name = ?').run(name);
-      }
-      for (const pack of change.newPacks) this.insertPack(pack.name, pack.bytes, pack.chunks, now);
+      // Their entries in the chunk index are dead from now on (a merge drops them).
+      for (const name of change.gonePacks) this.db.prepare('DELETE FROM packs WHERE name = ?').run(name);
+      this.indexPacks(change.newPacks, undefined, now);
       const forgotten = this.forgottenCheckpoints();
       for (const { id, record } of change.newCheckpoints) {
         // Committed meanwhile by this node's own writer: already indexed; or forgotten here.
@@ -1100,11 +1021,7 @@ export class Repository {
         }
       }
     })();
-    // Ids of removed packs may be gone: the cache of known ids starts over.
-    if (change.gonePacks.length > 0) {
-      this.known = new IdSet();
-      this.knownComplete = false;
-    }
+    this.chunkIndex.refresh();
   }
 }
 
@@ -1119,12 +1036,20 @@ export class ChunkWriter {
   private readonly pending = new IdSet();
   /** Names this writer's packs before they exist, so crash recovery can remove them if it dies uncommitted. */
   private readonly journal: WriterJournal;
+  /** The chunk index entries of the new chunks, written as runs while the writer fills. */
+  private readonly segments: RunSegments;
 
   constructor(
     private readonly repo: Repository,
     private readonly codec: ChunkCodec,
   ) {
     this.journal = new WriterJournal(repo.dir);
+    this.segments = new RunSegments(repo.chunkIndex);
+  }
+
+  /** The chunk index runs of this writer's chunks (complete after finish()), for the commit to list. */
+  get runs(): { name: string; entries: number }[] {
+    return this.segments.runs;
   }
 
   /** True when this writer or the store has the chunk already. */
@@ -1152,7 +1077,9 @@ export class ChunkWriter {
    */
   putStored(id: Uint8Array, stored: Uint8Array, rawLength: number, compression: Compression): void {
     if (!this.pending.add(id)) return;
-    this.pack().add(id, stored, rawLength, compression);
+    const pack = this.pack();
+    pack.add(id, stored, rawLength, compression);
+    this.segments.add(id, 0, pack.name, pack.chunks.count - 1);
     this.storedBytes += stored.length;
     this.newChunks++;
   }
@@ -1171,11 +1098,12 @@ export class ChunkWriter {
     return { data: Buffer.concat(refs), indirect: true };
   }
 
-  /** Removes every pack this writer made: for a checkpoint that will not be committed. */
+  /** Removes every pack this writer made, and their runs: for a checkpoint that will not be committed. */
   abandon(): void {
     this.current?.abandon();
     this.current = undefined;
     for (const p of this.finished.splice(0)) p.abandon();
+    this.segments.abandon();
     this.journal.close();
   }
 
@@ -1185,26 +1113,24 @@ export class ChunkWriter {
   }
 
   finish(): PackWriter[] {
-    if (this.current) {
-      this.current.finish();
-      this.finished.push(this.current);
-      this.current = undefined;
-    }
+    if (this.current) this.finishPack();
+    this.segments.flush();
     return this.finished;
   }
 
+  private finishPack(): void {
+    const pack = this.current!;
+    this.current = undefined;
+    pack.finish();
+    this.finished.push(pack);
+  }
+
   private pack(): PackWriter {
-    if (this.current?.full) {
-      this.current.finish();
-      this.finished.push(this.current);
-      this.current = undefined;
-    }
+    if (this.current?.full) this.finishPack();
     this.current ??= new PackWriter(this.repo.dir, this.journal);
     return this.current;
   }
 }
-
-const CHUNK_ROW_SQL = 'SELECT p.name AS pack, c.offset, c.stored_length, c.raw_length, c.compression FROM chunks c JOIN packs p ON p.id = c.pack WHERE c.id = ?';
 
 function openIndex(dir: string, readOnly: boolean): Database.Database {
   // immutable: SQLite neither locks nor looks for -shm/-wal, which it could not create on a read-only store.

@@ -119,4 +119,19 @@ CREATE TABLE IF NOT EXISTS forgotten (
 );
 `,
   },
+  {
+    // Version 5: the chunk index is runs in chunk-index/ (docs/FORMAT.md, "The chunk
+    // index"), listed here; the chunks table (one row per chunk) goes, its rows made runs
+    // first (Repository.chunkRowsToRuns).
+    version: 5,
+    sql: `
+CREATE TABLE IF NOT EXISTS index_runs (
+  id         INTEGER PRIMARY KEY AUTOINCREMENT,
+  name       TEXT NOT NULL UNIQUE,
+  entries    INTEGER NOT NULL,
+  created_at INTEGER NOT NULL
+);
+DROP TABLE IF EXISTS chunks;
+`,
+  },
 ];
