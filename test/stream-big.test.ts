@@ -2,8 +2,7 @@
 // twice, killed, restored, and its whole memory checks out, while crinc stays within its
 // memory bound and never has the job killed. Pages stream, so nothing holds the job's
 // memory a second time. Allocates ~65% of RAM, and is skipped when that memory is not
-// free. The bound on crinc's own memory (512 MiB, issue 10) is not met yet: each crinc
-// process's peak is printed, and the bound stands as a todo below until it holds.
+// free. Every crinc process's peak RSS stays within 512 MiB (issue 10).
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,6 +12,8 @@ import { alive, type CheckpointJson, COUNTER, crincAsync, killAndWait, ROOT, San
 const MIB = 1024 * 1024;
 const MEM_FRACTION = 0.65;
 const WINDOW_PAGES = 256;
+/** crinc's own memory bound (issue 10): controller, CLI commands, restore. */
+const MAX_CRINC_RSS_MIB = 512;
 
 function meminfo(field: string): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(readFileSync('/proc/meminfo', 'utf8'));
@@ -82,10 +83,7 @@ describe(`a job using ${Math.round(MEM_FRACTION * 100)}% of the machine's memory
     expect(peaks.some((p) => p.args.startsWith('run'))).toBe(true);
     expect(peaks.some((p) => p.args.startsWith('restore'))).toBe(true);
     console.log(`peak RSS (MiB): ${peaks.map((p) => `${p.args.split(' ')[0]} ${(p.kib / 1024).toFixed(0)}`).join(', ')}; job ${regionMib} MiB`);
+    for (const p of peaks) expect(p.kib / 1024, `peak RSS of crinc ${p.args}, MiB`).toBeLessThanOrEqual(MAX_CRINC_RSS_MIB);
     await killAndWait(r.pid);
   }, 1_800_000);
-
-  // Measured at 15.6 GiB: crinc run 725 MiB, crinc restore 706 MiB, crinc checkpoint 77 MiB
-  // (per-page ids and addresses, per-chunk pack tables and pending ids held until the commit).
-  it.todo('peak RSS of every crinc process ≤ 512 MiB whatever the job size (issue 10)');
 });

@@ -13,11 +13,18 @@ import type { ChunkWriter, FileManifest, Repository } from '../store/repository.
 import type { Range } from '../tracking/page-ranges.js';
 import { faultPoint } from '../sys/fault.js';
 import type { Codecs } from './codecs.js';
+import { type PageRunCursor, PageRuns } from './page-runs.js';
 
 /** Pages read, hashed and stored per step: bounds the ingest's memory. */
 export const INGEST_BATCH_BYTES = 4 * 1024 * 1024;
 const PAGES_PER_BATCH = INGEST_BATCH_BYTES / PAGE_BYTES;
 const PAGES_FILE = /^pages-(\d+)\.img$/;
+/** A pagemap's ids start with room for this many pages (1 MiB) when there is no baseline to size them by. */
+const STREAM_INITIAL_PAGES = 64 * 1024;
+/** Room beyond the baseline's page count, for a process that grew a little. */
+const STREAM_SLACK_PAGES = 4096;
+/** Ids grow by this factor: a large job's first checkpoint holds at most 25% unused room, and at a growth both copies. */
+const STREAM_GROWTH = 1.25;
 
 /**
  * What dirty tracking proved, per process (by its PID inside the image): the address
@@ -35,8 +42,8 @@ export const NO_CLEAN_PAGES: CleanPages = { forProcess: () => undefined };
 
 /** The page ids of one process at a checkpoint, by address: the next checkpoint's baseline. */
 export interface ProcessPages {
-  /** Ascending page addresses (user addresses fit a double exactly). */
-  vaddrs: Float64Array;
+  /** Ascending page addresses. */
+  addresses: PageRuns;
   /** The chunk id of each, CHUNK_ID_BYTES apiece. */
   ids: Uint8Array;
 }
@@ -51,27 +58,32 @@ export type PageIndex = Map<number, ProcessPages>;
  */
 export class CleanCursor {
   private range = 0;
-  private page = 0;
+  private readonly page: PageRunCursor;
   private last = -1;
 
   constructor(
     private readonly clean: readonly Range[],
     readonly baseline: ProcessPages,
-  ) {}
+  ) {
+    this.page = baseline.addresses.cursor();
+  }
 
-  /** For each page (ascending, after every page asked before), its baseline page's index when it is proven clean, else -1. */
-  indexOf(vaddrs: Float64Array): Int32Array {
-    const out = new Int32Array(vaddrs.length).fill(-1);
-    const { clean, baseline } = this;
-    for (let i = 0; i < vaddrs.length; i++) {
-      const v = vaddrs[i]!;
-      if (v <= this.last) throw new PageStreamOrderError(v, this.last);
+  /**
+   * For each of nrPages pages from vaddr on (ascending, after every page asked before),
+   * its baseline page's index when it is proven clean, else -1.
+   */
+  indexOf(vaddr: number, nrPages: number): Int32Array {
+    const out = new Int32Array(nrPages).fill(-1);
+    const { clean } = this;
+    if (nrPages > 0 && vaddr <= this.last) throw new PageStreamOrderError(vaddr, this.last);
+    for (let i = 0; i < nrPages; i++) {
+      const v = vaddr + i * PAGE_BYTES;
       this.last = v;
       while (this.range < clean.length && clean[this.range]!.end <= v) this.range++;
       if (this.range === clean.length) break;
       if (v < clean[this.range]!.start) continue;
-      while (this.page < baseline.vaddrs.length && baseline.vaddrs[this.page]! < v) this.page++;
-      if (this.page < baseline.vaddrs.length && baseline.vaddrs[this.page] === v) out[i] = this.page;
+      this.page.skipBelow(v);
+      if (!this.page.done && this.page.vaddr === v) out[i] = this.page.index;
     }
     return out;
   }
@@ -92,37 +104,39 @@ export interface StreamedPagesFile {
 
 /** Pages of one pagemap as they arrive: ids and addresses, grown as needed. */
 export class PageStream {
-  ids = new Uint8Array(1024 * CHUNK_ID_BYTES);
-  private vaddrs = new Float64Array(1024);
-  private count = 0;
+  ids: Uint8Array;
+  private readonly addresses = new PageRuns();
+  private lastPage = -1;
 
   constructor(
     readonly name: string,
     readonly pid: number | null,
     readonly cursor: CleanCursor | undefined,
-  ) {}
+  ) {
+    // As many pages as the baseline had: an incremental checkpoint's ids need not grow.
+    const expected = cursor ? cursor.baseline.addresses.length + STREAM_SLACK_PAGES : STREAM_INITIAL_PAGES;
+    this.ids = new Uint8Array(expected * CHUNK_ID_BYTES);
+  }
 
-  /** Appends the addresses of a run; returns the index of its first page (its ids are filled in later). */
-  append(vaddrs: Float64Array): number {
-    const first = this.count;
-    const need = first + vaddrs.length;
-    if (need > this.vaddrs.length) {
-      const capacity = Math.max(need, this.vaddrs.length * 2);
-      const grownIds = new Uint8Array(capacity * CHUNK_ID_BYTES);
-      grownIds.set(this.ids.subarray(0, first * CHUNK_ID_BYTES));
-      this.ids = grownIds;
-      const grownVaddrs = new Float64Array(capacity);
-      grownVaddrs.set(this.vaddrs.subarray(0, first));
-      this.vaddrs = grownVaddrs;
+  /** Appends a run of pages; returns the index of its first page (its ids are filled in later). */
+  append(vaddr: number, nrPages: number): number {
+    if (vaddr <= this.lastPage) throw new PageStreamOrderError(vaddr, this.lastPage);
+    if (nrPages > 0) this.lastPage = vaddr + (nrPages - 1) * PAGE_BYTES;
+    const first = this.addresses.length;
+    const need = first + nrPages;
+    if (need * CHUNK_ID_BYTES > this.ids.length) {
+      const capacity = Math.max(need, Math.ceil((this.ids.length / CHUNK_ID_BYTES) * STREAM_GROWTH));
+      const grown = new Uint8Array(capacity * CHUNK_ID_BYTES);
+      grown.set(this.ids.subarray(0, first * CHUNK_ID_BYTES));
+      this.ids = grown;
     }
-    this.vaddrs.set(vaddrs, first);
-    this.count = need;
+    this.addresses.append(vaddr, nrPages);
     return first;
   }
 
-  /** Views, not copies: a copy of a large job's ids would briefly double them. */
+  /** The ids as a view, not a copy: a copy of a large job's ids would briefly double them. */
   finish(): ProcessPages {
-    return { vaddrs: this.vaddrs.subarray(0, this.count), ids: this.ids.subarray(0, this.count * CHUNK_ID_BYTES) };
+    return { addresses: this.addresses, ids: this.ids.subarray(0, this.addresses.length * CHUNK_ID_BYTES) };
   }
 }
 
@@ -253,11 +267,9 @@ export class Ingest {
    * here and the new ones queued for compression. Memory: one batch, whatever nrPages.
    */
   async addPages(stream: PageStream, vaddr: number, nrPages: number, source: PageSource): Promise<void> {
-    const vaddrs = new Float64Array(nrPages);
-    for (let i = 0; i < nrPages; i++) vaddrs[i] = vaddr + i * PAGE_BYTES;
-    const first = stream.append(vaddrs);
+    const first = stream.append(vaddr, nrPages);
     const cursor = stream.cursor;
-    const reuse = cursor ? cursor.indexOf(vaddrs) : undefined;
+    const reuse = cursor ? cursor.indexOf(vaddr, nrPages) : undefined;
     if (reuse) this.dropQuarantined(reuse, cursor!.baseline);
     const ids = stream.ids;
     let page = 0;
@@ -281,7 +293,7 @@ export class Ingest {
       const data = this.batch.subarray(0, (end - page) * PAGE_BYTES);
       source.read(data);
       await this.hashPages(data, ids, first + page);
-      if (this.verifyClean && reuse) this.checkClean(stream.pid!, vaddrs, page, end, ids, first, reuse, cursor!.baseline);
+      if (this.verifyClean && reuse) this.checkClean(stream.pid!, vaddr, page, end, ids, first, reuse, cursor!.baseline);
       this.advance((end - page) * PAGE_BYTES);
       page = end;
     }
@@ -289,9 +301,10 @@ export class Ingest {
 
   /** The pagemap's pages are all in: its pages file, and the process's pages for the next baseline. */
   endPages(stream: PageStream): StreamedPagesFile {
-    const { ids, vaddrs } = stream.finish();
-    if (stream.pid !== null) this.pageIndex.set(stream.pid, { vaddrs, ids });
-    this.stats.pagesTotal += vaddrs.length;
+    const pages = stream.finish();
+    if (stream.pid !== null) this.pageIndex.set(stream.pid, pages);
+    this.stats.pagesTotal += pages.addresses.length;
+    const ids = pages.ids;
     return { name: stream.name, ids };
   }
 
@@ -310,7 +323,7 @@ export class Ingest {
   }
 
   /** Verification mode: every page called clean must hash to its previous id. */
-  private checkClean(pid: number, vaddrs: Float64Array, from: number, end: number, ids: Uint8Array, first: number, reuse: Int32Array, baseline: ProcessPages): void {
+  private checkClean(pid: number, vaddr: number, from: number, end: number, ids: Uint8Array, first: number, reuse: Int32Array, baseline: ProcessPages): void {
     for (let p = from; p < end; p++) {
       const b = reuse[p]!;
       if (b < 0) continue;
@@ -319,7 +332,7 @@ export class Ingest {
       this.stats.pagesHashed--;
       const prev = baseline.ids.subarray(b * CHUNK_ID_BYTES, (b + 1) * CHUNK_ID_BYTES);
       if (Buffer.compare(prev, ids.subarray((first + p) * CHUNK_ID_BYTES, (first + p + 1) * CHUNK_ID_BYTES)) !== 0) {
-        this.misses.push({ pid, vaddr: vaddrs[p]! });
+        this.misses.push({ pid, vaddr: vaddr + p * PAGE_BYTES });
       }
     }
   }

@@ -316,21 +316,20 @@ export function changedFraction(before: PageIndex, after: PageIndex): number {
   let changed = 0;
   for (const [pid, now] of after) {
     const prev = before.get(pid);
-    total += now.vaddrs.length;
+    total += now.addresses.length;
     if (!prev) {
-      changed += now.vaddrs.length;
+      changed += now.addresses.length;
       continue;
     }
-    let j = 0;
-    for (let i = 0; i < now.vaddrs.length; i++) {
-      const v = now.vaddrs[i]!;
-      while (j < prev.vaddrs.length && prev.vaddrs[j]! < v) j++;
+    const p = prev.addresses.cursor();
+    for (const n = now.addresses.cursor(); !n.done; n.next()) {
+      p.skipBelow(n.vaddr);
       const same =
-        j < prev.vaddrs.length &&
-        prev.vaddrs[j] === v &&
+        !p.done &&
+        p.vaddr === n.vaddr &&
         Buffer.compare(
-          prev.ids.subarray(j * CHUNK_ID_BYTES, (j + 1) * CHUNK_ID_BYTES),
-          now.ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES),
+          prev.ids.subarray(p.index * CHUNK_ID_BYTES, (p.index + 1) * CHUNK_ID_BYTES),
+          now.ids.subarray(n.index * CHUNK_ID_BYTES, (n.index + 1) * CHUNK_ID_BYTES),
         ) === 0;
       if (!same) changed++;
     }

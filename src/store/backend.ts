@@ -3,10 +3,10 @@
 // directory, or objects in S3, under the same names and with the same bytes.
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createFileDurable, removeFilesDurable, writeFileDurable } from './durable.js';
+import { createFileDurable, removeFilesDurable } from './durable.js';
 import { StoreError } from './errors.js';
 import { CHECKPOINTS_DIR } from './format.js';
-import { CHECKPOINT_KEY, checkpointKey, decodeCheckpoint, encodeCheckpoint, encodePackIndex, PACK_INDEX_SUFFIX, packKey } from './objects.js';
+import { CHECKPOINT_KEY, checkpointKey, decodeCheckpoint, encodeCheckpoint, PACK_INDEX_SUFFIX, packKey } from './objects.js';
 import type { PackWriter } from './pack.js';
 import { PackReader, packPath } from './pack.js';
 import type { CheckpointRecord, FileManifest, JobRecord } from './repository.js';
@@ -58,9 +58,9 @@ export class LocalBackend implements StoreBackend {
     this.reader = new PackReader(location);
   }
 
-  async storePacks(packs: PackWriter[]): Promise<void> {
-    // PackWriter.finish already fsynced and renamed them in place; each gets its chunk table.
-    for (const p of packs) writeFileDurable(join(this.location, packKey(p.name, PACK_INDEX_SUFFIX)), encodePackIndex(p.chunks, p.bytes));
+  async storePacks(): Promise<void> {
+    // Already in place: PackWriter.finish fsynced and renamed each pack, and its writer
+    // wrote the pack's chunk table then.
   }
 
   async commit(record: CommitRecord, firstFreeId: number): Promise<number> {

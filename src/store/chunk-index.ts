@@ -12,7 +12,7 @@ import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } fro
 import { join } from 'node:path';
 import { tryLockExclusive } from '../sys/libc.js';
 import { writeFileDurable } from './durable.js';
-import { StoreError } from './errors.js';
+import { PackMissingError, StoreError } from './errors.js';
 import { CHUNK_ID_BYTES, LOCKS_DIR } from './format.js';
 import { IdSet } from './id-set.js';
 import {
@@ -328,6 +328,7 @@ export class ChunkIndex {
     }
     // A pack of a store older than format 4 has no .idx: its blob headers give the same, once.
     const scanned = readPackTable(this.storeDir, pack);
+    if (!scanned.ok && scanned.missing) throw new PackMissingError(pack, this.storeDir);
     if (!scanned.ok) throw new StoreError(`pack ${pack}: ${scanned.problem}; run crinc verify`);
     const body = encodePackIndex(scanned.chunks, scanned.bytes);
     writeFileDurable(path, body);

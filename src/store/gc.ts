@@ -187,7 +187,7 @@ async function sweepAndRepack(repo: Repository, codec: ChunkCodec, live: IdSet, 
       faultPoint('gc-repack-written');
       repo.db.transaction(() => {
         // The copies' runs are the newest: they place the chunks from now on.
-        repo.indexPacks(written, writer.runs);
+        repo.indexPacks(written.map((w) => ({ name: w.name, bytes: w.bytes })), writer.runs);
         for (const p of repack) delPack.run(p.id);
         bumpGeneration.run();
       })();

@@ -10,14 +10,14 @@ import { PackedChunks, packPath } from './pack.js';
 /** Blob headers are read in spans of this size while a pack is scanned. */
 const SCAN_SPAN_BYTES = 1024 * 1024;
 
-export type PackTableResult = { ok: true; bytes: number; chunks: PackedChunks } | { ok: false; problem: string };
+export type PackTableResult = { ok: true; bytes: number; chunks: PackedChunks } | { ok: false; problem: string; missing: boolean };
 
 export function readPackTable(storeDir: string, name: string): PackTableResult {
   let fd: number;
   try {
     fd = openSync(packPath(storeDir, name), 'r');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { ok: false, problem: 'the pack file is missing' };
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { ok: false, problem: 'the pack file is missing', missing: true };
     throw e;
   }
   try {
@@ -57,20 +57,20 @@ function readIdx(storeDir: string, name: string, size: number): PackTableResult 
 
 /** Walks the blob headers from the pack header to the trailer; any inconsistency makes the pack unusable. */
 function scanPack(fd: number, size: number): PackTableResult {
-  if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) return { ok: false, problem: `the file is too short for a pack (${size} bytes)` };
+  if (size < PACK_HEADER_BYTES + PACK_TRAILER_BYTES) return { ok: false, problem: `the file is too short for a pack (${size} bytes)`, missing: false };
   const header = Buffer.alloc(PACK_HEADER_BYTES);
   const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
   readSync(fd, header, 0, header.length, 0);
   readSync(fd, trailer, 0, trailer.length, size - PACK_TRAILER_BYTES);
   const frame = packFrameProblem(header, trailer);
-  if (frame) return { ok: false, problem: frame };
+  if (frame) return { ok: false, problem: frame, missing: false };
   const end = size - PACK_TRAILER_BYTES;
   const chunks = new PackedChunks();
   const span = Buffer.alloc(SCAN_SPAN_BYTES);
   let spanStart = 0;
   let spanEnd = 0;
   for (let at = PACK_HEADER_BYTES; at < end; ) {
-    if (at + BLOB_HEADER_BYTES > end) return { ok: false, problem: `a blob header at ${at} runs into the trailer` };
+    if (at + BLOB_HEADER_BYTES > end) return { ok: false, problem: `a blob header at ${at} runs into the trailer`, missing: false };
     if (at < spanStart || at + BLOB_HEADER_BYTES > spanEnd) {
       spanStart = at;
       spanEnd = at + readSync(fd, span, 0, Math.min(span.length, end - at), at);
@@ -80,10 +80,10 @@ function scanPack(fd: number, size: number): PackTableResult {
     const stored = h.readUInt32LE(20);
     const compression = h[24]!;
     const data = at + BLOB_HEADER_BYTES;
-    if (data + stored > end || compression > 1) return { ok: false, problem: `the blob header at ${at} is damaged` };
+    if (data + stored > end || compression > 1) return { ok: false, problem: `the blob header at ${at} is damaged`, missing: false };
     chunks.push(h.subarray(0, CHUNK_ID_BYTES), data, stored, raw, compression);
     at = data + stored;
   }
-  if (trailer.readUInt32LE(0) !== chunks.count) return { ok: false, problem: `the trailer counts ${trailer.readUInt32LE(0)} blobs, the pack holds ${chunks.count}` };
+  if (trailer.readUInt32LE(0) !== chunks.count) return { ok: false, problem: `the trailer counts ${trailer.readUInt32LE(0)} blobs, the pack holds ${chunks.count}`, missing: false };
   return { ok: true, bytes: size, chunks };
 }

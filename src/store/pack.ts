@@ -73,7 +73,7 @@ export function packPath(storeDir: string, name: string): string {
 
 export class PackWriter {
   readonly name = randomBytes(16).toString('hex');
-  readonly chunks = new PackedChunks();
+  private table: PackedChunks | undefined = new PackedChunks();
   private readonly finalPath: string;
   private readonly partialPath: string;
   private fd: number;
@@ -96,6 +96,17 @@ export class PackWriter {
 
   get bytes(): number {
     return this.size;
+  }
+
+  /** The chunks written so far; gone once releaseChunks() dropped them (the table is on disk then). */
+  get chunks(): PackedChunks {
+    if (!this.table) throw new Error(`pack ${this.name}: its chunk table was released`);
+    return this.table;
+  }
+
+  /** Drops the in-memory chunk table of a finished pack whose .idx is written. */
+  releaseChunks(): void {
+    this.table = undefined;
   }
 
   get full(): boolean {

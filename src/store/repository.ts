@@ -4,7 +4,7 @@
 // remote store, after its commit object is written (docs/FORMAT.md, "Commit").
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { faultPoint } from '../sys/fault.js';
 import { tryLockExclusive } from '../sys/libc.js';
@@ -37,7 +37,7 @@ import { IdSet } from './id-set.js';
 import { type CommitRecord, LocalBackend, type StoreBackend } from './backend.js';
 import { createFileDurable, removeFilesDurable, writeFileDurable } from './durable.js';
 import { WriterJournal } from './journal.js';
-import { decodeStoreObject, encodePackIndex, encodeStoreObject, PACK_INDEX_SUFFIX, packKey, STORE_OBJECT, type StoreIdentity } from './objects.js';
+import { decodePackIndex, decodeStoreObject, encodePackIndex, encodeStoreObject, PACK_INDEX_SUFFIX, packKey, STORE_OBJECT, type StoreIdentity } from './objects.js';
 import { ChunkIndex, RunSegments } from './chunk-index.js';
 import { PackedChunks, PackWriter, packPath } from './pack.js';
 import { readPackTable } from './pack-table.js';
@@ -168,6 +168,13 @@ export interface OpenOptions {
 }
 
 export type { StoreIdentity };
+
+/** A pack to index: its chunks, unless its writer wrote its .idx into the store directory already. */
+export interface IndexedPack {
+  name: string;
+  bytes: number;
+  chunks?: PackedChunks;
+}
 
 /** A pack of a remote store and its chunks, for the local index. */
 export interface RemotePack {
@@ -745,7 +752,7 @@ export class Repository {
     const insFile = this.insertFileStmt();
     const now = Date.now();
     const commit = this.db.transaction(() => {
-      this.indexPacks(packs, writer.runs, now);
+      this.indexPacks(packs.map((p) => ({ name: p.name, bytes: p.bytes })), writer.runs, now);
       // A catch-up (another crinc process) may have brought it in already.
       if (this.db.prepare('SELECT 1 FROM checkpoints WHERE id = ?').get(objectId)) return objectId;
       const checkpointId = Number(insCheckpoint.run({ ...meta, id: objectId, storedBytes: writer.storedBytes }).lastInsertRowid);
@@ -777,24 +784,31 @@ export class Repository {
    * already (by a catch-up) is left as it is. A quarantined chunk in a new pack is
    * healed: the newest run places it there, and checkpoints that needed it are no longer damaged.
    */
-  indexPacks(packs: { name: string; bytes: number; chunks: PackedChunks }[], writerRuns?: { name: string; entries: number }[], now = Date.now()): void {
+  indexPacks(packs: IndexedPack[], writerRuns?: { name: string; entries: number }[], now = Date.now()): void {
     const insPack = this.statement('INSERT OR IGNORE INTO packs (name, bytes, created_at) VALUES (?, ?, ?)');
     const runs: { name: string; entries: number }[] = [];
     for (const pack of packs) {
       if (insPack.run(pack.name, pack.bytes, now).changes === 0) continue;
       // A remote store's chunk tables live in the bucket; locating chunks reads a local copy.
-      if (this.backend.remote) writeFileDurable(join(this.dir, packKey(pack.name, PACK_INDEX_SUFFIX)), encodePackIndex(pack.chunks, pack.bytes));
-      if (!writerRuns) runs.push(this.chunkIndex.writePackRun(pack.name, pack.chunks));
+      if (pack.chunks && this.backend.remote) writeFileDurable(join(this.dir, packKey(pack.name, PACK_INDEX_SUFFIX)), encodePackIndex(pack.chunks, pack.bytes));
+      if (!writerRuns) runs.push(this.chunkIndex.writePackRun(pack.name, pack.chunks ?? this.packChunks(pack.name)));
       if (this.quarantined.size === 0) continue;
-      for (let i = 0; i < pack.chunks.count; i++) {
-        if (!this.quarantined.has(pack.chunks.ids, i * CHUNK_ID_BYTES)) continue;
-        this.statement('DELETE FROM quarantine WHERE id = ?').run(pack.chunks.id(i));
-        this.statement('DELETE FROM damaged WHERE chunk = ?').run(pack.chunks.id(i));
+      const chunks = pack.chunks ?? this.packChunks(pack.name);
+      for (let i = 0; i < chunks.count; i++) {
+        if (!this.quarantined.has(chunks.ids, i * CHUNK_ID_BYTES)) continue;
+        this.statement('DELETE FROM quarantine WHERE id = ?').run(chunks.id(i));
+        this.statement('DELETE FROM damaged WHERE chunk = ?').run(chunks.id(i));
         // Reloaded after the transaction commits (a rollback would leave the set too small otherwise).
         this.quarantineStale = true;
       }
     }
     this.chunkIndex.register(writerRuns ?? runs);
+  }
+
+  /** A pack's chunk table from its .idx in the store directory (written by its writer). */
+  private packChunks(name: string): PackedChunks {
+    const path = join(this.dir, packKey(name, PACK_INDEX_SUFFIX));
+    return decodePackIndex(readFileSync(path), path).chunks;
   }
 
   /** Merges the chunk index's newest runs (after a commit, off the job's freeze); see ChunkIndex.compact. */
@@ -1102,7 +1116,10 @@ export class ChunkWriter {
   abandon(): void {
     this.current?.abandon();
     this.current = undefined;
-    for (const p of this.finished.splice(0)) p.abandon();
+    for (const p of this.finished.splice(0)) {
+      p.abandon();
+      rmSync(join(this.repo.dir, packKey(p.name, PACK_INDEX_SUFFIX)), { force: true });
+    }
     this.segments.abandon();
     this.journal.close();
   }
@@ -1118,11 +1135,14 @@ export class ChunkWriter {
     return this.finished;
   }
 
+  /** Finishes the open pack and writes its chunk table (.idx) beside it; the table leaves memory. */
   private finishPack(): void {
     const pack = this.current!;
     this.current = undefined;
     pack.finish();
     this.finished.push(pack);
+    writeFileDurable(join(this.repo.dir, packKey(pack.name, PACK_INDEX_SUFFIX)), encodePackIndex(pack.chunks, pack.bytes));
+    pack.releaseChunks();
   }
 
   private pack(): PackWriter {

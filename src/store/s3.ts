@@ -16,7 +16,7 @@ import {
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, openSync, readSync, rmSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { SECRET_BYTES } from '../codec/limits.js';
 import type { CommitRecord, StoreBackend } from './backend.js';
@@ -29,7 +29,6 @@ import {
   decodePackIndex,
   decodeStoreObject,
   encodeCheckpoint,
-  encodePackIndex,
   encodeStoreObject,
   PACK_INDEX_SUFFIX,
   PACK_KEY,
@@ -170,7 +169,8 @@ export class S3Backend implements StoreBackend {
       throw e;
     }
     // The chunk table goes up only once its pack is complete: a reader that sees it finds the pack.
-    await forEachLimited(packs, S3_UPLOAD_CONCURRENCY, (p) => this.put(packKey(p.name, PACK_INDEX_SUFFIX), encodePackIndex(p.chunks, p.bytes)));
+    // The writer wrote each table into the cache when it finished the pack.
+    await forEachLimited(packs, S3_UPLOAD_CONCURRENCY, (p) => this.put(packKey(p.name, PACK_INDEX_SUFFIX), readFileSync(join(this.cacheDir, packKey(p.name, PACK_INDEX_SUFFIX)))));
   }
 
   async commit(record: CommitRecord, firstFreeId: number): Promise<number> {
