@@ -170,6 +170,31 @@ describe('the page stream cannot be reached by another process', () => {
   });
 });
 
+describe('lazy restore of pages of zeros between pages of data', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  // Replies go out of a few reused buffers: a page of zeros (stored as a hole, not read
+  // from the store) must not carry what an earlier reply left in its buffer.
+  it('gives back the zero pages as zeros and the others as they were', async () => {
+    const { pid } = await sb.run('zeros', [COUNTER, '--region-mib', '64', '--window-pages', '256', '--tick-ms', '0', '--zero-every', '3'], ['--interval', '1h']);
+    await waitFor(() => /^start pid/m.test(sb.jobLog('zeros')), 'the job to fill its memory');
+    process.kill(pid, 'SIGUSR2');
+    await waitFor(() => /^tick 1 at/m.test(sb.jobLog('zeros')), 'tick 1');
+    const cp = sb.json<CheckpointJson>(['checkpoint', 'zeros']);
+    await killAndWait(pid);
+
+    const r = sb.json<{ pid: number; checkpoint: number; server: number }>(['restore', 'zeros', '--lazy']);
+    sb.track(r.pid);
+    sb.track(r.server);
+    expect(r.checkpoint).toBe(cp.id);
+    await waitFor(() => !alive(r.server), 'the page server to finish', 60_000);
+    expect(readFileSync(join(sb.local, 'jobs', 'zeros', 'lazy-restore.log'), 'utf8')).toMatch(/every page is in/);
+    expect(await verifyJob(sb, 'zeros', r.pid)).toMatch(/^verify ok tick 1$/);
+    await killAndWait(r.pid);
+  });
+});
+
 describe('lazy restore of a 1 GiB job', () => {
   const sb = new Sandbox();
   afterAll(() => sb.cleanup());
