@@ -195,6 +195,45 @@ describe('lazy restore of pages of zeros between pages of data', () => {
   });
 });
 
+describe('crinc killed before criu restore runs', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  /** criu lazy-pages daemons (and the shells that run them) serving a crinc restore. */
+  const lazyDaemons = () => readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+    try {
+      const args = readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0');
+      return args.includes('lazy-pages') || (args[0] === 'sh' && args.some((a) => a.includes('criu lazy-pages')));
+    } catch {
+      return false;
+    }
+  });
+
+  it('leaves no lazy-pages daemon waiting for it; a second restore works', async () => {
+    const { pid } = await sb.run('early', [COUNTER, '--region-mib', '8', '--tick-ms', '0'], ['--interval', '1h']);
+    await waitFor(() => /^start pid/m.test(sb.jobLog('early')), 'the job to start');
+    process.kill(pid, 'SIGUSR2');
+    await waitFor(() => /^tick 1 at/m.test(sb.jobLog('early')), 'tick 1');
+    const cp = sb.json<CheckpointJson>(['checkpoint', 'early']);
+    await killAndWait(pid);
+
+    const before = new Set(lazyDaemons());
+    const killed = sb.cli(['restore', 'early'], { CRINC_FAULT: 'restore-daemon-ready' });
+    expect(killed.signal).toBe('SIGKILL');
+    const started = lazyDaemons().filter((p) => !before.has(p));
+    expect(started.length, 'the daemon crinc started').toBeGreaterThan(0);
+    // Its watchdog waits for a pidfile a while (a restore crinc started may still write
+    // one), then ends the daemon, which would otherwise wait for a restore for ever.
+    await waitFor(() => started.every((p) => !existsSync(`/proc/${p}/cmdline`) || readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]!.startsWith('Z')), 'the daemon to end', 90_000);
+
+    const again = sb.json<{ pid: number; checkpoint: number }>(['restore', 'early']);
+    sb.track(again.pid);
+    expect(again.checkpoint).toBe(cp.id);
+    expect(await verifyJob(sb, 'early', again.pid)).toMatch(/^verify ok tick 1$/);
+    await killAndWait(again.pid);
+  });
+});
+
 describe('lazy restore of a 1 GiB job', () => {
   const sb = new Sandbox();
   afterAll(() => sb.cleanup());
