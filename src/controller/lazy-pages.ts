@@ -8,7 +8,7 @@
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PagemapImageBuilder, PE_LAZY, PE_PRESENT, readPagemap } from '../criu/images.js';
-import type { PageLookup } from '../criu/page-server.js';
+import type { PageLookup, RestorePages } from '../criu/page-server.js';
 import { CHUNK_ID_BYTES, PAGE_BYTES } from '../store/format.js';
 import { type ChunkLocations, type FileManifest, isZeroId, type Repository } from '../store/repository.js';
 import type { Codecs } from './codecs.js';
@@ -36,8 +36,8 @@ interface ProcessPages {
   windows: LocatedWindow[];
 }
 
-/** Writes the checkpoint's images for a lazy restore into dir; returns the lookup for the rest. */
-export async function stageLazyRestore(repo: Repository, images: FileManifest[], codecs: Codecs, dir: string, onProgress?: ProgressCallback): Promise<PageLookup> {
+/** Writes the checkpoint's images for a lazy restore into dir; returns the source of the rest. */
+export async function stageLazyRestore(repo: Repository, images: FileManifest[], codecs: Codecs, dir: string, onProgress?: ProgressCallback): Promise<RestorePages> {
   const pagesFiles = new Map(images.filter((m) => PAGES_FILE.test(m.path)).map((m) => [m.path, m]));
   await materializeImages(repo, images.filter((m) => !pagesFiles.has(m.path)), codecs, dir);
   const processes = new Map<number, ProcessPages>();
@@ -97,7 +97,7 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
   }
   if (pagesFiles.size > 0) throw new LazyPageError(`the checkpoint has ${[...pagesFiles.keys()].join(', ')} without a pagemap`);
 
-  return new LazyPageSource(repo, codecs, processes, totalBytes, onProgress).lookup;
+  return new LazyPageSource(repo, codecs, processes, totalBytes, onProgress);
 }
 
 /** A range read from the store ahead of the daemon's request for it. */
@@ -116,7 +116,7 @@ interface ReadAhead {
  * read ahead, so the store's reads and the daemon's copies overlap. Replies go out of a
  * few buffers, allocated once (a fresh 4 MiB buffer per reply cost a page fault per page).
  */
-class LazyPageSource {
+class LazyPageSource implements RestorePages {
   private readonly free: Buffer[] = [];
   private readonly waiting: ((b: Buffer) => void)[] = [];
   private allocated = 0;
@@ -161,6 +161,10 @@ class LazyPageSource {
     const replied = buffer;
     return { bytes: replied.subarray(0, n * PAGE_BYTES), sent: () => this.give(replied) };
   };
+
+  async idle(): Promise<void> {
+    await this.ahead?.pages.catch(() => undefined);
+  }
 
   /** Starts reading the lazy range at or after vaddr in pid's address order, if a buffer is free. */
   private readAhead(pid: number, vaddr: number): void {

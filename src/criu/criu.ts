@@ -7,7 +7,7 @@ import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { faultPoint } from '../sys/fault.js';
 import { setReceiveTimeout, streamSocketPair } from '../sys/libc.js';
-import { type DumpStreamSink, PAGE_STREAM_SILENCE_MS, type PageLookup, PageServerProtocolError, receiveDump, serveLazyPages } from './page-server.js';
+import { type DumpStreamSink, PAGE_STREAM_SILENCE_MS, PageServerProtocolError, type RestorePages, receiveDump, serveLazyPages } from './page-server.js';
 import { CrincError } from '../errors.js';
 import { type CriuAction, explainCriuFailure } from './explain.js';
 
@@ -206,7 +206,7 @@ export interface RestoreRequest {
   imagesDir: string;
   workDir: string;
   /** Answers the lazy-pages daemon's page requests (from the store). */
-  pages: PageLookup;
+  pages: RestorePages;
 }
 
 export interface LazyRestore {
@@ -301,7 +301,7 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
     daemon.on('close', (code) => resolve(code ?? -1));
   });
   const daemonFailed = () => new CriuFailedError('lazy-pages', daemonLog, logTail(daemonLog) + (daemonStderr ? `\n${daemonStderr.trim()}` : ''));
-  const served = serveLazyPages(new Socket({ fd: ours, readable: true, writable: true }), req.pages);
+  const served = serveLazyPages(new Socket({ fd: ours, readable: true, writable: true }), req.pages.lookup);
   served.catch(() => undefined); // observed below, with the daemon's exit
   let jobPid = 0;
   let pagesFailed = false;
@@ -323,6 +323,7 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
       throw e;
     } finally {
       stopWatchdog(); // gone with the daemon when all went well
+      await req.pages.idle(); // nothing reads the store for this restore any more
     }
   })();
   allPagesIn.catch(() => undefined); // the caller awaits it or not (--lazy)

@@ -201,6 +201,14 @@ export interface ServedPages {
 /** Pages for a lazy restore: up to nrPages at vaddr of the process whose PID inside the image is pid. */
 export type PageLookup = (pid: number, vaddr: number, nrPages: number) => Promise<ServedPages>;
 
+/** Where a lazy restore's pages come from. */
+export interface RestorePages {
+  /** Called one request at a time, the next once the last one's promise settled. */
+  lookup: PageLookup;
+  /** Settles once no read of the source is in flight (it may read ahead of requests). */
+  idle(): Promise<void>;
+}
+
 /**
  * Answers `criu lazy-pages --page-server --ps-socket` on socket: each GET with a header
  * (ADD_F | PE_PRESENT, the same vaddr and dst_id, the pages sent) and the pages, in
