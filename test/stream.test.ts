@@ -170,6 +170,70 @@ describe('the page stream cannot be reached by another process', () => {
   });
 });
 
+describe('lazy restore of pages of zeros between pages of data', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  // Replies go out of a few reused buffers: a page of zeros (stored as a hole, not read
+  // from the store) must not carry what an earlier reply left in its buffer.
+  it('gives back the zero pages as zeros and the others as they were', async () => {
+    const { pid } = await sb.run('zeros', [COUNTER, '--region-mib', '64', '--window-pages', '256', '--tick-ms', '0', '--zero-every', '3'], ['--interval', '1h']);
+    await waitFor(() => /^start pid/m.test(sb.jobLog('zeros')), 'the job to fill its memory');
+    process.kill(pid, 'SIGUSR2');
+    await waitFor(() => /^tick 1 at/m.test(sb.jobLog('zeros')), 'tick 1');
+    const cp = sb.json<CheckpointJson>(['checkpoint', 'zeros']);
+    await killAndWait(pid);
+
+    const r = sb.json<{ pid: number; checkpoint: number; server: number }>(['restore', 'zeros', '--lazy']);
+    sb.track(r.pid);
+    sb.track(r.server);
+    expect(r.checkpoint).toBe(cp.id);
+    await waitFor(() => !alive(r.server), 'the page server to finish', 60_000);
+    expect(readFileSync(join(sb.local, 'jobs', 'zeros', 'lazy-restore.log'), 'utf8')).toMatch(/every page is in/);
+    expect(await verifyJob(sb, 'zeros', r.pid)).toMatch(/^verify ok tick 1$/);
+    await killAndWait(r.pid);
+  });
+});
+
+describe('crinc killed before criu restore runs', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  /** criu lazy-pages daemons (and the shells that run them) serving a crinc restore. */
+  const lazyDaemons = () => readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
+    try {
+      const args = readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0');
+      return args.includes('lazy-pages') || (args[0] === 'sh' && args.some((a) => a.includes('criu lazy-pages')));
+    } catch {
+      return false;
+    }
+  });
+
+  it('leaves no lazy-pages daemon waiting for it; a second restore works', async () => {
+    const { pid } = await sb.run('early', [COUNTER, '--region-mib', '8', '--tick-ms', '0'], ['--interval', '1h']);
+    await waitFor(() => /^start pid/m.test(sb.jobLog('early')), 'the job to start');
+    process.kill(pid, 'SIGUSR2');
+    await waitFor(() => /^tick 1 at/m.test(sb.jobLog('early')), 'tick 1');
+    const cp = sb.json<CheckpointJson>(['checkpoint', 'early']);
+    await killAndWait(pid);
+
+    const before = new Set(lazyDaemons());
+    const killed = sb.cli(['restore', 'early'], { CRINC_FAULT: 'restore-daemon-ready' });
+    expect(killed.signal).toBe('SIGKILL');
+    const started = lazyDaemons().filter((p) => !before.has(p));
+    expect(started.length, 'the daemon crinc started').toBeGreaterThan(0);
+    // Its watchdog waits for a pidfile a while (a restore crinc started may still write
+    // one), then ends the daemon, which would otherwise wait for a restore for ever.
+    await waitFor(() => started.every((p) => !existsSync(`/proc/${p}/cmdline`) || readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]!.startsWith('Z')), 'the daemon to end', 90_000);
+
+    const again = sb.json<{ pid: number; checkpoint: number }>(['restore', 'early']);
+    sb.track(again.pid);
+    expect(again.checkpoint).toBe(cp.id);
+    expect(await verifyJob(sb, 'early', again.pid)).toMatch(/^verify ok tick 1$/);
+    await killAndWait(again.pid);
+  });
+});
+
 describe('lazy restore of a 1 GiB job', () => {
   const sb = new Sandbox();
   afterAll(() => sb.cleanup());

@@ -8,7 +8,7 @@
 import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PagemapImageBuilder, PE_LAZY, PE_PRESENT, readPagemap } from '../criu/images.js';
-import type { PageLookup } from '../criu/page-server.js';
+import type { PageLookup, RestorePages } from '../criu/page-server.js';
 import { CHUNK_ID_BYTES, PAGE_BYTES } from '../store/format.js';
 import { type ChunkLocations, type FileManifest, isZeroId, type Repository } from '../store/repository.js';
 import type { Codecs } from './codecs.js';
@@ -32,12 +32,12 @@ interface ProcessPages {
   ids: Uint8Array;
   /** Per page of the pages file: 1 when it is served (lazy and not a zero page). */
   served: Uint8Array;
-  /** The pages located last (requests come mostly in address order). */
-  window: LocatedWindow | undefined;
+  /** The windows located last, the latest first (requests come mostly in address order). */
+  windows: LocatedWindow[];
 }
 
-/** Writes the checkpoint's images for a lazy restore into dir; returns the lookup for the rest. */
-export async function stageLazyRestore(repo: Repository, images: FileManifest[], codecs: Codecs, dir: string, onProgress?: ProgressCallback): Promise<PageLookup> {
+/** Writes the checkpoint's images for a lazy restore into dir; returns the source of the rest. */
+export async function stageLazyRestore(repo: Repository, images: FileManifest[], codecs: Codecs, dir: string, onProgress?: ProgressCallback): Promise<RestorePages> {
   const pagesFiles = new Map(images.filter((m) => PAGES_FILE.test(m.path)).map((m) => [m.path, m]));
   await materializeImages(repo, images.filter((m) => !pagesFiles.has(m.path)), codecs, dir);
   const processes = new Map<number, ProcessPages>();
@@ -50,7 +50,7 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
     pagesFiles.delete(pagesName);
     const pid = PROCESS_PAGEMAP.exec(name);
     const pageCount = manifest.ids.length / CHUNK_ID_BYTES;
-    const own: ProcessPages = { starts: [], counts: [], firstPage: [], ids: manifest.ids, served: new Uint8Array(pageCount), window: undefined };
+    const own: ProcessPages = { starts: [], counts: [], firstPage: [], ids: manifest.ids, served: new Uint8Array(pageCount), windows: [] };
     // Pages CRIU restores itself, by index in the pages file; lazy ones are left as holes.
     const eager = new Uint8Array(pageCount);
     // CRIU's entries are at most a pipe buffer (1 MiB) long, and the daemon asks for at
@@ -97,9 +97,95 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
   }
   if (pagesFiles.size > 0) throw new LazyPageError(`the checkpoint has ${[...pagesFiles.keys()].join(', ')} without a pagemap`);
 
-  let sentBytes = 0;
-  return async (pid, vaddr, nrPages) => {
-    const p = processes.get(pid);
+  return new LazyPageSource(repo, codecs, processes, totalBytes, onProgress);
+}
+
+/** A range read from the store ahead of the daemon's request for it. */
+interface ReadAhead {
+  pid: number;
+  vaddr: number;
+  buffer: Buffer;
+  /** Pages read, from vaddr on; rejects if they could not be (the request then reads them itself). */
+  pages: Promise<number>;
+}
+
+/**
+ * Serves the daemon's requests from the store. Its background transfer asks for one range
+ * at a time per process, the next after the last in address order, and copies a reply into
+ * the job before it asks again: while it copies, the range after the one just served is
+ * read ahead, so the store's reads and the daemon's copies overlap. Replies go out of a
+ * few buffers, allocated once (a fresh 4 MiB buffer per reply cost a page fault per page).
+ */
+class LazyPageSource implements RestorePages {
+  private readonly free: Buffer[] = [];
+  private readonly waiting: ((b: Buffer) => void)[] = [];
+  private allocated = 0;
+  private ahead: ReadAhead | undefined;
+  private sentBytes = 0;
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly codecs: Codecs,
+    private readonly processes: Map<number, ProcessPages>,
+    private readonly totalBytes: number,
+    private readonly onProgress: ProgressCallback | undefined,
+  ) {}
+
+  /** Called by the server one request at a time: reads never overlap (readChunks runs one at a time). */
+  readonly lookup: PageLookup = async (pid, vaddr, nrPages) => {
+    const ahead = this.ahead;
+    this.ahead = undefined;
+    let buffer: Buffer | undefined;
+    let n = 0;
+    if (ahead) {
+      const read = await ahead.pages.catch(() => 0);
+      if (read > 0 && ahead.pid === pid && ahead.vaddr === vaddr) {
+        buffer = ahead.buffer;
+        n = Math.min(nrPages, read);
+      } else {
+        this.give(ahead.buffer);
+      }
+    }
+    if (!buffer) {
+      buffer = await this.take();
+      try {
+        n = await this.read(pid, vaddr, nrPages, buffer);
+      } catch (e) {
+        this.give(buffer);
+        throw e;
+      }
+    }
+    this.readAhead(pid, vaddr + n * PAGE_BYTES);
+    this.sentBytes += n * PAGE_BYTES;
+    this.onProgress?.(this.sentBytes, this.totalBytes);
+    const replied = buffer;
+    return { bytes: replied.subarray(0, n * PAGE_BYTES), sent: () => this.give(replied) };
+  };
+
+  async idle(): Promise<void> {
+    await this.ahead?.pages.catch(() => undefined);
+  }
+
+  /** Starts reading the lazy range at or after vaddr in pid's address order, if a buffer is free. */
+  private readAhead(pid: number, vaddr: number): void {
+    const p = this.processes.get(pid)!;
+    let e = entryAt(p.starts, vaddr);
+    if (e < 0 || vaddr >= p.starts[e]! + p.counts[e]! * PAGE_BYTES) {
+      e += 1;
+      if (e >= p.starts.length) return;
+      vaddr = p.starts[e]!;
+    }
+    const buffer = this.free.pop() ?? (this.allocated < REPLY_BUFFERS ? this.allocate() : undefined);
+    if (!buffer) return;
+    // After the reply has gone out: locating a new window holds up the event loop.
+    const pages = new Promise((resolve) => setImmediate(resolve)).then(() => this.read(pid, vaddr, REPLY_PAGES, buffer));
+    pages.catch(() => undefined); // a range that cannot be read is read again, and reported, when asked for
+    this.ahead = { pid, vaddr, buffer, pages };
+  }
+
+  /** Reads up to nrPages lazy pages of pid from vaddr into buffer; returns how many. */
+  private async read(pid: number, vaddr: number, nrPages: number, buffer: Buffer): Promise<number> {
+    const p = this.processes.get(pid);
     if (!p) throw new LazyPageError(`criu lazy-pages asked for pages of process ${pid}, which the checkpoint does not have`);
     const e = entryAt(p.starts, vaddr);
     const offset = e < 0 ? -1 : (vaddr - p.starts[e]!) / PAGE_BYTES;
@@ -107,43 +193,55 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
       throw new LazyPageError(`criu lazy-pages asked for page 0x${vaddr.toString(16)} of process ${pid}, which the checkpoint does not hold as lazy`);
     }
     const first = p.firstPage[e]! + offset;
-    if (!p.window || first < p.window.first || first >= p.window.first + LOCATE_WINDOW_PAGES) {
-      p.window = locateWindow(repo, p.ids, p.served, first - (first % LOCATE_WINDOW_PAGES));
-    }
-    const window = p.window;
-    // Fewer pages than asked (up to the run's or the window's end) is allowed: the daemon asks again.
-    const n = Math.min(nrPages, p.counts[e]! - offset, window.first + LOCATE_WINDOW_PAGES - first);
-    const out = Buffer.alloc(n * PAGE_BYTES);
+    const window = locatedWindow(this.repo, p, first - (first % LOCATE_WINDOW_PAGES));
+    // Fewer pages than asked (up to the run's, the window's or the buffer's end) is allowed: the daemon asks again.
+    const n = Math.min(nrPages, REPLY_PAGES, p.counts[e]! - offset, window.first + LOCATE_WINDOW_PAGES - first);
     const wanted: number[] = [];
-    for (let i = 0; i < n; i++) if (p.served[first + i] === 1) wanted.push(i);
-    if (wanted.length > 0) {
-      const ids = new Uint8Array(wanted.length * CHUNK_ID_BYTES);
-      const located: ChunkLocations = {
-        pack: new Array<string>(wanted.length),
-        offset: new Float64Array(wanted.length),
-        storedLength: new Uint32Array(wanted.length),
-        rawLength: new Uint32Array(wanted.length),
-        compression: new Uint8Array(wanted.length),
-      };
-      wanted.forEach((i, k) => {
-        const page = first + i;
-        ids.set(p.ids.subarray(page * CHUNK_ID_BYTES, (page + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES);
-        const w = window.slot[page - window.first]!;
-        located.pack[k] = window.where.pack[w]!;
-        located.offset[k] = window.where.offset[w]!;
-        located.storedLength[k] = window.where.storedLength[w]!;
-        located.rawLength[k] = window.where.rawLength[w]!;
-        located.compression[k] = window.where.compression[w]!;
-      });
-      await readChunks(repo, ids, codecs, (k, raw) => {
-        if (raw.length !== PAGE_BYTES) throw new LazyPageError(`page chunk of ${raw.length} bytes in process ${pid}'s pages`);
-        out.set(raw, wanted[k]! * PAGE_BYTES);
-      }, undefined, located);
+    for (let i = 0; i < n; i++) {
+      if (p.served[first + i] === 1) wanted.push(i);
+      else buffer.fill(0, i * PAGE_BYTES, (i + 1) * PAGE_BYTES);
     }
-    sentBytes += out.length;
-    onProgress?.(sentBytes, totalBytes);
-    return out;
-  };
+    if (wanted.length === 0) return n;
+    const ids = new Uint8Array(wanted.length * CHUNK_ID_BYTES);
+    const located: ChunkLocations = {
+      pack: new Array<string>(wanted.length),
+      offset: new Float64Array(wanted.length),
+      storedLength: new Uint32Array(wanted.length),
+      rawLength: new Uint32Array(wanted.length),
+      compression: new Uint8Array(wanted.length),
+    };
+    wanted.forEach((i, k) => {
+      const page = first + i;
+      ids.set(p.ids.subarray(page * CHUNK_ID_BYTES, (page + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES);
+      const w = window.slot[page - window.first]!;
+      located.pack[k] = window.where.pack[w]!;
+      located.offset[k] = window.where.offset[w]!;
+      located.storedLength[k] = window.where.storedLength[w]!;
+      located.rawLength[k] = window.where.rawLength[w]!;
+      located.compression[k] = window.where.compression[w]!;
+    });
+    await readChunks(this.repo, ids, this.codecs, (k, raw) => {
+      if (raw.length !== PAGE_BYTES) throw new LazyPageError(`page chunk of ${raw.length} bytes in process ${pid}'s pages`);
+      buffer.set(raw, wanted[k]! * PAGE_BYTES);
+    }, undefined, located);
+    return n;
+  }
+
+  private allocate(): Buffer {
+    this.allocated += 1;
+    return Buffer.alloc(REPLY_PAGES * PAGE_BYTES);
+  }
+
+  private take(): Promise<Buffer> {
+    const b = this.free.pop() ?? (this.allocated < REPLY_BUFFERS ? this.allocate() : undefined);
+    return b ? Promise.resolve(b) : new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  private give(b: Buffer): void {
+    const next = this.waiting.shift();
+    if (next) next(b);
+    else this.free.push(b);
+  }
 }
 
 /**
@@ -154,11 +252,18 @@ export async function stageLazyRestore(repo: Repository, images: FileManifest[],
 const MERGED_ENTRY_PAGES = (4 * 1024 * 1024) / PAGE_BYTES;
 
 /**
- * Pages are located LOCATE_WINDOW_PAGES (1 GiB) at a time: one store query per window,
- * not per request (the daemon asks for up to 4 MiB at a time, mostly in address
- * order), and memory for one window's locations, not for the whole job's.
+ * Pages are located LOCATE_WINDOW_PAGES (16 MiB) at a time: one store query per window,
+ * not per request, kept short because it holds up the event loop (a 1 GiB window took
+ * 0.8-1.9 s here, during which the server answered nothing and crinc did not see CRIU's
+ * restore end).
  */
-const LOCATE_WINDOW_PAGES = 262_144;
+const LOCATE_WINDOW_PAGES = 4096;
+/** Located windows kept per process: the background transfer's and the job's own faults'. */
+const LOCATED_WINDOWS = 4;
+/** The longest reply, in pages (the daemon asks for at most MERGED_ENTRY_PAGES at once). */
+const REPLY_PAGES = MERGED_ENTRY_PAGES;
+/** Reply buffers: one filled for a request, one read ahead, the others being written out. */
+const REPLY_BUFFERS = 4;
 
 interface LocatedWindow {
   /** The window's first page (index in the pages file). */
@@ -168,17 +273,27 @@ interface LocatedWindow {
   where: ChunkLocations;
 }
 
-function locateWindow(repo: Repository, pageIds: Uint8Array, served: Uint8Array, first: number): LocatedWindow {
-  const end = Math.min(first + LOCATE_WINDOW_PAGES, served.length);
+/** The window starting at page first, from the process's recent ones or located now. */
+function locatedWindow(repo: Repository, p: ProcessPages, first: number): LocatedWindow {
+  const cached = p.windows.findIndex((w) => w.first === first);
+  if (cached >= 0) {
+    const [w] = p.windows.splice(cached, 1);
+    p.windows.unshift(w!);
+    return w!;
+  }
+  const end = Math.min(first + LOCATE_WINDOW_PAGES, p.served.length);
   const slot = new Int32Array(end - first).fill(-1);
   let count = 0;
-  for (let page = first; page < end; page++) if (served[page] === 1) slot[page - first] = count++;
+  for (let page = first; page < end; page++) if (p.served[page] === 1) slot[page - first] = count++;
   const ids = new Uint8Array(count * CHUNK_ID_BYTES);
   for (let page = first; page < end; page++) {
     const k = slot[page - first]!;
-    if (k >= 0) ids.set(pageIds.subarray(page * CHUNK_ID_BYTES, (page + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES);
+    if (k >= 0) ids.set(p.ids.subarray(page * CHUNK_ID_BYTES, (page + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES);
   }
-  return { first, slot, where: repo.locateChunks(ids) };
+  const w = { first, slot, where: repo.locateChunks(ids) };
+  p.windows.unshift(w);
+  p.windows.length = Math.min(p.windows.length, LOCATED_WINDOWS);
+  return w;
 }
 
 /** The entry whose start is the greatest at or below vaddr, or -1 (starts ascending). */

@@ -5,8 +5,9 @@ import { chmodSync, closeSync, existsSync, readFileSync, writeFileSync } from 'n
 import { open } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
+import { faultPoint } from '../sys/fault.js';
 import { setReceiveTimeout, streamSocketPair } from '../sys/libc.js';
-import { type DumpStreamSink, PAGE_STREAM_SILENCE_MS, type PageLookup, PageServerProtocolError, receiveDump, serveLazyPages } from './page-server.js';
+import { type DumpStreamSink, PAGE_STREAM_SILENCE_MS, PageServerProtocolError, type RestorePages, receiveDump, serveLazyPages } from './page-server.js';
 import { CrincError } from '../errors.js';
 import { type CriuAction, explainCriuFailure } from './explain.js';
 
@@ -205,7 +206,7 @@ export interface RestoreRequest {
   imagesDir: string;
   workDir: string;
   /** Answers the lazy-pages daemon's page requests (from the store). */
-  pages: PageLookup;
+  pages: RestorePages;
 }
 
 export interface LazyRestore {
@@ -218,19 +219,39 @@ export interface LazyRestore {
 
 // A job whose pages are not all in must never run on without them: once the lazy-pages
 // daemon's userfaultfd closes, the kernel fills a missing page with zeros. The daemon
-// keeps it open while its page-server socket is open, so this watchdog holds a copy of
+// keeps it open while its page-server socket is open, so a watchdog holds a copy of
 // crinc's end: if crinc dies first, the daemon's requests go unanswered (the job waits
 // at its fault) until the watchdog has killed the job; only then does the socket close.
-// crinc stops the watchdog once every page is in (TERM: its wait ends at once).
-const LAZY_WATCHDOG_SCRIPT = `
+// Without a pidfile (crinc died before the restore ran), it ends the daemon, which would
+// wait for that restore for ever (checked to be this restore's daemon: its command line
+// names the work directory).
+// One shell runs both, so that crinc forks once (a fork of crinc costs 25-110 ms here,
+// by its size): it starts the daemon (fds 3, the daemon's end of the page stream, and 4,
+// its status pipe) and the watchdog (fd 5, crinc's end), waits for the daemon and exits
+// with its status. TERM stops the watchdog (crinc does once every page is in, or once it
+// killed the job); the shell still waits for the daemon. Killing the shell's process
+// group ends them all.
+const LAZY_PAGES_SCRIPT = `
+criu lazy-pages "$@" 5>&- &
+d=$!
+exec 3>&- 4>&-
 ( tail --pid="$CRINC_PID" -s 0.1 -f /dev/null & t=$!
   trap 'kill $t 2>/dev/null; wait $t; exit 0' TERM
   wait $t
   i=0; while [ ! -s "$PIDFILE" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
-  [ -s "$PIDFILE" ] && kill -9 "$(cat "$PIDFILE")" ) 3>&- &
+  if [ -s "$PIDFILE" ]; then kill -9 "$(cat "$PIDFILE")"
+  elif tr '\\0' '\\n' < "/proc/$d/cmdline" | grep -qxF -- "$WORKDIR"; then kill -9 "$d"
+  fi ) 2>/dev/null &
 w=$!
-trap 'kill -TERM $w 2>/dev/null; wait $w; exit 0' TERM
-wait $w
+exec 5>&-
+trap 'kill -TERM $w 2>/dev/null' TERM
+# A wait cut short by TERM returns >128 with the daemon still there: wait again.
+while :; do
+  wait $d; code=$?
+  kill -0 $d 2>/dev/null || break
+done
+kill -TERM $w 2>/dev/null; wait $w
+exit $code
 `;
 
 /**
@@ -244,30 +265,34 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
   const daemonLog = join(req.workDir, 'lazy-pages.log');
   const [ours, theirs] = streamSocketPair();
   let daemon: ChildProcess;
-  let watchdog: ChildProcess;
   try {
     daemon = spawn(
-      'criu',
-      ['lazy-pages', '-D', req.imagesDir, '-W', req.workDir, '-o', 'lazy-pages.log', '-v4', '--page-server', '--ps-socket', String(CRIU_PS_FD), '--status-fd', String(CRIU_STATUS_FD)],
-      // Its own process group, like the watchdog and criu restore below: a Ctrl-C at
-      // crinc's terminal must not kill them mid-restore (crinc finishes the restore).
-      { stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe'], detached: true },
+      'sh',
+      ['-c', LAZY_PAGES_SCRIPT, 'sh', '-D', req.imagesDir, '-W', req.workDir, '-o', 'lazy-pages.log', '-v4', '--page-server', '--ps-socket', String(CRIU_PS_FD), '--status-fd', String(CRIU_STATUS_FD)],
+      // Its own process group, like criu restore below: a Ctrl-C at crinc's terminal must
+      // not kill them mid-restore (crinc finishes the restore).
+      {
+        stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', ours],
+        detached: true,
+        env: { ...process.env, CRINC_PID: String(process.pid), PIDFILE: pidFile, WORKDIR: req.workDir },
+      },
     );
-    watchdog = spawn('sh', ['-c', LAZY_WATCHDOG_SCRIPT], {
-      stdio: ['ignore', 'ignore', 'ignore', ours],
-      detached: true,
-      env: { ...process.env, CRINC_PID: String(process.pid), PIDFILE: pidFile },
-    });
   } catch (e) {
     closeSync(ours);
     throw e;
   } finally {
     closeSync(theirs);
   }
-  const watchdogExited = new Promise<void>((resolve) => watchdog.once('close', () => resolve()));
-  const stopWatchdog = async () => {
-    watchdog.kill('SIGTERM');
-    await watchdogExited;
+  const stopWatchdog = () => {
+    daemon.kill('SIGTERM');
+  };
+  const killDaemon = () => {
+    if (daemon.exitCode !== null || daemon.signalCode !== null) return; // its group may be gone, its id reused
+    try {
+      process.kill(-daemon.pid!, 'SIGKILL');
+    } catch {
+      // already gone
+    }
   };
   let daemonStderr = '';
   daemon.stderr!.on('data', (d: Buffer) => (daemonStderr += d.toString()));
@@ -276,7 +301,7 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
     daemon.on('close', (code) => resolve(code ?? -1));
   });
   const daemonFailed = () => new CriuFailedError('lazy-pages', daemonLog, logTail(daemonLog) + (daemonStderr ? `\n${daemonStderr.trim()}` : ''));
-  const served = serveLazyPages(new Socket({ fd: ours, readable: true, writable: true }), req.pages);
+  const served = serveLazyPages(new Socket({ fd: ours, readable: true, writable: true }), req.pages.lookup);
   served.catch(() => undefined); // observed below, with the daemon's exit
   let jobPid = 0;
   let pagesFailed = false;
@@ -293,11 +318,12 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
       // killed, the watchdog lets the socket close and the daemon ends.
       pagesFailed = true;
       if (jobPid > 0) killQuietly(jobPid);
-      await stopWatchdog();
+      stopWatchdog();
       await daemonExited;
       throw e;
     } finally {
-      await stopWatchdog();
+      stopWatchdog(); // gone with the daemon when all went well
+      await req.pages.idle(); // nothing reads the store for this restore any more
     }
   })();
   allPagesIn.catch(() => undefined); // the caller awaits it or not (--lazy)
@@ -311,6 +337,7 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
     await allPagesIn.catch(() => undefined);
     throw daemonFailed();
   }
+  faultPoint('restore-daemon-ready');
 
   const restore = spawn(
     'criu',
@@ -327,7 +354,7 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
   if (code !== 0) {
     // Its last words, if they come soon.
     await Promise.race([new Promise((resolve) => restore.once('close', resolve)), new Promise((resolve) => setTimeout(resolve, RESTORE_STDERR_WAIT_MS))]);
-    daemon.kill('SIGKILL');
+    killDaemon();
     await allPagesIn.catch(() => undefined);
     throw new CriuFailedError('restore', logPath, logTail(logPath) + (stderr ? `\n${stderr.trim()}` : ''));
   }

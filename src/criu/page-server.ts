@@ -188,8 +188,26 @@ function writeAll(fd: number, data: Buffer): void {
   }
 }
 
-/** Pages for a lazy restore: nrPages at vaddr of the process whose PID inside the image is pid. */
-export type PageLookup = (pid: number, vaddr: number, nrPages: number) => Promise<Uint8Array>;
+/**
+ * A lazy restore's reply: `bytes` holds whole pages from the asked address on (at most as
+ * many as asked; the daemon asks again for the rest). The server calls `sent` once the
+ * bytes are written out, so the lookup may fill their buffer again.
+ */
+export interface ServedPages {
+  bytes: Uint8Array;
+  sent(): void;
+}
+
+/** Pages for a lazy restore: up to nrPages at vaddr of the process whose PID inside the image is pid. */
+export type PageLookup = (pid: number, vaddr: number, nrPages: number) => Promise<ServedPages>;
+
+/** Where a lazy restore's pages come from. */
+export interface RestorePages {
+  /** Called one request at a time, the next once the last one's promise settled. */
+  lookup: PageLookup;
+  /** Settles once no read of the source is in flight (it may read ahead of requests). */
+  idle(): Promise<void>;
+}
 
 /**
  * Answers `criu lazy-pages --page-server --ps-socket` on socket: each GET with a header
@@ -214,8 +232,8 @@ export function serveLazyPages(socket: Socket, lookup: PageLookup): Promise<void
         if (m.command === PS_IOV_GET) {
           chain = chain.then(async () => {
             const pages = await lookup(Number(m.dstId), m.vaddr, m.nrPages);
-            socket.write(encodeMessage({ command: PS_IOV_ADD_F, flags: PE_PRESENT, nrPages: pages.length / PAGE_BYTES, vaddr: m.vaddr, dstId: m.dstId }));
-            socket.write(pages);
+            socket.write(encodeMessage({ command: PS_IOV_ADD_F, flags: PE_PRESENT, nrPages: pages.bytes.length / PAGE_BYTES, vaddr: m.vaddr, dstId: m.dstId }));
+            socket.write(pages.bytes, () => pages.sent());
           });
           chain.catch(fail);
         } else if (m.command === PS_IOV_CLOSE || m.command === PS_IOV_FORCE_CLOSE) {

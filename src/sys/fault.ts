@@ -21,6 +21,8 @@ export const FAULT_POINTS = {
   'commit-in-transaction': 'checkpoint',
   /** The checkpoint is committed; retention has not run. */
   'checkpoint-after-commit': 'checkpoint',
+  /** `criu lazy-pages` listens for the restore, which has not started (the daemon's watchdog ends it). */
+  'restore-daemon-ready': 'restore',
   /** CRIU has restored the job; its record still says `restoring` (the next restore adopts the process). */
   'restore-after-criu': 'restore',
   /** Inside retention's transaction, the forgotten rows deleted, before COMMIT. */

@@ -7,11 +7,13 @@
  * checks every page of the region against the counter and logs "verify ok tick N" or
  * "verify FAIL ...": a restored process proves its memory came back intact.
  *
- *   counter [--region-mib N] [--window-pages W] [--tick-ms T] [--out FILE] [--ticks N]
+ *   counter [--region-mib N] [--window-pages W] [--tick-ms T] [--out FILE] [--ticks N] [--zero-every Z]
  *
  * --tick-ms 0 ticks only on SIGUSR2, so a test controls exactly what changes.
  * --ticks N ends the run after tick N: it verifies the region, logs "done tick N" and
  * exits 0 (1 when the region is wrong), so a resumed job shows it finished its work.
+ * --zero-every Z makes every Z-th page (page % Z == 0) hold zeros, written like the others:
+ * present pages of all zeros between pages of data.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,8 +42,15 @@ static uint64_t word_of(uint64_t page, uint64_t tick, uint64_t k) {
     return z ^ (z >> 31);
 }
 
+static uint64_t zero_every;
+
+/* Word k of page at tick: the pattern, or 0 on the pages --zero-every keeps zero. */
+static uint64_t expected(uint64_t page, uint64_t tick, uint64_t k) {
+    return zero_every && page % zero_every == 0 ? 0 : word_of(page, tick, k);
+}
+
 static void fill(uint64_t *p, uint64_t page, uint64_t tick) {
-    for (uint64_t k = 0; k < PAGE / 8; k++) p[k] = word_of(page, tick, k);
+    for (uint64_t k = 0; k < PAGE / 8; k++) p[k] = expected(page, tick, k);
 }
 
 static long long now_ms(void) {
@@ -60,7 +69,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--tick-ms") && i + 1 < argc) tick_ms = strtol(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--out") && i + 1 < argc) out_path = argv[++i];
         else if (!strcmp(argv[i], "--ticks") && i + 1 < argc) last_tick = strtoull(argv[++i], NULL, 10);
-        else { dprintf(2, "usage: counter [--region-mib N] [--window-pages W] [--tick-ms T] [--out FILE] [--ticks N]\n"); return 2; }
+        else if (!strcmp(argv[i], "--zero-every") && i + 1 < argc) zero_every = strtoull(argv[++i], NULL, 10);
+        else { dprintf(2, "usage: counter [--region-mib N] [--window-pages W] [--tick-ms T] [--out FILE] [--ticks N] [--zero-every Z]\n"); return 2; }
     }
     uint64_t pages = region_mib * 1024 * 1024 / PAGE;
     if (window == 0 || window > pages || pages % window) { dprintf(2, "window must divide the region's %lu pages\n", (unsigned long)pages); return 2; }
@@ -106,7 +116,7 @@ int main(int argc, char **argv) {
                 if (tick >= w + 1) last = w + 1 + ((tick - (w + 1)) / windows) * windows;
                 uint64_t *pg = region + p * (PAGE / 8);
                 for (uint64_t k = 0; k < PAGE / 8; k++)
-                    if (pg[k] != word_of(p, last, k)) { if (!bad++) first_bad = p; break; }
+                    if (pg[k] != expected(p, last, k)) { if (!bad++) first_bad = p; break; }
             }
             if (bad) dprintf(1, "verify FAIL tick %lu bad pages %lu first %lu\n", (unsigned long)tick, (unsigned long)bad, (unsigned long)first_bad);
             else dprintf(1, "verify ok tick %lu\n", (unsigned long)tick);
