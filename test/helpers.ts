@@ -67,6 +67,16 @@ export interface JobInfo {
   state: string;
 }
 
+/** What `crinc gc --json` prints (the fields tests read). */
+export interface GcJson {
+  deadChunks: number;
+  deadPacks: number;
+  bytesFreed: number;
+  repackedPacks: number;
+  newPacks: number;
+  orphanFiles: number;
+}
+
 export interface CheckpointJson {
   id: number;
   job: string;

@@ -8,16 +8,18 @@ import {
   GetObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
+  PutObjectCommand,
   S3Client,
   S3ServiceException,
 } from '@aws-sdk/client-s3';
 import { spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { STAGING_ROOT } from '../src/controller/checkpoint.js';
-import { type CheckpointAround, type CheckpointJson, checkpointsAround, CLI, COUNTER, killAndWait, lastTick, resumedLog, ROOT, Sandbox, sha256Dir, waitFor } from './helpers.js';
+import { type CheckpointAround, type CheckpointJson, checkpointsAround, CLI, COUNTER, crincAsync, type GcJson, killAndWait, lastTick, resumedLog, ROOT, Sandbox, sha256Dir, waitFor } from './helpers.js';
 
 const RGW_SCRIPT = join(ROOT, 'scripts', 'services', 'ceph-rgw.sh');
 const BUCKET = 'crinc-test';
@@ -152,7 +154,7 @@ describe('a job checkpointed to S3, restored from a wiped local cache', () => {
     expect(r.stderr).not.toMatch(/unexpected error/);
   });
 
-  it('prune forgets in the bucket too: a rebuilt cache does not bring forgotten checkpoints back; gc is refused', async () => {
+  it('prune forgets in the bucket too: a rebuilt cache does not bring forgotten checkpoints back; gc frees their chunks', async () => {
     const before = sb.json<CheckpointJson[]>(['list', 'counter']);
     const checkpoints = before.filter((c) => c.kind === 'checkpoint').map((c) => c.id);
     expect(checkpoints.length).toBeGreaterThanOrEqual(2);
@@ -164,9 +166,15 @@ describe('a job checkpointed to S3, restored from a wiped local cache', () => {
     expect(objects).toEqual(after.map((c) => `checkpoints/${String(c.id).padStart(12, '0')}`));
     rmSync(sb.local, { recursive: true, force: true });
     expect(sb.json<CheckpointJson[]>(['list', 'counter'])).toEqual(after);
-    const r = sb.cli(['gc']);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(new RegExp(`crinc gc of an S3 store \\(s3://${BUCKET}/${prefix}\\) is not supported yet: `));
+    const gc = sb.json<GcJson>(['gc']);
+    expect(gc.deadChunks).toBeGreaterThan(0);
+    expect(gc.bytesFreed).toBeGreaterThan(0);
+    expect(sb.json<CheckpointJson[]>(['list', 'counter'])).toEqual(after);
+    const out = join(sb.dir, `export-${newest}-after-gc`);
+    sb.ok(['export', 'counter', '--id', String(newest), '--to', out]);
+    expect(sha256Dir(out)).toEqual(sha256Dir(join(kept, String(newest))));
+    // GC's lock went with it.
+    expect((await keys(prefix)).filter((k) => k.startsWith('locks/'))).toEqual([]);
   });
 
   it('verify --read-data checks the objects through ranged reads; a deleted pack object names the checkpoints that need it', async () => {
@@ -254,5 +262,177 @@ describe('a checkpoint killed while its packs upload', () => {
     const next = sb.json<CheckpointJson>(['checkpoint', 'big']);
     expect(next.id).toBeGreaterThan(ids[ids.length - 1]!);
     expect(sb.json<CheckpointJson[]>(['list', 'big']).map((c) => c.id)).toEqual([...ids, next.id]);
+  });
+});
+
+describe('gc of an S3 store, SIGKILLed at every point: every checkpoint comes back from a fresh cache and from another node', () => {
+  const JOB = 'collected';
+  const { sb, prefix } = s3Sandbox();
+  const kept = join(sb.dir, 'kept-images');
+  /** Another node: its cache is made before any GC and never wiped. */
+  const nodeB = { CRINC_CACHE: join(sb.dir, 'node-b') };
+  const counterOf = new Map<number, number>();
+  let pid = 0;
+  let counter = 0;
+  let checks = 0;
+  afterAll(() => sb.cleanup());
+
+  beforeAll(async () => {
+    mkdirSync(kept);
+    const run = await sb.run(JOB, [COUNTER, '--region-mib', '4', '--window-pages', '256', '--tick-ms', '0'], ['--interval', '1h', '--no-tracking']);
+    pid = run.pid;
+    // Checkpoints and GCs are taken by the CLI itself from here on, so CRINC_FAULT reaches them.
+    run.controller.kill('SIGINT');
+    await waitFor(() => run.controller.exitCode !== null, 'the controller to stop');
+  });
+
+  async function checkpoint(): Promise<number> {
+    process.kill(pid, 'SIGUSR2');
+    counter++;
+    await waitFor(() => lastTick(sb.jobLog(JOB)) === counter, `tick ${counter}`);
+    const cp = sb.json<CheckpointJson>(['checkpoint', JOB, '--keep-last', '2'], { CRINC_KEEP_IMAGES: kept });
+    counterOf.set(cp.id, counter);
+    return cp.id;
+  }
+
+  /** What every kill must leave: both checkpoints listed, exported byte for byte and verified, whichever cache reads the bucket. */
+  async function checkStore(what: string): Promise<void> {
+    const ids = sb.json<CheckpointJson[]>(['list', JOB]).map((c) => c.id);
+    expect(ids.length, `checkpoints after ${what}`).toBe(2); // --keep-last 2
+    const fresh = { CRINC_CACHE: join(sb.dir, `fresh-cache-${++checks}`) };
+    for (const [node, cache] of [['a fresh cache', fresh], ['node B', nodeB]] as const) {
+      const listed = sb.cli(['list', JOB, '--json'], cache);
+      expect(listed.code, listed.stderr).toBe(0);
+      // Catch-up took every checkpoint in: no object names a deleted pack.
+      expect(listed.stderr, `${node} after ${what}`).not.toMatch(/left out/);
+      expect((JSON.parse(listed.stdout) as CheckpointJson[]).map((c) => c.id), `${node} after ${what}`).toEqual(ids);
+      for (const id of ids) {
+        const out = join(sb.dir, `export-${checks}-${id}`);
+        sb.ok(['export', JOB, '--id', String(id), '--to', out], cache);
+        expect(sha256Dir(out), `export of ${id} from ${node} after ${what}`).toEqual(sha256Dir(join(kept, String(id))));
+        rmSync(out, { recursive: true, force: true });
+      }
+    }
+    const v = sb.cli(['verify', '--read-data', '--json'], fresh);
+    expect(v.code, `verify after ${what}: ${v.stdout}${v.stderr}`).toBe(0);
+  }
+
+  it('makes garbage and a pack to repack; node B caches the store', async () => {
+    for (let i = 0; i < 4; i++) await checkpoint();
+    expect(sb.cli(['list'], nodeB).code).toBe(0);
+    const plan = sb.json<GcJson>(['gc', '--dry-run']);
+    expect(plan.deadChunks).toBeGreaterThan(0);
+    expect(plan.repackedPacks).toBeGreaterThan(0);
+    await checkStore('the first checkpoints');
+  });
+
+  for (const point of ['gc-repack-written', 'gc-mid-rewrite', 'gc-before-delete', 'gc-mid-sweep', 'gc-after-delete']) {
+    it(`killed at ${point}`, async () => {
+      await checkpoint(); // new garbage
+      const r = sb.cli(['gc'], { CRINC_FAULT: point });
+      expect(r.signal, `crinc gc with CRINC_FAULT=${point} was not killed:\n${r.stdout}${r.stderr}`).toBe('SIGKILL');
+      // Its exclusive lock is left in the bucket; on this node it counts for nothing (its process is gone).
+      expect((await keys(prefix)).filter((k) => k.startsWith('locks/')).length).toBe(1);
+      await checkpoint();
+      await checkStore(point);
+    });
+  }
+
+  it('killed at random times', async () => {
+    for (let round = 0; round < 2; round++) {
+      await checkpoint();
+      const run = crincAsync(sb.store, ['gc'], sb.env);
+      const delayMs = 200 + Math.floor(Math.random() * 2000);
+      await sleep(delayMs);
+      run.kill();
+      const r = await run.done;
+      await checkStore(`a kill of gc after ${delayMs} ms (${r.signal ?? `exit ${r.code}`})`);
+    }
+  });
+
+  it('then a gc completes: nothing left to collect, every object names existing packs, no lock or upload left', async () => {
+    const gc = sb.json<GcJson>(['gc']);
+    expect(gc.bytesFreed).toBeGreaterThanOrEqual(0);
+    const again = sb.json<GcJson>(['gc', '--dry-run']);
+    expect(again.deadChunks).toBe(0);
+    expect(again.deadPacks).toBe(0);
+    expect(again.orphanFiles).toBe(0);
+    const all = await keys(prefix);
+    const packs = all.filter((k) => k.endsWith('.pack')).map((k) => k.replace(/\.pack$/, ''));
+    expect(all.filter((k) => k.endsWith('.idx')).map((k) => k.replace(/\.idx$/, '')).sort()).toEqual(packs.sort());
+    for (const key of all.filter((k) => k.startsWith('checkpoints/'))) {
+      const object = await s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: `${prefix}/${key}` }));
+      const record = JSON.parse(await object.Body!.transformToString()) as { packs: string[] };
+      for (const p of record.packs) expect(packs, `${key} names pack ${p}`).toContain(`packs/${p.slice(0, 2)}/${p}`);
+    }
+    expect(all.filter((k) => k.startsWith('locks/'))).toEqual([]);
+    expect(await multipartUploads(prefix)).toEqual([]);
+    await checkStore('a complete gc');
+  });
+
+  it('the newest checkpoint restores from a fresh cache, memory intact', async () => {
+    const ids = sb.json<CheckpointJson[]>(['list', JOB]).map((c) => c.id);
+    const newest = ids[ids.length - 1]!;
+    await killAndWait(pid);
+    const r = sb.json<{ pid: number; checkpoint: number }>(['restore', JOB], { CRINC_CACHE: join(sb.dir, 'restore-cache') });
+    sb.track(r.pid);
+    expect(r.checkpoint).toBe(newest);
+    process.kill(r.pid, 'SIGUSR1');
+    const restoredLog = () => readFileSync(join(sb.dir, 'restore-cache', 'jobs', JOB, 'stdout.log'), 'utf8');
+    const verdict = await waitFor(() => /^verify (ok|FAIL).*$/m.exec(restoredLog())?.[0], 'the job to verify its memory');
+    expect(verdict).toBe(`verify ok tick ${counterOf.get(newest)}`);
+  });
+});
+
+describe('the bucket lock', () => {
+  const JOB = 'locked';
+  const { sb, prefix } = s3Sandbox();
+  afterAll(() => sb.cleanup());
+
+  beforeAll(async () => {
+    const run = await sb.run(JOB, [COUNTER, '--region-mib', '2', '--window-pages', '64', '--tick-ms', '0'], ['--interval', '1h', '--no-tracking']);
+    run.controller.kill('SIGINT');
+    await waitFor(() => run.controller.exitCode !== null, 'the controller to stop');
+    sb.json<CheckpointJson>(['checkpoint', JOB]);
+  });
+
+  /** Another node's lock, written as that node's crinc would (docs/FORMAT.md, "The bucket lock"): the test plays that node. */
+  async function otherNodesLock(kind: 'shared' | 'exclusive', purpose: string): Promise<string> {
+    const key = `${prefix}/locks/${randomBytes(16).toString('hex')}`;
+    const record = { format: 1, kind, purpose, host: 'node-b', bootId: randomUUID(), pidNamespace: 'pid:[1]', pid: 4242, pidStart: 1, createdAt: new Date().toISOString() };
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: key, Body: JSON.stringify(record) }));
+    return key;
+  }
+
+  it("another node's gc (exclusive): a gc here fails naming it, a checkpoint waits until it is gone", async () => {
+    const key = await otherNodesLock('exclusive', 'gc');
+    const gc = sb.cli(['gc']);
+    expect(gc.code).toBe(1);
+    expect(gc.stderr).toMatch(/is locked, so gc cannot start: exclusive lock for gc by crinc pid 4242 on node-b/);
+    const cp = crincAsync(sb.store, ['checkpoint', JOB, '--json'], sb.env);
+    let finished = false;
+    void cp.done.then(() => (finished = true));
+    await sleep(6000);
+    expect(finished, 'the checkpoint waited for the other node to finish').toBe(false);
+    await s3.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: key }));
+    const r = await cp.done;
+    expect(r.code, r.stderr).toBe(0);
+    expect(sb.json<CheckpointJson[]>(['list', JOB]).length).toBe(2);
+  });
+
+  it("another node's checkpoint (shared): gc waits for it, then collects", async () => {
+    sb.ok(['prune', JOB, '--keep-last', '1']);
+    const key = await otherNodesLock('shared', 'checkpoint of job elsewhere');
+    const gc = crincAsync(sb.store, ['gc', '--json'], sb.env);
+    let finished = false;
+    void gc.done.then(() => (finished = true));
+    await sleep(6000);
+    expect(finished, 'gc waited for the other node').toBe(false);
+    await s3.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: key }));
+    const r = await gc.done;
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as GcJson).deadChunks).toBeGreaterThan(0);
+    expect((await keys(prefix)).filter((k) => k.startsWith('locks/'))).toEqual([]);
+    expect(sb.cli(['verify', '--read-data']).code).toBe(0);
   });
 });

@@ -44,8 +44,9 @@ export interface StoreBackend {
   /**
    * Beside the store lock held shared: what keeps other nodes' GCs away (an S3 store's
    * bucket lock, with the index caught up under it); none for a store directory.
+   * Without waitForGc, a GC running elsewhere is an error (BucketLockedError).
    */
-  holdShared(repo: Repository, purpose: string): Promise<{ release(): void } | undefined>;
+  holdShared(repo: Repository, purpose: string, waitForGc: boolean): Promise<{ release(): void } | undefined>;
   /** Whether packs live elsewhere than the store directory (repair works on local stores only). */
   readonly remote: boolean;
   close(): void;

@@ -97,19 +97,24 @@ export class BucketLocks {
    * another exclusive lock is live, waits up to BUCKET_LOCK_EXCLUSIVE_WAIT_MS for shared
    * holders, new ones waiting behind it meanwhile.
    */
-  async acquire(kind: BucketLockKind, purpose: string): Promise<BucketLockHold> {
+  async acquire(kind: BucketLockKind, purpose: string, options: { waitForExclusive: boolean } = { waitForExclusive: true }): Promise<BucketLockHold> {
     if (this.own) {
       // One process never waits for itself: a shared request is covered by what it holds.
       if (kind === 'shared') return this.hold();
       throw new Error(`asked for the bucket lock exclusive while holding it ${this.own.kind}`);
     }
-    return kind === 'shared' ? this.acquireShared(purpose) : this.acquireExclusive(purpose);
+    return kind === 'shared' ? this.acquireShared(purpose, options.waitForExclusive) : this.acquireExclusive(purpose);
   }
 
-  private async acquireShared(purpose: string): Promise<BucketLockHold> {
+  private async acquireShared(purpose: string, waitForExclusive: boolean): Promise<BucketLockHold> {
     for (;;) {
       // Wait without a lock object of our own, so that GC does not wait for us meanwhile.
-      while ((await this.liveLocks()).some(isExclusive)) await sleep(BUCKET_LOCK_POLL_MS);
+      for (;;) {
+        const exclusive = (await this.liveLocks()).filter(isExclusive);
+        if (exclusive.length === 0) break;
+        if (!waitForExclusive) throw new BucketLockedError(this.bucket.location, purpose, exclusive.map(describe), `Wait for it to finish, then try again${DEAD_HOLDER}`);
+        await sleep(BUCKET_LOCK_POLL_MS);
+      }
       await this.create('shared', purpose);
       if (!(await this.liveLocks()).some(isExclusive)) return this.hold();
       await this.dropOwn();

@@ -15,7 +15,7 @@ import { BLOB_HEADER_BYTES, CHUNK_ID_BYTES, type Compression, LOCKS_DIR, PACK_HE
 import { IdSet } from './id-set.js';
 import { type ChunkTable, checkpointIds, listPacks, loadChunkTable, manifestBytes, maxCheckpointId, walkManifests } from './inventory.js';
 import { deadWriterJournals, WriterJournal } from './journal.js';
-import { PACK_INDEX_SUFFIX, packKey } from './objects.js';
+import { decodePackIndex, PACK_INDEX_SUFFIX, packKey } from './objects.js';
 import { PARTIAL_SUFFIX, type PackWriter, packPath } from './pack.js';
 import { removeFilesDurable } from './durable.js';
 import type { CommitRecord } from './backend.js';
@@ -136,8 +136,9 @@ async function collectLocal(repo: Repository, codec: ChunkCodec, options: GcOpti
 /** docs/FORMAT.md, "Garbage collection on S3". */
 async function collectRemote(repo: Repository, backend: S3Backend, codec: ChunkCodec, options: GcOptions): Promise<GcResult> {
   const mark = new Mark(repo, codec, options);
-  // Under the bucket lock shared: no other node's GC deletes a manifest part meanwhile.
-  const shared = await repo.lockShared('gc (mark)');
+  // Under the bucket lock shared: no other node's GC deletes a manifest part meanwhile
+  // (one that runs already makes this one fail at once, as it would later).
+  const shared = await repo.lockShared('gc', { waitForGc: false });
   try {
     await mark.indexed({ after: 0, upTo: Number.MAX_SAFE_INTEGER });
   } finally {
@@ -330,22 +331,26 @@ async function sweepAndRepackRemote(repo: Repository, backend: S3Backend, codec:
     await repo.storePacks(written);
     if (copy) faultPoint('gc-repack-written');
 
-    // 2. Rewrite: each object naming a doomed pack names the packs that hold its chunks after GC.
-    const moved = new IdSet();
-    const movedTo: string[] = [];
-    for (const w of written) {
-      for (let i = 0; i < w.chunks.count; i++) if (moved.add(w.chunks.ids, i * CHUNK_ID_BYTES)) movedTo.push(w.name);
-    }
+    // 2. Rewrite: each object naming a doomed pack names, instead, the packs that hold the
+    // chunks of its manifests that were in it, once GC is done.
+    const after = new PlacementAfter(c, written);
     await backend.locks.assertFresh();
     for (const { id, record } of objects) {
-      if (!record.packs.some((n) => doomedNames.has(n))) continue;
+      const gone = record.packs.filter((n) => doomedNames.has(n));
+      if (gone.length === 0) continue;
       const packs = record.packs.filter((n) => !doomedNames.has(n));
+      const lost = new IdSet();
+      for (const name of gone) {
+        const { chunks } = decodePackIndex(repo.chunkIndex.table(name), packKey(name, PACK_INDEX_SUFFIX));
+        for (let i = 0; i < chunks.count; i++) lost.add(chunks.ids, i * CHUNK_ID_BYTES);
+      }
       for (const f of record.files) {
         const ids = await repo.manifestIds(f.manifest, f.indirect, codec);
         for (const list of f.indirect ? [f.manifest, ids] : [ids]) {
           for (let o = 0; o < list.length; o += CHUNK_ID_BYTES) {
-            const k = moved.indexOf(list, o);
-            if (k >= 0 && !packs.includes(movedTo[k]!)) packs.push(movedTo[k]!);
+            if (!lost.has(list, o)) continue;
+            const pack = after.pack(list, o);
+            if (pack !== undefined && !packs.includes(pack)) packs.push(pack);
           }
         }
       }
@@ -383,6 +388,33 @@ async function sweepAndRepackRemote(repo: Repository, backend: S3Backend, codec:
   result.bytesAfter = written.reduce((n, w) => n + w.bytes, 0) + kept.reduce((n, p) => n + p.bytes, 0);
   result.bytesFreed = result.bytesBefore - result.bytesAfter;
   return result;
+}
+
+/** Where a live chunk is once GC is done: in the pack the index places it in, or in the repack's copy of that pack. */
+class PlacementAfter {
+  private readonly names = new Map<number, string>();
+  private readonly repacked = new Set<number>();
+  private readonly moved = new IdSet();
+  private readonly movedTo: string[] = [];
+
+  constructor(
+    private readonly c: Collection,
+    written: PackWriter[],
+  ) {
+    for (const p of c.plans) this.names.set(p.id, p.name);
+    for (const p of c.repack) this.repacked.add(p.id);
+    for (const w of written) {
+      for (let i = 0; i < w.chunks.count; i++) if (this.moved.add(w.chunks.ids, i * CHUNK_ID_BYTES)) this.movedTo.push(w.name);
+    }
+  }
+
+  /** undefined: the index does not place the chunk (a damaged store; verify names it). */
+  pack(ids: Uint8Array, o: number): string | undefined {
+    const i = this.c.table.ids.indexOf(ids, o);
+    if (i < 0) return undefined;
+    const pack = this.c.table.pack[i]!;
+    return this.repacked.has(pack) ? this.movedTo[this.moved.indexOf(ids, o)] : this.names.get(pack);
+  }
 }
 
 /** A live blob's stored bytes, after checking its header against the index. */

@@ -439,12 +439,13 @@ export class Repository {
   /**
    * The store lock shared, then (an S3 store) the bucket lock shared with the index caught
    * up under it, then the index's changes since the last call taken in: before writing
-   * packs or reading chunks. No GC deletes or moves a chunk until release.
+   * packs or reading chunks. No GC deletes or moves a chunk until release. Without
+   * waitForGc, a GC holding an S3 store's bucket lock is an error instead of a wait.
    */
-  async lockShared(purpose: string): Promise<StoreLock> {
+  async lockShared(purpose: string, options: { waitForGc: boolean } = { waitForGc: true }): Promise<StoreLock> {
     const lock = await lockStore(this.dir, 'shared');
     try {
-      const hold = await this.backend.holdShared(this, purpose);
+      const hold = await this.backend.holdShared(this, purpose, options.waitForGc);
       if (hold) lock.add(hold);
       this.refreshAfterCollection();
     } catch (e) {

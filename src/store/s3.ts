@@ -166,8 +166,8 @@ export class S3Backend implements StoreBackend, LockBucket {
   }
 
   /** The bucket lock shared, and the index caught up with the bucket under it (nothing is collected until release). */
-  async holdShared(repo: Repository, purpose: string): Promise<BucketLockHold> {
-    const hold = await this.locks.acquire('shared', purpose);
+  async holdShared(repo: Repository, purpose: string, waitForGc: boolean): Promise<BucketLockHold> {
+    const hold = await this.locks.acquire('shared', purpose, { waitForExclusive: waitForGc });
     try {
       for (const warning of (await this.catchUp(repo)).warnings) this.onWarning(warning);
     } catch (e) {
