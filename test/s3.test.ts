@@ -19,6 +19,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { STAGING_ROOT } from '../src/controller/checkpoint.js';
+import { openCodecs } from '../src/controller/codecs.js';
+import { FILE_BLOCK_BYTES } from '../src/store/format.js';
+import { openS3Store } from '../src/store/s3.js';
 import { type CheckpointAround, type CheckpointJson, checkpointsAround, CLI, COUNTER, crincAsync, type GcJson, killAndWait, lastTick, resumedLog, ROOT, Sandbox, sha256Dir, waitFor } from './helpers.js';
 
 const RGW_SCRIPT = join(ROOT, 'scripts', 'services', 'ceph-rgw.sh');
@@ -318,15 +321,21 @@ describe('gc of an S3 store, SIGKILLed at every point: every checkpoint comes ba
   }
 
   it('makes garbage and a pack to repack; node B caches the store', async () => {
-    for (let i = 0; i < 4; i++) await checkpoint();
+    // The first checkpoint's pack holds the whole region: once enough of it was rewritten
+    // and the checkpoints that named it forgotten, it is mostly dead.
+    let plan: GcJson | undefined;
+    for (let i = 0; i < 8 && !(plan && plan.repackedPacks > 0); i++) {
+      await checkpoint();
+      plan = sb.json<GcJson>(['gc', '--dry-run']);
+    }
+    expect(plan!.deadChunks).toBeGreaterThan(0);
+    expect(plan!.repackedPacks).toBeGreaterThan(0);
     expect(sb.cli(['list'], nodeB).code).toBe(0);
-    const plan = sb.json<GcJson>(['gc', '--dry-run']);
-    expect(plan.deadChunks).toBeGreaterThan(0);
-    expect(plan.repackedPacks).toBeGreaterThan(0);
     await checkStore('the first checkpoints');
   });
 
-  for (const point of ['gc-repack-written', 'gc-mid-rewrite', 'gc-before-delete', 'gc-mid-sweep', 'gc-after-delete']) {
+  // gc-mid-rewrite: below, where an object names a pack that GC deletes.
+  for (const point of ['gc-repack-written', 'gc-before-delete', 'gc-mid-sweep', 'gc-after-delete']) {
     it(`killed at ${point}`, async () => {
       await checkpoint(); // new garbage
       const r = sb.cli(['gc'], { CRINC_FAULT: point });
@@ -378,9 +387,121 @@ describe('gc of an S3 store, SIGKILLed at every point: every checkpoint comes ba
     sb.track(r.pid);
     expect(r.checkpoint).toBe(newest);
     process.kill(r.pid, 'SIGUSR1');
-    const restoredLog = () => readFileSync(join(sb.dir, 'restore-cache', 'jobs', JOB, 'stdout.log'), 'utf8');
-    const verdict = await waitFor(() => /^verify (ok|FAIL).*$/m.exec(restoredLog())?.[0], 'the job to verify its memory');
+    // The job's log is one of its files: restored in place, where the job writes on.
+    const verdict = await waitFor(() => /^verify (ok|FAIL).*$/m.exec(sb.jobLog(JOB))?.[0], 'the job to verify its memory');
     expect(verdict).toBe(`verify ok tick ${counterOf.get(newest)}`);
+  });
+});
+
+describe('gc of an S3 store where a checkpoint object names a pack whose chunks are placed elsewhere', () => {
+  // Two commits raced (as two jobs with the same pages would): each wrote the shared
+  // blocks, the index places them in the later one's pack, so the earlier one's pack is
+  // mostly dead although its checkpoint lives. GC repacks it and must rewrite that
+  // checkpoint's object to name the packs that now hold its chunks. Committed through
+  // the real commit path, in this process (files only: no CRIU needed to make a race).
+  const { sb, prefix } = s3Sandbox();
+  const nodeB = { CRINC_CACHE: join(sb.dir, 'node-b') };
+  const SHARED_BLOCKS = 6;
+  const blocks = (seed: number) => Buffer.concat(Array.from({ length: SHARED_BLOCKS + 1 }, (_, i) => randomBlock(i < SHARED_BLOCKS ? i : seed)));
+  const contents = new Map<number, Buffer>();
+  let objects: Map<number, string[]>;
+  afterAll(() => sb.cleanup());
+
+  /** A block of incompressible bytes, the same for the same seed. */
+  function randomBlock(seed: number): Buffer {
+    const out = Buffer.alloc(FILE_BLOCK_BYTES);
+    let x = seed * 2654435761 + 1;
+    for (let i = 0; i < out.length; i += 4) {
+      x = (x ^ (x << 13)) >>> 0;
+      x = (x ^ (x >>> 17)) >>> 0;
+      x = (x ^ (x << 5)) >>> 0;
+      out.writeUInt32LE(x, i);
+    }
+    return out;
+  }
+
+  async function packsNamed(): Promise<Map<number, string[]>> {
+    const out = new Map<number, string[]>();
+    for (const key of (await keys(prefix)).filter((k) => k.startsWith('checkpoints/'))) {
+      const object = await s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: `${prefix}/${key}` }));
+      const record = JSON.parse(await object.Body!.transformToString()) as { id: number; packs: string[] };
+      out.set(record.id, record.packs);
+    }
+    return out;
+  }
+
+  async function checkStore(what: string): Promise<void> {
+    const fresh = { CRINC_CACHE: join(sb.dir, `fresh-${randomBytes(4).toString('hex')}`) };
+    for (const [node, cache] of [['a fresh cache', fresh], ['node B', nodeB]] as const) {
+      const listed = sb.cli(['list', '--json'], cache);
+      expect(listed.stderr, `${node} after ${what}`).not.toMatch(/left out/);
+      expect((JSON.parse(listed.stdout) as CheckpointJson[]).map((c) => c.id).sort(), `${node} after ${what}`).toEqual([...contents.keys()].sort());
+      for (const [id, content] of contents) {
+        const out = join(sb.dir, `export-${randomBytes(4).toString('hex')}`);
+        sb.ok(['export', 'files', '--id', String(id), '--to', out], cache);
+        expect(readFileSync(join(out, 'files', 'data')).equals(content), `checkpoint ${id} from ${node} after ${what}`).toBe(true);
+      }
+    }
+    const v = sb.cli(['verify', '--read-data'], fresh);
+    expect(v.code, `verify after ${what}: ${v.stdout}${v.stderr}`).toBe(0);
+  }
+
+  it('commits two checkpoints whose packs both hold the shared blocks', async () => {
+    const repo = await openS3Store(sb.store, { create: true, cacheDir: sb.local, onWarning: (m) => { throw new Error(m); } });
+    const codecs = await openCodecs(repo);
+    const now = Date.now();
+    repo.saveJob({ name: 'files', createdAt: now, command: ['true'], cwd: '/', pid: null, controllerPid: null, state: 'stopped', updatedAt: now });
+    const lock = await repo.lockShared('the test');
+    // Both writers take their chunks for new before either commits.
+    const writers = [1, 2].map((seed) => {
+      const data = blocks(100 + seed);
+      const writer = repo.newChunkWriter(codecs.chunks);
+      const ids: Uint8Array[] = [];
+      for (let o = 0; o < data.length; o += FILE_BLOCK_BYTES) {
+        const id = codecs.chunks.chunkId(data.subarray(o, o + FILE_BLOCK_BYTES));
+        writer.put(id, data.subarray(o, o + FILE_BLOCK_BYTES));
+        ids.push(id);
+      }
+      return { data, writer, ids: new Uint8Array(Buffer.concat(ids)) };
+    });
+    for (const [k, { data, writer, ids }] of writers.entries()) {
+      const cp = await repo.commitCheckpoint(
+        { job: 'files', kind: 'checkpoint', takenAt: now + k, mode: 'files', rootPid: null, imageBytes: 0, pagesTotal: 0, pagesHashed: 0, pagesClean: 0, durationMs: 0, freezeMs: 0, note: null },
+        [{ role: 'job-file', path: '/data', size: data.length, mode: 0o600, uid: 0, gid: 0, blockBytes: FILE_BLOCK_BYTES, ids, identity: null }],
+        writer,
+      );
+      contents.set(cp.id, data);
+    }
+    lock.release();
+    await codecs.pool.close();
+    repo.close();
+    objects = await packsNamed();
+    expect([...objects.values()].map((p) => p.length)).toEqual([1, 1]);
+    expect(sb.cli(['list'], nodeB).code).toBe(0);
+    const plan = sb.json<GcJson>(['gc', '--dry-run']);
+    expect(plan.repackedPacks).toBe(1);
+    await checkStore('the commits');
+  });
+
+  it('gc killed after rewriting the object: both checkpoints come back', async () => {
+    const r = sb.cli(['gc'], { CRINC_FAULT: 'gc-mid-rewrite' });
+    expect(r.signal, `${r.stdout}${r.stderr}`).toBe('SIGKILL');
+    await checkStore('gc-mid-rewrite');
+  });
+
+  it('a gc completes: the earlier object names the repacked copy and the later pack, the old pack is gone', async () => {
+    sb.json<GcJson>(['gc']);
+    const [first, second] = [...contents.keys()].sort((a, b) => a - b) as [number, number];
+    const now = await packsNamed();
+    expect(now.get(second)).toEqual(objects.get(second));
+    const firstPacks = now.get(first)!;
+    expect(firstPacks).toHaveLength(2);
+    expect(firstPacks).toContain(objects.get(second)![0]);
+    expect(firstPacks).not.toContain(objects.get(first)![0]);
+    const stored = (await keys(prefix)).filter((k) => k.endsWith('.pack'));
+    for (const p of firstPacks) expect(stored).toContain(`packs/${p.slice(0, 2)}/${p}.pack`);
+    expect(stored).toHaveLength(2);
+    await checkStore('a complete gc');
   });
 });
 
