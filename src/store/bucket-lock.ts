@@ -81,6 +81,10 @@ export class BucketLocks {
   private own: { key: string; kind: BucketLockKind; body: Buffer; lastWrite: number; holds: number; timer: NodeJS.Timeout } | undefined;
   /** Deletions of released lock objects still in flight (the client must not be destroyed under them). */
   private readonly deleting = new Set<Promise<void>>();
+  /** Acquisitions run one at a time (a process writes one lock object at most). */
+  private acquiring: Promise<unknown> = Promise.resolve();
+  /** Called when the own lock is released. */
+  private readonly releaseWaiters: (() => void)[] = [];
 
   constructor(
     private readonly bucket: LockBucket,
@@ -98,12 +102,17 @@ export class BucketLocks {
    * holders, new ones waiting behind it meanwhile.
    */
   async acquire(kind: BucketLockKind, purpose: string, options: { waitForExclusive: boolean } = { waitForExclusive: true }): Promise<BucketLockHold> {
-    if (this.own) {
-      // One process never waits for itself: a shared request is covered by what it holds.
-      if (kind === 'shared') return this.hold();
-      throw new Error(`asked for the bucket lock exclusive while holding it ${this.own.kind}`);
-    }
-    return kind === 'shared' ? this.acquireShared(purpose, options.waitForExclusive) : this.acquireExclusive(purpose);
+    const acquired = this.acquiring.then(() => this.acquireInTurn(kind, purpose, options.waitForExclusive));
+    this.acquiring = acquired.catch(() => undefined);
+    return acquired;
+  }
+
+  private async acquireInTurn(kind: BucketLockKind, purpose: string, waitForExclusive: boolean): Promise<BucketLockHold> {
+    // Within a process as between processes: shared holds share the one lock object; any
+    // other request waits for its release (a daemon's checkpoint while its GC runs).
+    while (this.own && !(kind === 'shared' && this.own.kind === 'shared')) await new Promise<void>((resolve) => this.releaseWaiters.push(resolve));
+    if (this.own) return this.hold();
+    return kind === 'shared' ? this.acquireShared(purpose, waitForExclusive) : this.acquireExclusive(purpose);
   }
 
   private async acquireShared(purpose: string, waitForExclusive: boolean): Promise<BucketLockHold> {
@@ -219,6 +228,7 @@ export class BucketLocks {
     const own = this.own!;
     this.own = undefined;
     clearInterval(own.timer);
+    for (const resolve of this.releaseWaiters.splice(0)) resolve();
     const done = this.bucket.deleteObject(own.key).catch((e: Error) => {
       this.onWarning(`could not delete the lock ${own.key} in ${this.bucket.location} (${e.message}): it counts until it is stale (${BUCKET_LOCK_STALE_MS / 60_000} minutes)`);
     });

@@ -169,7 +169,7 @@ export class S3Backend implements StoreBackend, LockBucket {
   async holdShared(repo: Repository, purpose: string, waitForGc: boolean): Promise<BucketLockHold> {
     const hold = await this.locks.acquire('shared', purpose, { waitForExclusive: waitForGc });
     try {
-      for (const warning of (await this.catchUp(repo)).warnings) this.onWarning(warning);
+      for (const warning of (await this.catchUp(repo, true)).warnings) this.onWarning(warning);
     } catch (e) {
       hold.release();
       throw e;
@@ -181,7 +181,7 @@ export class S3Backend implements StoreBackend, LockBucket {
   async holdExclusive(repo: Repository, purpose: string): Promise<{ hold: BucketLockHold; leftOut: RemoteCheckpoint[] }> {
     const hold = await this.locks.acquire('exclusive', purpose);
     try {
-      const { warnings, leftOut } = await this.catchUp(repo);
+      const { warnings, leftOut } = await this.catchUp(repo, true);
       for (const warning of warnings) this.onWarning(warning);
       return { hold, leftOut };
     } catch (e) {
@@ -249,11 +249,15 @@ export class S3Backend implements StoreBackend, LockBucket {
     // Under the lock: a GC rewriting these objects meanwhile would bring them back.
     const hold = await this.locks.acquire('shared', `forgetting checkpoint(s) ${ids.join(', ')}`);
     try {
-      // Gone from the bucket first: a cache rebuilt later must not bring them back.
-      await forEachLimited(ids, S3_FETCH_CONCURRENCY, (id) => this.deleteObject(checkpointKey(id)));
+      await this.deleteCheckpointObjects(ids);
     } finally {
       hold.release();
     }
+  }
+
+  /** Under the bucket lock: gone from the bucket, a cache rebuilt later does not bring them back. */
+  private async deleteCheckpointObjects(ids: number[]): Promise<void> {
+    await forEachLimited(ids, S3_FETCH_CONCURRENCY, (id) => this.deleteObject(checkpointKey(id)));
   }
 
   /** Every checkpoint object of the bucket (GC: which packs each names). */
@@ -335,9 +339,9 @@ export class S3Backend implements StoreBackend, LockBucket {
   /**
    * Brings the index in line with the bucket: packs whose object and chunk table are both
    * there, and checkpoints whose object is there and whose packs are. Returns what it left
-   * out.
+   * out. underLock: the caller holds the bucket lock (else deleting objects takes it).
    */
-  async catchUp(repo: Repository): Promise<CatchUpResult> {
+  async catchUp(repo: Repository, underLock = false): Promise<CatchUpResult> {
     const warnings: string[] = [];
     const leftOut: RemoteCheckpoint[] = [];
     // Read before listing: what is indexed now and missing from the listing was deleted
@@ -376,7 +380,8 @@ export class S3Backend implements StoreBackend, LockBucket {
     // A forget interrupted between its index transaction and the deletion of its objects.
     const forgotten = [...repo.forgottenCheckpoints()];
     if (forgotten.length > 0) {
-      await this.forgetCheckpoints(forgotten.filter((id) => bucketIds.has(id)));
+      const stale = forgotten.filter((id) => bucketIds.has(id));
+      await (underLock ? this.deleteCheckpointObjects(stale) : this.forgetCheckpoints(stale));
       repo.clearForgotten(forgotten);
     }
     repo.applyRemote({
