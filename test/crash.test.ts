@@ -31,11 +31,7 @@ describe('SIGKILL at every fault point and at random times', () => {
 
   beforeAll(async () => {
     mkdirSync(kept);
-    const run = await sb.run(JOB, [COUNTER, '--region-mib', '4', '--window-pages', '256', '--tick-ms', '0'], ['--interval', '1h', '--no-tracking']);
-    pid = run.pid;
-    // Checkpoints are taken by the CLI itself from here on, so CRINC_FAULT reaches them.
-    run.controller.kill('SIGINT');
-    await waitFor(() => run.controller.exitCode !== null, 'the controller to stop');
+    pid = await sb.runForFaults(JOB);
     expect(alive(pid)).toBe(true);
   });
 

@@ -14,16 +14,10 @@ import { FILE_BLOCK_BYTES } from '../src/store/format.js';
 import { packPath } from '../src/store/pack.js';
 import { Repository } from '../src/store/repository.js';
 import { lockStore } from '../src/store/store-lock.js';
-import { type CheckpointJson, COUNTER, crincAsync, indexedChunks, killAndWait, Sandbox, sha256Dir, waitFor } from './helpers.js';
+import { type CheckpointJson, COUNTER, crincAsync, type GcJson, indexedChunks, killAndWait, Sandbox, sha256Dir, waitFor } from './helpers.js';
 
 const JOBS = ['alpha', 'beta'];
 const ROUNDS = 3;
-
-interface GcJson {
-  deadChunks: number;
-  bytesFreed: number;
-  repackedPacks: number;
-}
 
 describe('gc while two jobs are checkpointed', () => {
   const sb = new Sandbox();

@@ -67,6 +67,16 @@ export interface JobInfo {
   state: string;
 }
 
+/** What `crinc gc --json` prints (the fields tests read). */
+export interface GcJson {
+  deadChunks: number;
+  deadPacks: number;
+  bytesFreed: number;
+  repackedPacks: number;
+  newPacks: number;
+  orphanFiles: number;
+}
+
 export interface CheckpointJson {
   id: number;
   job: string;
@@ -147,6 +157,17 @@ export class Sandbox {
       return r.code === 0 && (JSON.parse(r.stdout) as { controller: boolean }).controller;
     }, `the controller of ${job} to answer\n${output}`);
     return { controller, pid, output: () => output };
+  }
+
+  /**
+   * A fast-writing counter job whose controller is stopped: checkpoints and GCs are then
+   * taken by the CLI itself, so CRINC_FAULT reaches them. Returns the job's pid.
+   */
+  async runForFaults(job: string): Promise<number> {
+    const run = await this.run(job, [COUNTER, '--region-mib', '4', '--window-pages', '256', '--tick-ms', '0'], ['--interval', '1h', '--no-tracking']);
+    run.controller.kill('SIGINT');
+    await waitFor(() => run.controller.exitCode !== null, 'the controller to stop');
+    return run.pid;
   }
 
   track(pid: number): void {

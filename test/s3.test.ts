@@ -8,16 +8,21 @@ import {
   GetObjectCommand,
   ListMultipartUploadsCommand,
   ListObjectsV2Command,
+  PutObjectCommand,
   S3Client,
   S3ServiceException,
 } from '@aws-sdk/client-s3';
 import { spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { STAGING_ROOT } from '../src/controller/checkpoint.js';
-import { type CheckpointAround, type CheckpointJson, checkpointsAround, CLI, COUNTER, killAndWait, lastTick, resumedLog, ROOT, Sandbox, sha256Dir, waitFor } from './helpers.js';
+import { openCodecs } from '../src/controller/codecs.js';
+import { FILE_BLOCK_BYTES } from '../src/store/format.js';
+import { openS3Store } from '../src/store/s3.js';
+import { type CheckpointAround, type CheckpointJson, checkpointsAround, CLI, type CliResult, COUNTER, crincAsync, type GcJson, killAndWait, lastTick, resumedLog, ROOT, Sandbox, sha256Dir, waitFor } from './helpers.js';
 
 const RGW_SCRIPT = join(ROOT, 'scripts', 'services', 'ceph-rgw.sh');
 const BUCKET = 'crinc-test';
@@ -152,7 +157,7 @@ describe('a job checkpointed to S3, restored from a wiped local cache', () => {
     expect(r.stderr).not.toMatch(/unexpected error/);
   });
 
-  it('prune forgets in the bucket too: a rebuilt cache does not bring forgotten checkpoints back; gc is refused', async () => {
+  it('prune forgets in the bucket too: a rebuilt cache does not bring forgotten checkpoints back; gc frees their chunks', async () => {
     const before = sb.json<CheckpointJson[]>(['list', 'counter']);
     const checkpoints = before.filter((c) => c.kind === 'checkpoint').map((c) => c.id);
     expect(checkpoints.length).toBeGreaterThanOrEqual(2);
@@ -164,9 +169,15 @@ describe('a job checkpointed to S3, restored from a wiped local cache', () => {
     expect(objects).toEqual(after.map((c) => `checkpoints/${String(c.id).padStart(12, '0')}`));
     rmSync(sb.local, { recursive: true, force: true });
     expect(sb.json<CheckpointJson[]>(['list', 'counter'])).toEqual(after);
-    const r = sb.cli(['gc']);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(new RegExp(`crinc gc of an S3 store \\(s3://${BUCKET}/${prefix}\\) is not supported yet: `));
+    const gc = sb.json<GcJson>(['gc']);
+    expect(gc.deadChunks).toBeGreaterThan(0);
+    expect(gc.bytesFreed).toBeGreaterThan(0);
+    expect(sb.json<CheckpointJson[]>(['list', 'counter'])).toEqual(after);
+    const out = join(sb.dir, `export-${newest}-after-gc`);
+    sb.ok(['export', 'counter', '--id', String(newest), '--to', out]);
+    expect(sha256Dir(out)).toEqual(sha256Dir(join(kept, String(newest))));
+    // GC's lock went with it.
+    expect((await keys(prefix)).filter((k) => k.startsWith('locks/'))).toEqual([]);
   });
 
   it('verify --read-data checks the objects through ranged reads; a deleted pack object names the checkpoints that need it', async () => {
@@ -254,5 +265,290 @@ describe('a checkpoint killed while its packs upload', () => {
     const next = sb.json<CheckpointJson>(['checkpoint', 'big']);
     expect(next.id).toBeGreaterThan(ids[ids.length - 1]!);
     expect(sb.json<CheckpointJson[]>(['list', 'big']).map((c) => c.id)).toEqual([...ids, next.id]);
+  });
+});
+
+describe('gc of an S3 store, SIGKILLed at every point: every checkpoint comes back from a fresh cache and from another node', () => {
+  const JOB = 'collected';
+  const { sb, prefix } = s3Sandbox();
+  const kept = join(sb.dir, 'kept-images');
+  /** Another node: its cache is made before any GC and never wiped. */
+  const nodeB = { CRINC_CACHE: join(sb.dir, 'node-b') };
+  const counterOf = new Map<number, number>();
+  let pid = 0;
+  let counter = 0;
+  let checks = 0;
+  afterAll(() => sb.cleanup());
+
+  beforeAll(async () => {
+    mkdirSync(kept);
+    pid = await sb.runForFaults(JOB);
+  });
+
+  async function checkpoint(): Promise<number> {
+    process.kill(pid, 'SIGUSR2');
+    counter++;
+    await waitFor(() => lastTick(sb.jobLog(JOB)) === counter, `tick ${counter}`);
+    const cp = sb.json<CheckpointJson>(['checkpoint', JOB, '--keep-last', '2'], { CRINC_KEEP_IMAGES: kept });
+    counterOf.set(cp.id, counter);
+    return cp.id;
+  }
+
+  /** What every kill must leave: both checkpoints listed, exported byte for byte and verified, whichever cache reads the bucket. */
+  async function checkStore(what: string): Promise<void> {
+    const ids = sb.json<CheckpointJson[]>(['list', JOB]).map((c) => c.id);
+    expect(ids.length, `checkpoints after ${what}`).toBe(2); // --keep-last 2
+    const fresh = { CRINC_CACHE: join(sb.dir, `fresh-cache-${++checks}`) };
+    for (const [node, cache] of [['a fresh cache', fresh], ['node B', nodeB]] as const) {
+      const listed = sb.cli(['list', JOB, '--json'], cache);
+      expect(listed.code, listed.stderr).toBe(0);
+      // Catch-up took every checkpoint in: no object names a deleted pack.
+      expect(listed.stderr, `${node} after ${what}`).not.toMatch(/left out/);
+      expect((JSON.parse(listed.stdout) as CheckpointJson[]).map((c) => c.id), `${node} after ${what}`).toEqual(ids);
+      for (const id of ids) {
+        const out = join(sb.dir, `export-${checks}-${id}`);
+        sb.ok(['export', JOB, '--id', String(id), '--to', out], cache);
+        expect(sha256Dir(out), `export of ${id} from ${node} after ${what}`).toEqual(sha256Dir(join(kept, String(id))));
+        rmSync(out, { recursive: true, force: true });
+      }
+    }
+    const v = sb.cli(['verify', '--read-data', '--json'], fresh);
+    expect(v.code, `verify after ${what}: ${v.stdout}${v.stderr}`).toBe(0);
+  }
+
+  it('makes garbage and a pack to repack; node B caches the store', async () => {
+    // The first checkpoint's pack holds the whole region: once enough of it was rewritten
+    // and the checkpoints that named it forgotten, it is mostly dead.
+    let plan: GcJson | undefined;
+    for (let i = 0; i < 8 && !(plan && plan.repackedPacks > 0); i++) {
+      await checkpoint();
+      plan = sb.json<GcJson>(['gc', '--dry-run']);
+    }
+    expect(plan!.deadChunks).toBeGreaterThan(0);
+    expect(plan!.repackedPacks).toBeGreaterThan(0);
+    expect(sb.cli(['list'], nodeB).code).toBe(0);
+    await checkStore('the first checkpoints');
+  });
+
+  // gc-mid-rewrite: below, where an object names a pack that GC deletes.
+  for (const point of ['gc-repack-written', 'gc-before-delete', 'gc-mid-sweep', 'gc-after-delete']) {
+    it(`killed at ${point}`, async () => {
+      await checkpoint(); // new garbage
+      const r = sb.cli(['gc'], { CRINC_FAULT: point });
+      expect(r.signal, `crinc gc with CRINC_FAULT=${point} was not killed:\n${r.stdout}${r.stderr}`).toBe('SIGKILL');
+      // Its exclusive lock is left in the bucket; on this node it counts for nothing (its process is gone).
+      expect((await keys(prefix)).filter((k) => k.startsWith('locks/')).length).toBe(1);
+      await checkpoint();
+      await checkStore(point);
+    });
+  }
+
+  it('killed at random times', async () => {
+    for (let round = 0; round < 2; round++) {
+      await checkpoint();
+      const run = crincAsync(sb.store, ['gc'], sb.env);
+      const delayMs = 200 + Math.floor(Math.random() * 2000);
+      await sleep(delayMs);
+      run.kill();
+      const r = await run.done;
+      await checkStore(`a kill of gc after ${delayMs} ms (${r.signal ?? `exit ${r.code}`})`);
+    }
+  });
+
+  it('then a gc completes: nothing left to collect, every object names existing packs, no lock or upload left', async () => {
+    const gc = sb.json<GcJson>(['gc']);
+    expect(gc.bytesFreed).toBeGreaterThanOrEqual(0);
+    const again = sb.json<GcJson>(['gc', '--dry-run']);
+    expect(again.deadChunks).toBe(0);
+    expect(again.deadPacks).toBe(0);
+    expect(again.orphanFiles).toBe(0);
+    const all = await keys(prefix);
+    const packs = all.filter((k) => k.endsWith('.pack')).map((k) => k.replace(/\.pack$/, ''));
+    expect(all.filter((k) => k.endsWith('.idx')).map((k) => k.replace(/\.idx$/, '')).sort()).toEqual(packs.sort());
+    for (const key of all.filter((k) => k.startsWith('checkpoints/'))) {
+      const object = await s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: `${prefix}/${key}` }));
+      const record = JSON.parse(await object.Body!.transformToString()) as { packs: string[] };
+      for (const p of record.packs) expect(packs, `${key} names pack ${p}`).toContain(`packs/${p.slice(0, 2)}/${p}`);
+    }
+    expect(all.filter((k) => k.startsWith('locks/'))).toEqual([]);
+    expect(await multipartUploads(prefix)).toEqual([]);
+    await checkStore('a complete gc');
+  });
+
+  it('the newest checkpoint restores from a fresh cache, memory intact', async () => {
+    const ids = sb.json<CheckpointJson[]>(['list', JOB]).map((c) => c.id);
+    const newest = ids[ids.length - 1]!;
+    await killAndWait(pid);
+    const r = sb.json<{ pid: number; checkpoint: number }>(['restore', JOB], { CRINC_CACHE: join(sb.dir, 'restore-cache') });
+    sb.track(r.pid);
+    expect(r.checkpoint).toBe(newest);
+    process.kill(r.pid, 'SIGUSR1');
+    // The job's log is one of its files: restored in place, where the job writes on.
+    const verdict = await waitFor(() => /^verify (ok|FAIL).*$/m.exec(sb.jobLog(JOB))?.[0], 'the job to verify its memory');
+    expect(verdict).toBe(`verify ok tick ${counterOf.get(newest)}`);
+  });
+});
+
+describe('gc of an S3 store where a checkpoint object names a pack whose chunks are placed elsewhere', () => {
+  // Two commits raced (as two jobs with the same pages would): each wrote the shared
+  // blocks, the index places them in the later one's pack, so the earlier one's pack is
+  // mostly dead although its checkpoint lives. GC repacks it and must rewrite that
+  // checkpoint's object to name the packs that now hold its chunks. Committed through
+  // the real commit path, in this process (files only: no CRIU needed to make a race).
+  const { sb, prefix } = s3Sandbox();
+  const nodeB = { CRINC_CACHE: join(sb.dir, 'node-b') };
+  const SHARED_BLOCKS = 6;
+  const blocks = (seed: number) => Buffer.concat(Array.from({ length: SHARED_BLOCKS + 1 }, (_, i) => randomBlock(i < SHARED_BLOCKS ? i : seed)));
+  const contents = new Map<number, Buffer>();
+  let objects: Map<number, string[]>;
+  afterAll(() => sb.cleanup());
+
+  /** A block of incompressible bytes, the same for the same seed. */
+  function randomBlock(seed: number): Buffer {
+    const out = Buffer.alloc(FILE_BLOCK_BYTES);
+    let x = seed * 2654435761 + 1;
+    for (let i = 0; i < out.length; i += 4) {
+      x = (x ^ (x << 13)) >>> 0;
+      x = (x ^ (x >>> 17)) >>> 0;
+      x = (x ^ (x << 5)) >>> 0;
+      out.writeUInt32LE(x, i);
+    }
+    return out;
+  }
+
+  async function packsNamed(): Promise<Map<number, string[]>> {
+    const out = new Map<number, string[]>();
+    for (const key of (await keys(prefix)).filter((k) => k.startsWith('checkpoints/'))) {
+      const object = await s3.send(new GetObjectCommand({ Bucket: BUCKET, Key: `${prefix}/${key}` }));
+      const record = JSON.parse(await object.Body!.transformToString()) as { id: number; packs: string[] };
+      out.set(record.id, record.packs);
+    }
+    return out;
+  }
+
+  async function checkStore(what: string): Promise<void> {
+    const fresh = { CRINC_CACHE: join(sb.dir, `fresh-${randomBytes(4).toString('hex')}`) };
+    for (const [node, cache] of [['a fresh cache', fresh], ['node B', nodeB]] as const) {
+      const listed = sb.cli(['list', '--json'], cache);
+      expect(listed.stderr, `${node} after ${what}`).not.toMatch(/left out/);
+      expect((JSON.parse(listed.stdout) as CheckpointJson[]).map((c) => c.id).sort(), `${node} after ${what}`).toEqual([...contents.keys()].sort());
+      for (const [id, content] of contents) {
+        const out = join(sb.dir, `export-${randomBytes(4).toString('hex')}`);
+        sb.ok(['export', 'files', '--id', String(id), '--to', out], cache);
+        expect(readFileSync(join(out, 'files', 'data')).equals(content), `checkpoint ${id} from ${node} after ${what}`).toBe(true);
+      }
+    }
+    const v = sb.cli(['verify', '--read-data'], fresh);
+    expect(v.code, `verify after ${what}: ${v.stdout}${v.stderr}`).toBe(0);
+  }
+
+  it('commits two checkpoints whose packs both hold the shared blocks', async () => {
+    const repo = await openS3Store(sb.store, { create: true, cacheDir: sb.local, onWarning: (m) => { throw new Error(m); } });
+    const codecs = await openCodecs(repo);
+    const now = Date.now();
+    repo.saveJob({ name: 'files', createdAt: now, command: ['true'], cwd: '/', pid: null, controllerPid: null, state: 'stopped', updatedAt: now });
+    const lock = await repo.lockShared('the test');
+    // Both writers take their chunks for new before either commits.
+    const writers = [1, 2].map((seed) => {
+      const data = blocks(100 + seed);
+      const writer = repo.newChunkWriter(codecs.chunks);
+      const ids: Uint8Array[] = [];
+      for (let o = 0; o < data.length; o += FILE_BLOCK_BYTES) {
+        const id = codecs.chunks.chunkId(data.subarray(o, o + FILE_BLOCK_BYTES));
+        writer.put(id, data.subarray(o, o + FILE_BLOCK_BYTES));
+        ids.push(id);
+      }
+      return { data, writer, ids: new Uint8Array(Buffer.concat(ids)) };
+    });
+    for (const [k, { data, writer, ids }] of writers.entries()) {
+      const cp = await repo.commitCheckpoint(
+        { job: 'files', kind: 'checkpoint', takenAt: now + k, mode: 'files', rootPid: null, imageBytes: 0, pagesTotal: 0, pagesHashed: 0, pagesClean: 0, durationMs: 0, freezeMs: 0, note: null },
+        [{ role: 'job-file', path: '/data', size: data.length, mode: 0o600, uid: 0, gid: 0, blockBytes: FILE_BLOCK_BYTES, ids, identity: null }],
+        writer,
+      );
+      contents.set(cp.id, data);
+    }
+    lock.release();
+    await codecs.pool.close();
+    repo.close();
+    objects = await packsNamed();
+    expect([...objects.values()].map((p) => p.length)).toEqual([1, 1]);
+    expect(sb.cli(['list'], nodeB).code).toBe(0);
+    const plan = sb.json<GcJson>(['gc', '--dry-run']);
+    expect(plan.repackedPacks).toBe(1);
+    await checkStore('the commits');
+  });
+
+  it('gc killed after rewriting the object: both checkpoints come back', async () => {
+    const r = sb.cli(['gc'], { CRINC_FAULT: 'gc-mid-rewrite' });
+    expect(r.signal, `${r.stdout}${r.stderr}`).toBe('SIGKILL');
+    await checkStore('gc-mid-rewrite');
+  });
+
+  it('a gc completes: the earlier object names the repacked copy and the later pack, the old pack is gone', async () => {
+    sb.json<GcJson>(['gc']);
+    const [first, second] = [...contents.keys()].sort((a, b) => a - b) as [number, number];
+    const now = await packsNamed();
+    expect(now.get(second)).toEqual(objects.get(second));
+    const firstPacks = now.get(first)!;
+    expect(firstPacks).toHaveLength(2);
+    expect(firstPacks).toContain(objects.get(second)![0]);
+    expect(firstPacks).not.toContain(objects.get(first)![0]);
+    const stored = (await keys(prefix)).filter((k) => k.endsWith('.pack'));
+    for (const p of firstPacks) expect(stored).toContain(`packs/${p.slice(0, 2)}/${p}.pack`);
+    expect(stored).toHaveLength(2);
+    await checkStore('a complete gc');
+  });
+});
+
+describe('the bucket lock', () => {
+  const JOB = 'locked';
+  const { sb, prefix } = s3Sandbox();
+  afterAll(() => sb.cleanup());
+
+  beforeAll(async () => {
+    const run = await sb.run(JOB, [COUNTER, '--region-mib', '2', '--window-pages', '64', '--tick-ms', '0'], ['--interval', '1h', '--no-tracking']);
+    run.controller.kill('SIGINT');
+    await waitFor(() => run.controller.exitCode !== null, 'the controller to stop');
+    sb.json<CheckpointJson>(['checkpoint', JOB]);
+  });
+
+  /** Another node's lock, written as that node's crinc would (docs/FORMAT.md, "The bucket lock"): the test plays that node. */
+  async function otherNodesLock(kind: 'shared' | 'exclusive', purpose: string): Promise<string> {
+    const key = `${prefix}/locks/${randomBytes(16).toString('hex')}`;
+    const record = { format: 1, kind, purpose, host: 'node-b', bootId: randomUUID(), pidNamespace: 'pid:[1]', pid: 4242, pidStart: 1, createdAt: new Date().toISOString() };
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: key, Body: JSON.stringify(record) }));
+    return key;
+  }
+
+  /** Runs crinc with args: it must still be waiting after 6 s, and finish once the other node's lock `key` is gone. */
+  async function waitsForOtherNode(args: string[], key: string): Promise<CliResult> {
+    const cmd = crincAsync(sb.store, args, sb.env);
+    let finished = false;
+    void cmd.done.then(() => (finished = true));
+    await sleep(6000);
+    expect(finished, `crinc ${args[0]} waited for the other node's lock`).toBe(false);
+    await s3.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: key }));
+    return cmd.done;
+  }
+
+  it("another node's gc (exclusive): a gc here fails naming it, a checkpoint waits until it is gone", async () => {
+    const key = await otherNodesLock('exclusive', 'gc');
+    const gc = sb.cli(['gc']);
+    expect(gc.code).toBe(1);
+    expect(gc.stderr).toMatch(/is locked, so gc cannot start: exclusive lock for gc by crinc pid 4242 on node-b/);
+    const r = await waitsForOtherNode(['checkpoint', JOB, '--json'], key);
+    expect(r.code, r.stderr).toBe(0);
+    expect(sb.json<CheckpointJson[]>(['list', JOB]).length).toBe(2);
+  });
+
+  it("another node's checkpoint (shared): gc waits for it, then collects", async () => {
+    sb.ok(['prune', JOB, '--keep-last', '1']);
+    const key = await otherNodesLock('shared', 'checkpoint of job elsewhere');
+    const r = await waitsForOtherNode(['gc', '--json'], key);
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as GcJson).deadChunks).toBeGreaterThan(0);
+    expect((await keys(prefix)).filter((k) => k.startsWith('locks/'))).toEqual([]);
+    expect(sb.cli(['verify', '--read-data']).code).toBe(0);
   });
 });

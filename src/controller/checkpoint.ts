@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { dump } from '../criu/criu.js';
 import { type DumpStats, readDumpStats } from '../criu/images.js';
 import type { CheckpointRecord, ChunkWriter, FileManifest, Repository } from '../store/repository.js';
-import { lockStore, type StoreLock } from '../store/store-lock.js';
+import type { StoreLock } from '../store/store-lock.js';
 import { faultPoint } from '../sys/fault.js';
 import { isGone } from '../sys/proc.js';
 import type { Codecs } from './codecs.js';
@@ -89,8 +89,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     // Held from before the dump until the commit: GC neither deletes a chunk this
     // checkpoint counts on nor removes its packs as orphans. Waiting for a GC happens
     // here, before the job is frozen.
-    storeLock = await lockStore(repo.dir, 'shared');
-    repo.refreshAfterCollection();
+    storeLock = await repo.lockShared(`checkpoint of job ${jobName}`);
     // The runs earlier commits added are merged now, while the job runs: lookups during
     // the freeze read few runs.
     repo.compactChunkIndex();

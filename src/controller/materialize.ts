@@ -9,7 +9,6 @@ import { CorruptChunkError } from '../codec/errors.js';
 import { ChunkCorruptError } from '../store/errors.js';
 import { CHUNK_ID_BYTES } from '../store/format.js';
 import { type CheckpointRecord, type ChunkLocations, type FileManifest, idHex, isZeroId, type Repository } from '../store/repository.js';
-import { lockStore } from '../store/store-lock.js';
 import type { Codecs } from './codecs.js';
 import type { ProgressCallback } from './ingest.js';
 import { CrincError } from '../errors.js';
@@ -265,9 +264,8 @@ export async function exportCheckpoint(repo: Repository, codecs: Codecs, cp: Che
   if (existsSync(dir) && readdirSync(dir).length > 0) throw new ExportTargetError(`${dir} is not empty: export into a new or empty directory`);
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   // GC waits while chunks are read.
-  const storeLock = await lockStore(repo.dir, 'shared');
+  const storeLock = await repo.lockShared(`export of checkpoint ${cp.id}`);
   try {
-    repo.refreshAfterCollection();
     repo.getCheckpoint(cp.id); // not forgotten by retention meanwhile (GC may have run)
     const all = await repo.checkpointFiles(cp.id, codecs.chunks);
     const images = all.filter((f) => f.role === 'image');

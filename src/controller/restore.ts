@@ -7,7 +7,7 @@ import { copyFileSync, existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { restoreLazy } from '../criu/criu.js';
 import { type CheckpointRecord, type FileManifest, type Repository } from '../store/repository.js';
-import { lockStore, type StoreLock } from '../store/store-lock.js';
+import type { StoreLock } from '../store/store-lock.js';
 import { makeStaging } from './checkpoint.js';
 import type { Codecs } from './codecs.js';
 import { JobStillRunningError, NoCheckpointError, noCheckpointYet, ReadOnlyRestoreError } from './errors.js';
@@ -91,8 +91,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
   let serving: Promise<void> | undefined;
   try {
     // Chunks are read and a pre-restore snapshot may be committed: GC waits meanwhile.
-    storeLock = await lockStore(repo.dir, 'shared');
-    repo.refreshAfterCollection();
+    storeLock = await repo.lockShared(`restore of job ${jobName}`);
     repo.getCheckpoint(checkpoint.id); // not forgotten by retention meanwhile
     const imagesDir = join(staging, 'images');
     const workDir = join(staging, 'work');

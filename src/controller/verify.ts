@@ -16,7 +16,6 @@ import { packFrameProblem } from '../store/pack-table.js';
 import { type ChunkTable, listPacks, loadChunkTable, maxCheckpointId, type PackRow, walkManifests } from '../store/inventory.js';
 import { PackMissingError } from '../store/errors.js';
 import { idHex, isZeroId, type Repository } from '../store/repository.js';
-import { lockStore } from '../store/store-lock.js';
 import type { Codecs } from './codecs.js';
 
 /** Neighbouring blobs are read together up to this many bytes. */
@@ -62,9 +61,8 @@ export interface VerifyReport {
  * read are not checked (their chunks might be missing from it).
  */
 async function withSnapshot<T>(repo: Repository, fn: (upTo: number, table: ChunkTable) => Promise<T>): Promise<T> {
-  const lock = await lockStore(repo.dir, 'shared');
+  const lock = await repo.lockShared('verify');
   try {
-    repo.refreshAfterCollection();
     const upTo = maxCheckpointId(repo);
     return await fn(upTo, loadChunkTable(repo));
   } finally {

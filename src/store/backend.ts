@@ -9,7 +9,7 @@ import { CHECKPOINTS_DIR } from './format.js';
 import { CHECKPOINT_KEY, checkpointKey, decodeCheckpoint, encodeCheckpoint, PACK_INDEX_SUFFIX, packKey } from './objects.js';
 import type { PackWriter } from './pack.js';
 import { PackReader, packPath } from './pack.js';
-import type { CheckpointRecord, FileManifest, JobRecord } from './repository.js';
+import type { CheckpointRecord, FileManifest, JobRecord, Repository } from './repository.js';
 
 /** What a commit adds, as the index stores it; an S3 store writes it out as the commit point. */
 export interface CommitRecord {
@@ -41,7 +41,13 @@ export interface StoreBackend {
   forgetCheckpoints(ids: number[]): Promise<void>;
   /** Closes open pack files (a GC may have deleted them); they reopen when read. */
   closePacks(): void;
-  /** Whether packs live elsewhere than the store directory (GC, verify and repair work on local stores only). */
+  /**
+   * Beside the store lock held shared: what keeps other nodes' GCs away (an S3 store's
+   * bucket lock, with the index caught up under it); none for a store directory.
+   * Without waitForGc, a GC running elsewhere is an error (BucketLockedError).
+   */
+  holdShared(repo: Repository, purpose: string, waitForGc: boolean): Promise<{ release(): void } | undefined>;
+  /** Whether packs live elsewhere than the store directory (repair works on local stores only). */
   readonly remote: boolean;
   close(): void;
 }
@@ -91,6 +97,11 @@ export class LocalBackend implements StoreBackend {
 
   closePacks(): void {
     this.reader.close();
+  }
+
+  async holdShared(): Promise<undefined> {
+    // The store lock, taken by the caller, is all a store directory needs.
+    return undefined;
   }
 
   close(): void {

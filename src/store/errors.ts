@@ -77,11 +77,22 @@ export class S3AccessError extends S3StoreError {
   override name = 'S3AccessError';
 }
 
-/** An operation that works on a store directory only (its packs must be local files). */
-export class RemoteStoreUnsupportedError extends S3StoreError {
-  override name = 'RemoteStoreUnsupportedError';
-  constructor(location: string, what: string, whyAndInstead: string) {
-    super(`crinc ${what} of an S3 store (${location}) is not supported yet: ${whyAndInstead}`);
+/** The bucket lock is held by others in a way that excludes this work. */
+export class BucketLockedError extends S3StoreError {
+  override name = 'BucketLockedError';
+  constructor(location: string, purpose: string, holders: string[], advice: string) {
+    super(`${location} is locked, so ${purpose} cannot start: ${holders.join('; ')}. ${advice}`);
+  }
+}
+
+/** This process's bucket lock may have been taken for stale by another node: nothing more is written. */
+export class BucketLockLostError extends S3StoreError {
+  override name = 'BucketLockLostError';
+  constructor(location: string, key: string, ageMs: number) {
+    super(
+      `the lock ${key} of this crinc in ${location} was last written ${Math.round(ageMs / 1000)} s ago or is gone: another node may have taken it for stale ` +
+        'and collected garbage meanwhile, so this work stopped before writing anything that could name deleted chunks. Nothing committed is harmed; run it again',
+    );
   }
 }
 

@@ -2,7 +2,7 @@
 // and a walk over every checkpoint's manifests (indirect parts read and expanded).
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { CHUNK_ID_BYTES, PACKS_DIR } from './format.js';
+import { PACKS_DIR } from './format.js';
 import { IdSet } from './id-set.js';
 import { PARTIAL_SUFFIX } from './pack.js';
 import type { ChunkCodec, FileRole, Repository } from './repository.js';
@@ -81,14 +81,21 @@ export function maxCheckpointId(repo: Repository): number {
   return repo.db.prepare('SELECT coalesce(max(id), 0) FROM checkpoints').pluck().get() as number;
 }
 
-/** Every file of every checkpoint with after < id <= upTo, checkpoint by checkpoint. */
+/** The id of every checkpoint in the index. */
+export function checkpointIds(repo: Repository): number[] {
+  return repo.db.prepare('SELECT id FROM checkpoints ORDER BY id').pluck().all() as number[];
+}
+
+/** Every file of every checkpoint with after < id <= upTo (or of those listed), checkpoint by checkpoint. */
 export async function walkManifests(
   repo: Repository,
   codec: ChunkCodec,
-  range: { after: number; upTo: number },
+  range: { after: number; upTo: number } | { ids: number[] },
   visit: (f: WalkedFile) => void,
 ): Promise<void> {
-  const checkpoints = repo.db.prepare('SELECT id FROM checkpoints WHERE id > ? AND id <= ? ORDER BY id').pluck().all(range.after, range.upTo) as number[];
+  const checkpoints = 'ids' in range
+    ? range.ids
+    : (repo.db.prepare('SELECT id FROM checkpoints WHERE id > ? AND id <= ? ORDER BY id').pluck().all(range.after, range.upTo) as number[]);
   const filesStmt = repo.db.prepare('SELECT role, path, size, block_bytes, manifest, manifest_indirect FROM files WHERE checkpoint = ? ORDER BY role, path');
   for (const checkpoint of checkpoints) {
     const rows = filesStmt.all(checkpoint) as { role: FileRole; path: string; size: number; block_bytes: number; manifest: Buffer; manifest_indirect: number }[];
@@ -99,9 +106,7 @@ export async function walkManifests(
       } else {
         file.parts = new Uint8Array(r.manifest);
         try {
-          const pieces: Uint8Array[] = [];
-          for (let o = 0; o < r.manifest.length; o += CHUNK_ID_BYTES) pieces.push(await repo.readChunk(r.manifest.subarray(o, o + CHUNK_ID_BYTES), codec));
-          file.ids = new Uint8Array(Buffer.concat(pieces));
+          file.ids = await repo.manifestIds(r.manifest, true, codec);
         } catch (e) {
           file.error = e as Error;
         }

@@ -39,10 +39,11 @@ import { createFileDurable, removeFilesDurable, writeFileDurable } from './durab
 import { WriterJournal } from './journal.js';
 import { decodePackIndex, decodeStoreObject, encodePackIndex, encodeStoreObject, PACK_INDEX_SUFFIX, packKey, STORE_OBJECT, type StoreIdentity } from './objects.js';
 import { ChunkIndex, RunSegments } from './chunk-index.js';
-import { PackedChunks, PackWriter, packPath } from './pack.js';
+import { PackedChunks, PackWriter } from './pack.js';
 import { readPackTable } from './pack-table.js';
 import type { RetentionPolicy } from './retention-policy.js';
 import { SCHEMA_MIGRATIONS, SCHEMA_V1 } from './schema.js';
+import { lockStore, type StoreLock } from './store-lock.js';
 
 /** The store format from which packs and checkpoint objects are the truth (docs/FORMAT.md). */
 const OBJECTS_FORMAT_VERSION = 4;
@@ -431,11 +432,39 @@ export class Repository {
     return new Set(this.db.prepare('SELECT id FROM forgotten').pluck().all() as number[]);
   }
 
-  /** Deletes a pack file (and its chunk table) that the index no longer names (GC). */
-  removePackFile(name: string): void {
-    // An open descriptor would keep the deleted file's space in use: reopen lazily instead.
-    this.backend.closePacks();
-    removeFilesDurable([packPath(this.dir, name), join(this.dir, packKey(name, PACK_INDEX_SUFFIX))]);
+  /** Deletes a pack (and its chunk table) that the index no longer names, or is about to stop naming (GC). */
+  async removePack(name: string): Promise<void> {
+    await this.backend.deletePack(name);
+    // A remote store's cache keeps a copy of the chunk table.
+    if (this.backend.remote) this.removeCachedTables([name]);
+  }
+
+  private removeCachedTables(names: string[]): void {
+    removeFilesDurable(names.map((name) => join(this.dir, packKey(name, PACK_INDEX_SUFFIX))));
+  }
+
+  /**
+   * The store lock shared, then (an S3 store) the bucket lock shared with the index caught
+   * up under it, then the index's changes since the last call taken in: before writing
+   * packs or reading chunks. No GC deletes or moves a chunk until release. Without
+   * waitForGc, a GC holding an S3 store's bucket lock is an error instead of a wait.
+   */
+  async lockShared(purpose: string, options: { waitForGc: boolean } = { waitForGc: true }): Promise<StoreLock> {
+    const lock = await lockStore(this.dir, 'shared');
+    try {
+      const hold = await this.backend.holdShared(this, purpose, options.waitForGc);
+      if (hold) lock.add(hold);
+      this.refreshAfterCollection();
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+    return lock;
+  }
+
+  /** Where packs and commits live: for the store's own modules (gc.ts); everything else goes through methods. */
+  get storeBackend(): StoreBackend {
+    return this.backend;
   }
 
   /** Closes open pack files: some are about to be deleted. */
@@ -806,7 +835,7 @@ export class Repository {
   }
 
   /** A pack's chunk table from its .idx in the store directory (written by its writer). */
-  private packChunks(name: string): PackedChunks {
+  packChunks(name: string): PackedChunks {
     const path = join(this.dir, packKey(name, PACK_INDEX_SUFFIX));
     return decodePackIndex(readFileSync(path), path).chunks;
   }
@@ -890,12 +919,13 @@ export class Repository {
       uid: r.uid as number,
       gid: r.gid as number,
       blockBytes: r.block_bytes as number,
-      ids: await this.loadManifest(r.manifest as Buffer, (r.manifest_indirect as number) === 1, codec),
+      ids: await this.manifestIds(r.manifest as Buffer, (r.manifest_indirect as number) === 1, codec),
       identity: (r.identity as string | null) ?? null,
     })));
   }
 
-  private async loadManifest(data: Buffer, indirect: boolean, codec: ChunkCodec): Promise<Uint8Array> {
+  /** A manifest's block ids: as stored, or, for an indirect one, read from its parts. */
+  async manifestIds(data: Uint8Array, indirect: boolean, codec: ChunkCodec): Promise<Uint8Array> {
     if (!indirect) return new Uint8Array(data);
     const parts: Uint8Array[] = [];
     for (let i = 0; i < data.length / CHUNK_ID_BYTES; i++) {
@@ -1036,6 +1066,7 @@ export class Repository {
       }
     })();
     this.chunkIndex.refresh();
+    if (this.backend.remote) this.removeCachedTables(change.gonePacks);
   }
 }
 

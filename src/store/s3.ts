@@ -5,6 +5,7 @@
 // checkpointed on one node restores on another.
 import {
   AbortMultipartUploadCommand,
+  ListMultipartUploadsCommand,
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
   DeleteObjectCommand,
@@ -20,6 +21,7 @@ import { closeSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { SECRET_BYTES } from '../codec/limits.js';
 import type { CommitRecord, StoreBackend } from './backend.js';
+import { type BucketLockHold, BucketLocks, type LockBucket } from './bucket-lock.js';
 import { PackMissingError, S3AccessError, S3StoreError, StoreNotFoundError } from './errors.js';
 import {
   CHECKPOINT_KEY,
@@ -98,13 +100,13 @@ export interface OpenS3Options {
 /** Opens (or, with create, makes) the store at an s3:// URL, with its index brought up to date. */
 export async function openS3Store(spec: string, options: OpenS3Options): Promise<Repository> {
   const location = parseS3Url(spec);
-  const backend = new S3Backend(location, options.cacheDir ?? defaultCacheDir(location));
+  const backend = new S3Backend(location, options.cacheDir ?? defaultCacheDir(location), options.onWarning);
   let repo: Repository | undefined;
   try {
     const identity = await backend.identity(options.create);
     // The cache is made whenever it is missing: it holds nothing the bucket does not.
     repo = Repository.open(backend.cacheDir, { create: true, backend, identity });
-    for (const warning of await backend.catchUp(repo)) options.onWarning(warning);
+    for (const warning of (await backend.catchUp(repo)).warnings) options.onWarning(warning);
     return repo;
   } catch (e) {
     if (repo) repo.close();
@@ -116,18 +118,36 @@ export async function openS3Store(spec: string, options: OpenS3Options): Promise
 interface ListedObject {
   key: string;
   size: number;
+  lastModified: Date;
 }
 
-export class S3Backend implements StoreBackend {
+/** The pack objects in the bucket: sizes of the .pack objects, names of those with a .idx. */
+export interface PackListing {
+  packBytes: Map<string, number>;
+  tables: Set<string>;
+}
+
+/** What a catch-up did not take in, for the person and for GC. */
+export interface CatchUpResult {
+  warnings: string[];
+  /** Checkpoint objects left out because a pack they name is not in the bucket. */
+  leftOut: RemoteCheckpoint[];
+}
+
+export class S3Backend implements StoreBackend, LockBucket {
   readonly remote = true;
   readonly location: string;
   private readonly client: S3Client;
+  /** This process's lock in the bucket (docs/FORMAT.md, "The bucket lock"). */
+  readonly locks: BucketLocks;
 
   constructor(
     private readonly where: S3Location,
     readonly cacheDir: string,
+    private readonly onWarning: (message: string) => void,
   ) {
     this.location = where.url;
+    this.locks = new BucketLocks(this, onWarning);
     // Endpoint, region and credentials: the SDK's usual chain (AWS_ENDPOINT_URL, AWS_REGION,
     // AWS_ACCESS_KEY_ID…, ~/.aws/config and credentials). Path-style requests work on every
     // S3-compatible service without wildcard DNS. radosgw rejects the newer default checksums.
@@ -139,14 +159,41 @@ export class S3Backend implements StoreBackend {
   }
 
   close(): void {
-    this.client.destroy();
+    this.locks.releaseAll();
+    // The deletion of a released lock object finishes first (the process stays up for it).
+    void this.locks.settled().finally(() => this.client.destroy());
+  }
+
+  /** The bucket lock shared, and the index caught up with the bucket under it (nothing is collected until release). */
+  async holdShared(repo: Repository, purpose: string, waitForGc: boolean): Promise<BucketLockHold> {
+    const hold = await this.locks.acquire('shared', purpose, { waitForExclusive: waitForGc });
+    try {
+      for (const warning of (await this.catchUp(repo, true)).warnings) this.onWarning(warning);
+    } catch (e) {
+      hold.release();
+      throw e;
+    }
+    return hold;
+  }
+
+  /** The bucket lock exclusive (GC), and the index caught up under it; returns the checkpoints the catch-up left out. */
+  async holdExclusive(repo: Repository, purpose: string): Promise<{ hold: BucketLockHold; leftOut: RemoteCheckpoint[] }> {
+    const hold = await this.locks.acquire('exclusive', purpose);
+    try {
+      const { warnings, leftOut } = await this.catchUp(repo, true);
+      for (const warning of warnings) this.onWarning(warning);
+      return { hold, leftOut };
+    } catch (e) {
+      hold.release();
+      throw e;
+    }
   }
 
   // ---- the store's identity -----------------------------------------------------------
 
   /** The store's id and chunk-id secret, from the bucket; with create, made there if missing. */
   async identity(create: boolean): Promise<StoreIdentity> {
-    let body = await this.getOptional(STORE_OBJECT);
+    let body = await this.getObject(STORE_OBJECT);
     if (!body) {
       if (!create) throw new StoreNotFoundError(this.location);
       const made = encodeStoreObject({ storeId: randomBytes(16).toString('hex'), createdAt: new Date().toISOString(), secret: randomBytes(SECRET_BYTES) });
@@ -159,6 +206,7 @@ export class S3Backend implements StoreBackend {
   // ---- writing: packs, then the checkpoint object (the commit point) ------------------
 
   async storePacks(packs: PackWriter[]): Promise<void> {
+    this.locks.assertHeld();
     const uploads = packs.map((p) => new PackUpload(this, p.name, packPath(this.cacheDir, p.name), p.bytes));
     try {
       await Promise.all(uploads.map((u) => u.begin()));
@@ -170,10 +218,12 @@ export class S3Backend implements StoreBackend {
     }
     // The chunk table goes up only once its pack is complete: a reader that sees it finds the pack.
     // The writer wrote each table into the cache when it finished the pack.
-    await forEachLimited(packs, S3_UPLOAD_CONCURRENCY, (p) => this.put(packKey(p.name, PACK_INDEX_SUFFIX), readFileSync(join(this.cacheDir, packKey(p.name, PACK_INDEX_SUFFIX)))));
+    await forEachLimited(packs, S3_UPLOAD_CONCURRENCY, (p) => this.putObject(packKey(p.name, PACK_INDEX_SUFFIX), readFileSync(join(this.cacheDir, packKey(p.name, PACK_INDEX_SUFFIX)))));
   }
 
   async commit(record: CommitRecord, firstFreeId: number): Promise<number> {
+    // The chunks this commit names were found under the lock: it must still be ours.
+    await this.locks.assertFresh();
     let id = firstFreeId;
     for (let attempt = 0; attempt < S3_COMMIT_ATTEMPTS; attempt++) {
       if (await this.putIfAbsent(checkpointKey(id), encodeCheckpoint(id, record))) return id;
@@ -190,14 +240,74 @@ export class S3Backend implements StoreBackend {
 
   async deletePack(name: string): Promise<void> {
     // The chunk table first: without it no reader takes the pack in.
-    await this.call(`deleting pack ${name}`, () => this.client.send(new DeleteObjectCommand({ Bucket: this.where.bucket, Key: this.key(packKey(name, PACK_INDEX_SUFFIX)) })));
-    await this.call(`deleting pack ${name}`, () => this.client.send(new DeleteObjectCommand({ Bucket: this.where.bucket, Key: this.key(packKey(name, PACK_SUFFIX)) })));
+    await this.deleteObject(packKey(name, PACK_INDEX_SUFFIX));
+    await this.deleteObject(packKey(name, PACK_SUFFIX));
   }
 
   async forgetCheckpoints(ids: number[]): Promise<void> {
-    // Gone from the bucket first: a cache rebuilt later must not bring them back.
-    await forEachLimited(ids, S3_FETCH_CONCURRENCY, (id) =>
-      this.call(`forgetting checkpoint ${id}`, () => this.client.send(new DeleteObjectCommand({ Bucket: this.where.bucket, Key: this.key(checkpointKey(id)) }))).then(() => undefined),
+    if (ids.length === 0) return;
+    // Under the lock: a GC rewriting these objects meanwhile would bring them back.
+    const hold = await this.locks.acquire('shared', `forgetting checkpoint(s) ${ids.join(', ')}`);
+    try {
+      await this.deleteCheckpointObjects(ids);
+    } finally {
+      hold.release();
+    }
+  }
+
+  /** Under the bucket lock: gone from the bucket, a cache rebuilt later does not bring them back. */
+  private async deleteCheckpointObjects(ids: number[]): Promise<void> {
+    await forEachLimited(ids, S3_FETCH_CONCURRENCY, (id) => this.deleteObject(checkpointKey(id)));
+  }
+
+  /** Every checkpoint object of the bucket (GC: which packs each names). */
+  async readCheckpointObjects(): Promise<RemoteCheckpoint[]> {
+    const ids = (await this.listObjects(CHECKPOINTS_PREFIX)).map((o) => CHECKPOINT_KEY.exec(o.key)).filter((m) => m !== null).map((m) => Number(m[1]));
+    const out: RemoteCheckpoint[] = [];
+    await forEachLimited(ids, S3_FETCH_CONCURRENCY, async (id) => {
+      const body = await this.getObject(checkpointKey(id));
+      if (body) out.push({ id, record: decodeCheckpoint(id, body, this.key(checkpointKey(id))) });
+    });
+    return out.sort((a, b) => a.id - b.id);
+  }
+
+  /** Writes a checkpoint object again, over the old one (GC: only its packs list changes). */
+  async rewriteCheckpoint(id: number, record: CommitRecord): Promise<void> {
+    await this.putObject(checkpointKey(id), encodeCheckpoint(id, record));
+  }
+
+  /** The pack objects in the bucket. */
+  async listPackObjects(): Promise<PackListing> {
+    const packBytes = new Map<string, number>();
+    const tables = new Set<string>();
+    for (const o of await this.listObjects(PACKS_PREFIX)) {
+      const m = PACK_KEY.exec(o.key);
+      if (!m) continue;
+      if (m[2] === PACK_SUFFIX) packBytes.set(m[1]!, o.size);
+      else tables.add(m[1]!);
+    }
+    return { packBytes, tables };
+  }
+
+  /** Multipart uploads of packs begun and never completed (a writer killed mid-upload). */
+  async incompleteUploads(): Promise<{ key: string; uploadId: string }[]> {
+    const out: { key: string; uploadId: string }[] = [];
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    do {
+      const res = await this.call(`listing the incomplete uploads of ${this.location}`, () =>
+        this.client.send(new ListMultipartUploadsCommand({ Bucket: this.where.bucket, Prefix: this.key(PACKS_PREFIX), KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker })),
+      );
+      for (const u of res.Uploads ?? []) out.push({ key: u.Key!, uploadId: u.UploadId! });
+      keyMarker = res.IsTruncated ? res.NextKeyMarker : undefined;
+      uploadIdMarker = res.IsTruncated ? res.NextUploadIdMarker : undefined;
+    } while (keyMarker !== undefined);
+    return out;
+  }
+
+  async abortUpload(upload: { key: string; uploadId: string }): Promise<void> {
+    await this.call(`aborting the upload of ${upload.key}`, () =>
+      this.client.send(new AbortMultipartUploadCommand({ Bucket: this.where.bucket, Key: upload.key, UploadId: upload.uploadId })),
     );
   }
 
@@ -229,22 +339,15 @@ export class S3Backend implements StoreBackend {
   /**
    * Brings the index in line with the bucket: packs whose object and chunk table are both
    * there, and checkpoints whose object is there and whose packs are. Returns what it left
-   * out, for the person.
+   * out. underLock: the caller holds the bucket lock (else deleting objects takes it).
    */
-  async catchUp(repo: Repository): Promise<string[]> {
+  async catchUp(repo: Repository, underLock = false): Promise<CatchUpResult> {
     const warnings: string[] = [];
+    const leftOut: RemoteCheckpoint[] = [];
     // Read before listing: what is indexed now and missing from the listing was deleted
     // from the bucket (a commit reaches the index only after its objects are written).
     const cached = repo.cachedState();
-    const [packObjects, checkpointObjects] = await Promise.all([this.list(PACKS_PREFIX), this.list(CHECKPOINTS_PREFIX)]);
-    const packBytes = new Map<string, number>();
-    const tables = new Set<string>();
-    for (const o of packObjects) {
-      const m = PACK_KEY.exec(o.key);
-      if (!m) continue;
-      if (m[2] === PACK_SUFFIX) packBytes.set(m[1]!, o.size);
-      else tables.add(m[1]!);
-    }
+    const [{ packBytes, tables }, checkpointObjects] = await Promise.all([this.listPackObjects(), this.listObjects(CHECKPOINTS_PREFIX)]);
     const complete = (name: string) => packBytes.has(name) && tables.has(name);
     const bucketIds = new Set<number>();
     for (const o of checkpointObjects) {
@@ -268,6 +371,7 @@ export class S3Backend implements StoreBackend {
       const missing = record.packs.filter((p) => !taken.has(p));
       if (missing.length > 0) {
         warnings.push(`checkpoint ${id} (job ${record.job.name}) needs pack(s) ${missing.join(', ')}, not in ${this.location}: left out`);
+        leftOut.push({ id, record });
         return;
       }
       newCheckpoints.push({ id, record });
@@ -276,7 +380,8 @@ export class S3Backend implements StoreBackend {
     // A forget interrupted between its index transaction and the deletion of its objects.
     const forgotten = [...repo.forgottenCheckpoints()];
     if (forgotten.length > 0) {
-      await this.forgetCheckpoints(forgotten.filter((id) => bucketIds.has(id)));
+      const stale = forgotten.filter((id) => bucketIds.has(id));
+      await (underLock ? this.deleteCheckpointObjects(stale) : this.forgetCheckpoints(stale));
       repo.clearForgotten(forgotten);
     }
     repo.applyRemote({
@@ -285,7 +390,7 @@ export class S3Backend implements StoreBackend {
       newPacks,
       newCheckpoints,
     });
-    return warnings;
+    return { warnings, leftOut };
   }
 
   // ---- S3 requests ----------------------------------------------------------------------
@@ -299,12 +404,13 @@ export class S3Backend implements StoreBackend {
   }
 
   private async get(name: string): Promise<Buffer> {
-    const body = await this.getOptional(name);
+    const body = await this.getObject(name);
     if (!body) throw new S3StoreError(`${this.location}: ${this.key(name)} disappeared while being read (deleted by another node?); try again`);
     return body;
   }
 
-  private async getOptional(name: string): Promise<Buffer | undefined> {
+  /** The object's bytes, or undefined when it does not exist. */
+  async getObject(name: string): Promise<Buffer | undefined> {
     try {
       const res = await this.client.send(new GetObjectCommand({ Bucket: this.where.bucket, Key: this.key(name) }));
       return Buffer.from(await res.Body!.transformToByteArray());
@@ -314,9 +420,15 @@ export class S3Backend implements StoreBackend {
     }
   }
 
-  private async put(name: string, body: Buffer): Promise<void> {
+  async putObject(name: string, body: Buffer): Promise<void> {
     await this.call(`writing ${this.key(name)}`, () => this.client.send(new PutObjectCommand({ Bucket: this.where.bucket, Key: this.key(name), Body: body })));
   }
+
+  /** Deletes the object (deleting one that does not exist succeeds). */
+  async deleteObject(name: string): Promise<void> {
+    await this.call(`deleting ${this.key(name)}`, () => this.client.send(new DeleteObjectCommand({ Bucket: this.where.bucket, Key: this.key(name) })));
+  }
+
 
   /** Writes the object unless it exists (If-None-Match: *, atomic in the service); false when it did. */
   private async putIfAbsent(name: string, body: Buffer): Promise<boolean> {
@@ -329,7 +441,7 @@ export class S3Backend implements StoreBackend {
     }
   }
 
-  private async list(prefix: string, startAfter?: string): Promise<ListedObject[]> {
+  async listObjects(prefix: string, startAfter?: string): Promise<ListedObject[]> {
     const out: ListedObject[] = [];
     let token: string | undefined;
     do {
@@ -343,7 +455,7 @@ export class S3Backend implements StoreBackend {
           }),
         ),
       );
-      for (const o of res.Contents ?? []) out.push({ key: o.Key!.slice(this.where.prefix.length), size: o.Size ?? 0 });
+      for (const o of res.Contents ?? []) out.push({ key: o.Key!.slice(this.where.prefix.length), size: o.Size ?? 0, lastModified: o.LastModified! });
       token = res.IsTruncated ? res.NextContinuationToken : undefined;
     } while (token);
     return out;
@@ -351,7 +463,7 @@ export class S3Backend implements StoreBackend {
 
   private async highestCheckpointId(from: number): Promise<number> {
     let highest = from;
-    for (const o of await this.list(CHECKPOINTS_PREFIX, checkpointKey(from))) {
+    for (const o of await this.listObjects(CHECKPOINTS_PREFIX, checkpointKey(from))) {
       const m = CHECKPOINT_KEY.exec(o.key);
       if (m) highest = Math.max(highest, Number(m[1]));
     }

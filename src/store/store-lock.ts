@@ -15,12 +15,21 @@ export type StoreLockMode = 'shared' | 'exclusive';
 
 /** A hold on the store lock; released by release() or by the kernel when the process dies. */
 export class StoreLock {
+  /** Holds released with this one, first (an S3 store's bucket lock). */
+  private readonly also: { release(): void }[] = [];
+
   constructor(
     readonly mode: StoreLockMode,
     private fds: number[],
   ) {}
 
+  /** Releases the hold with this lock. */
+  add(hold: { release(): void }): void {
+    this.also.push(hold);
+  }
+
   release(): void {
+    for (const hold of this.also.splice(0)) hold.release();
     for (const fd of this.fds.splice(0)) closeSync(fd);
   }
 }

@@ -33,7 +33,9 @@ export const FAULT_POINTS = {
   'gc-mid-sweep': 'gc',
   /** Repacked copies are finished; the index still points at the old packs. */
   'gc-repack-written': 'gc',
-  /** The index points at the copies; the old packs are still on disk. */
+  /** S3 GC: a checkpoint object was rewritten to name the repacked copies (`:N`: the N-th). */
+  'gc-mid-rewrite': 'gc',
+  /** The index (S3: every checkpoint object) points at the copies; the old packs are still there. */
   'gc-before-delete': 'gc',
   /** The old packs are deleted; the store lock is still held. */
   'gc-after-delete': 'gc',
