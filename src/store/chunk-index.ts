@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { tryLockExclusive } from '../sys/libc.js';
 import { writeFileDurable } from './durable.js';
 import { PackMissingError, StoreError } from './errors.js';
-import { CHUNK_ID_BYTES, LOCKS_DIR } from './format.js';
+import { CHUNK_ID_BYTES, LOCKS_DIR, PACK_INDEX_ENTRY_BYTES, PACK_INDEX_HEADER_BYTES } from './format.js';
 import { IdSet } from './id-set.js';
 import {
   compareIds,
@@ -50,10 +50,6 @@ const KNOWN_CACHE_MAX_IDS = 1024 * 1024;
 /** Opening runs retries this often when a concurrent merge removed one between the listing and the open. */
 const OPEN_ATTEMPTS = 8;
 const MERGED_RUN = /^m-[0-9a-f]{16}\.run(\.partial)?$/;
-
-/** .idx layout (src/store/objects.ts): the fields a location needs. */
-const PACK_INDEX_HEADER_BYTES = 24;
-const PACK_INDEX_ENTRY_BYTES = 32;
 
 interface OpenRun {
   id: number;

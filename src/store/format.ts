@@ -20,6 +20,8 @@ export const BLOB_HEADER_BYTES = 28; // id(16) + raw length u32 + stored length 
 export const PACK_TRAILER_BYTES = 16; // blob count u32 + reserved u32 + trailer magic(8)
 /** A pack is closed once it holds this many bytes: big enough for sequential I/O, small enough to repack. */
 export const PACK_TARGET_BYTES = 64 * 1024 * 1024;
+export const PACK_SUFFIX = '.pack';
+export const PACK_INDEX_SUFFIX = '.idx';
 
 import { CHUNK_ID_BYTES, PAGE_SIZE } from '../codec/limits.js';
 
@@ -36,4 +38,27 @@ export const MANIFEST_INLINE_IDS = 4096;
 export const enum Compression {
   None = 0,
   Lz4 = 1,
+}
+
+/** The format of store.json, the .idx chunk tables and the checkpoint objects (apart from the index's version). */
+export const OBJECT_FORMAT = 1;
+/** A pack's chunk table (.idx): a header, then one entry per blob in pack order. */
+export const PACK_INDEX_MAGIC = Buffer.from('CRINCIX1', 'ascii');
+export const PACK_INDEX_HEADER_BYTES = 24; // magic(8) + format version u32 + chunk count u32 + pack bytes u64
+export const PACK_INDEX_ENTRY_BYTES = 32; // id(16) + data offset u32 + stored length u32 + raw length u32 + compression u8 + reserved(3)
+
+export function writePackIndexHeader(out: Buffer, count: number, packBytes: number): void {
+  PACK_INDEX_MAGIC.copy(out, 0);
+  out.writeUInt32LE(OBJECT_FORMAT, 8);
+  out.writeUInt32LE(count, 12);
+  out.writeBigUInt64LE(BigInt(packBytes), 16);
+}
+
+/** Writes the .idx entry of a blob at `at` of `out` (the id from ids[idAt..]). */
+export function writePackIndexEntry(out: Buffer, at: number, ids: Uint8Array, idAt: number, offset: number, storedLength: number, rawLength: number, compression: number): void {
+  out.set(ids.subarray(idAt, idAt + CHUNK_ID_BYTES), at);
+  out.writeUInt32LE(offset, at + 16);
+  out.writeUInt32LE(storedLength, at + 20);
+  out.writeUInt32LE(rawLength, at + 24);
+  out.writeUInt32LE(compression, at + 28); // compression u8 + 3 reserved zero bytes
 }

@@ -15,8 +15,7 @@ import { BLOB_HEADER_BYTES, CHUNK_ID_BYTES, type Compression, LOCKS_DIR, PACK_HE
 import { IdSet } from './id-set.js';
 import { type ChunkTable, checkpointIds, listPacks, loadChunkTable, manifestBytes, maxCheckpointId, walkManifests } from './inventory.js';
 import { deadWriterJournals, WriterJournal } from './journal.js';
-import { PACK_INDEX_SUFFIX, packKey } from './objects.js';
-import { PARTIAL_SUFFIX, type PackWriter, packPath } from './pack.js';
+import { PARTIAL_SUFFIX, type PackWriter, packPath, packTablePath } from './pack.js';
 import { removeFilesDurable } from './durable.js';
 import type { CommitRecord } from './backend.js';
 import { type ChunkCodec, type ChunkWriter, isZeroId, type Repository } from './repository.js';
@@ -455,7 +454,8 @@ function abandoned(repo: Repository): { journals: string[]; packs: string[]; fil
   const packs = noted.filter((name) => !indexed.has(name));
   const files = packs.flatMap((name) => {
     const pack = packPath(repo.dir, name);
-    return [pack, pack + PARTIAL_SUFFIX, join(repo.dir, packKey(name, PACK_INDEX_SUFFIX))];
+    const table = packTablePath(repo.dir, name);
+    return [pack, pack + PARTIAL_SUFFIX, table, table + PARTIAL_SUFFIX];
   });
   // An S3 store's cache keeps no pack once it is in the bucket: the local copy of one the
   // catch-up took in (a killed GC's repack) goes too; its chunk table copy stays.

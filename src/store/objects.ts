@@ -5,19 +5,25 @@
 import { SECRET_BYTES } from '../codec/limits.js';
 import type { CommitRecord } from './backend.js';
 import { StoreFormatError } from './errors.js';
-import { CHECKPOINTS_DIR, CHUNK_ID_BYTES, PACKS_DIR } from './format.js';
+import {
+  CHECKPOINTS_DIR,
+  CHUNK_ID_BYTES,
+  OBJECT_FORMAT,
+  PACK_INDEX_ENTRY_BYTES,
+  PACK_INDEX_HEADER_BYTES,
+  PACK_INDEX_MAGIC,
+  PACK_INDEX_SUFFIX,
+  PACK_SUFFIX,
+  PACKS_DIR,
+  writePackIndexEntry,
+  writePackIndexHeader,
+} from './format.js';
 import { PackedChunks } from './pack.js';
 
-/** The format of store.json, the .idx chunk tables and the checkpoint objects (apart from the index's version). */
-export const OBJECT_FORMAT = 1;
 export const STORE_OBJECT = 'store.json';
 export const PACKS_PREFIX = `${PACKS_DIR}/`;
 export const CHECKPOINTS_PREFIX = `${CHECKPOINTS_DIR}/`;
-export const PACK_SUFFIX = '.pack';
-export const PACK_INDEX_SUFFIX = '.idx';
-const PACK_INDEX_MAGIC = Buffer.from('CRINCIX1', 'ascii');
-const PACK_INDEX_HEADER_BYTES = 24; // magic(8) + format version u32 + chunk count u32 + pack bytes u64
-const PACK_INDEX_ENTRY_BYTES = 32; // id(16) + data offset u32 + stored length u32 + raw length u32 + compression u8 + reserved(3)
+export { PACK_INDEX_SUFFIX, PACK_SUFFIX };
 /** Checkpoint keys are zero-padded so that their order is the ids' order. */
 const CHECKPOINT_KEY_DIGITS = 12;
 const PACK_NAME = /^[0-9a-f]{32}$/;
@@ -75,20 +81,9 @@ export function decodeStoreObject(body: Buffer, where: string): StoreIdentity {
 /** A pack's chunk table: what its blob headers say, in one small object. */
 export function encodePackIndex(chunks: PackedChunks, packBytes: number): Buffer {
   const out = Buffer.alloc(PACK_INDEX_HEADER_BYTES + chunks.count * PACK_INDEX_ENTRY_BYTES);
-  PACK_INDEX_MAGIC.copy(out, 0);
-  out.writeUInt32LE(OBJECT_FORMAT, 8);
-  out.writeUInt32LE(chunks.count, 12);
-  out.writeBigUInt64LE(BigInt(packBytes), 16);
-  // Fields through a 32-bit view of the (aligned, little-endian as x86 and arm64 run) entries.
-  const words = new Uint32Array(out.buffer, out.byteOffset + PACK_INDEX_HEADER_BYTES, (chunks.count * PACK_INDEX_ENTRY_BYTES) / 4);
+  writePackIndexHeader(out, chunks.count, packBytes);
   for (let i = 0; i < chunks.count; i++) {
-    const o = PACK_INDEX_HEADER_BYTES + i * PACK_INDEX_ENTRY_BYTES;
-    out.set(chunks.ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), o);
-    const w = (i * PACK_INDEX_ENTRY_BYTES) / 4;
-    words[w + 4] = chunks.offsets[i]!;
-    words[w + 5] = chunks.storedLengths[i]!;
-    words[w + 6] = chunks.rawLengths[i]!;
-    words[w + 7] = chunks.compressions[i]!;
+    writePackIndexEntry(out, PACK_INDEX_HEADER_BYTES + i * PACK_INDEX_ENTRY_BYTES, chunks.ids, i * CHUNK_ID_BYTES, chunks.offsets[i]!, chunks.storedLengths[i]!, chunks.rawLengths[i]!, chunks.compressions[i]!);
   }
   return out;
 }

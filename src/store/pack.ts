@@ -1,6 +1,7 @@
 // Pack files: append-only containers of compressed chunks (layout in docs/FORMAT.md).
-// A pack is written under a .partial name, fsynced, then renamed: a pack file without
-// that suffix is always complete. Only the index decides whether its chunks are live.
+// A pack and its chunk table (.idx) are written under .partial names as blobs arrive,
+// fsynced, then renamed: a file without that suffix is always complete. Only the index
+// decides whether a pack's chunks are live.
 import { closeSync, fsyncSync, openSync, readSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
@@ -12,16 +13,24 @@ import {
   CHUNK_ID_BYTES,
   Compression,
   PACK_HEADER_BYTES,
+  PACK_INDEX_ENTRY_BYTES,
+  PACK_INDEX_HEADER_BYTES,
+  PACK_INDEX_SUFFIX,
   PACK_MAGIC,
   PACK_TARGET_BYTES,
   PACK_TRAILER_BYTES,
   PACK_TRAILER_MAGIC,
+  PACK_SUFFIX,
   PACKS_DIR,
   STORE_FORMAT_VERSION,
+  writePackIndexEntry,
+  writePackIndexHeader,
 } from './format.js';
 
 /** Writes are gathered into a buffer of this size before they reach the file. */
 const PACK_WRITE_BUFFER_BYTES = 4 * 1024 * 1024;
+/** Chunk table entries gathered before they reach the .idx file (1 MiB). */
+const PACK_TABLE_BUFFER_ENTRIES = 32 * 1024;
 export const PARTIAL_SUFFIX = '.partial';
 
 /** The chunks of one pack, in typed arrays: no object per chunk. */
@@ -68,26 +77,44 @@ export class PackedChunks {
 }
 
 export function packPath(storeDir: string, name: string): string {
-  return join(storeDir, PACKS_DIR, name.slice(0, 2), `${name}.pack`);
+  return join(storeDir, PACKS_DIR, name.slice(0, 2), `${name}${PACK_SUFFIX}`);
 }
 
+/** Where a pack's chunk table is: beside the pack. */
+export function packTablePath(storeDir: string, name: string): string {
+  return join(storeDir, PACKS_DIR, name.slice(0, 2), `${name}${PACK_INDEX_SUFFIX}`);
+}
+
+/**
+ * Writes one pack and its chunk table side by side, so that neither the table nor the
+ * pack's data is held in memory: a commit only writes their tails and renames them.
+ */
 export class PackWriter {
   readonly name = randomBytes(16).toString('hex');
-  private table: PackedChunks | undefined = new PackedChunks();
   private readonly finalPath: string;
   private readonly partialPath: string;
+  private readonly tableFinalPath: string;
+  private readonly tablePartialPath: string;
   private fd: number;
+  private tableFd: number;
   private size = 0;
+  private chunkCount = 0;
   private buffer = Buffer.allocUnsafe(PACK_WRITE_BUFFER_BYTES);
   private buffered = 0;
+  private tableBuffer = Buffer.alloc(PACK_INDEX_HEADER_BYTES + PACK_TABLE_BUFFER_ENTRIES * PACK_INDEX_ENTRY_BYTES);
+  /** The header's room first: it is written last, when the count and size are known. */
+  private tableBuffered = PACK_INDEX_HEADER_BYTES;
 
   constructor(storeDir: string, journal: WriterJournal) {
     journal.note(this.name);
     this.finalPath = packPath(storeDir, this.name);
     this.partialPath = this.finalPath + PARTIAL_SUFFIX;
+    this.tableFinalPath = packTablePath(storeDir, this.name);
+    this.tablePartialPath = this.tableFinalPath + PARTIAL_SUFFIX;
     // A new prefix directory must itself be durable before the index can name the pack.
     ensureDirDurable(dirname(this.finalPath));
     this.fd = openSync(this.partialPath, 'wx', 0o600);
+    this.tableFd = openSync(this.tablePartialPath, 'wx', 0o600);
     const header = Buffer.alloc(PACK_HEADER_BYTES);
     PACK_MAGIC.copy(header, 0);
     header.writeUInt32LE(STORE_FORMAT_VERSION, 8);
@@ -98,15 +125,9 @@ export class PackWriter {
     return this.size;
   }
 
-  /** The chunks written so far; gone once releaseChunks() dropped them (the table is on disk then). */
-  get chunks(): PackedChunks {
-    if (!this.table) throw new Error(`pack ${this.name}: its chunk table was released`);
-    return this.table;
-  }
-
-  /** Drops the in-memory chunk table of a finished pack whose .idx is written. */
-  releaseChunks(): void {
-    this.table = undefined;
+  /** Blobs added so far; the next one's ordinal. */
+  get count(): number {
+    return this.chunkCount;
   }
 
   get full(): boolean {
@@ -124,35 +145,45 @@ export class PackWriter {
     this.buffer.writeUInt32LE(compression, h + 24); // compression u8 + 3 reserved zero bytes
     this.buffered += BLOB_HEADER_BYTES;
     this.size += BLOB_HEADER_BYTES;
-    this.chunks.push(id, this.size, data.length, rawLength, compression);
+    if (this.tableBuffered + PACK_INDEX_ENTRY_BYTES > this.tableBuffer.length) this.flushTable();
+    writePackIndexEntry(this.tableBuffer, this.tableBuffered, id, 0, this.size, data.length, rawLength, compression);
+    this.tableBuffered += PACK_INDEX_ENTRY_BYTES;
+    this.chunkCount++;
     this.append(data);
   }
 
-  /** Writes the trailer, fsyncs and gives the pack its final name. */
+  /** Writes the trailer and the table's header, fsyncs and gives both files their final names. */
   finish(): void {
     const trailer = Buffer.alloc(PACK_TRAILER_BYTES);
-    trailer.writeUInt32LE(this.chunks.count, 0);
+    trailer.writeUInt32LE(this.chunkCount, 0);
     PACK_TRAILER_MAGIC.copy(trailer, 8);
     this.append(trailer);
     this.flush();
-    fsyncSync(this.fd);
-    closeSync(this.fd);
+    this.flushTable();
+    const header = Buffer.alloc(PACK_INDEX_HEADER_BYTES);
+    writePackIndexHeader(header, this.chunkCount, this.size);
+    writeAll(this.tableFd, header, 0, header.length, 0);
+    for (const fd of [this.fd, this.tableFd]) {
+      fsyncSync(fd);
+      closeSync(fd);
+    }
     this.fd = -1;
+    this.tableFd = -1;
     renameSync(this.partialPath, this.finalPath);
+    renameSync(this.tablePartialPath, this.tableFinalPath);
     fsyncDir(dirname(this.finalPath));
     // A checkpoint keeps its finished packs until it commits: without this, a large
-    // job's checkpoint (a pack per 64 MiB) would hold a write buffer per pack.
+    // job's checkpoint (a pack per 64 MiB) would hold write buffers per pack.
     this.buffer = Buffer.alloc(0);
+    this.tableBuffer = Buffer.alloc(0);
   }
 
-  /** Drops an uncommitted pack, finished or not: nothing references it. */
+  /** Drops an uncommitted pack and its table, finished or not: nothing references them. */
   abandon(): void {
-    if (this.fd >= 0) {
-      closeSync(this.fd);
-      this.fd = -1;
-    }
-    rmSync(this.partialPath, { force: true });
-    rmSync(this.finalPath, { force: true });
+    for (const fd of [this.fd, this.tableFd]) if (fd >= 0) closeSync(fd);
+    this.fd = -1;
+    this.tableFd = -1;
+    for (const path of [this.partialPath, this.finalPath, this.tablePartialPath, this.tableFinalPath]) rmSync(path, { force: true });
   }
 
   private append(data: Uint8Array): void {
@@ -167,10 +198,21 @@ export class PackWriter {
   }
 
   private flush(): void {
-    let done = 0;
-    while (done < this.buffered) done += writeSync(this.fd, this.buffer, done, this.buffered - done);
+    writeAll(this.fd, this.buffer, 0, this.buffered);
     this.buffered = 0;
   }
+
+  /** Appends the gathered table entries (the first write leaves the header's room, zeros until finish). */
+  private flushTable(): void {
+    writeAll(this.tableFd, this.tableBuffer, 0, this.tableBuffered);
+    this.tableBuffered = 0;
+  }
+}
+
+/** Writes buf[from, to) to fd, at `position` or at the file's offset. */
+function writeAll(fd: number, buf: Buffer, from: number, to: number, position: number | null = null): void {
+  let done = from;
+  while (done < to) done += writeSync(fd, buf, done, to - done, position === null ? null : position + done - from);
 }
 
 /** Keeps pack files open for reads; closed all together. */

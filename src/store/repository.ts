@@ -4,7 +4,7 @@
 // remote store, after its commit object is written (docs/FORMAT.md, "Commit").
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { faultPoint } from '../sys/fault.js';
 import { tryLockExclusive } from '../sys/libc.js';
@@ -1124,7 +1124,7 @@ export class ChunkWriter {
     if (!this.pending.add(id)) return;
     const pack = this.pack();
     pack.add(id, stored, rawLength, compression);
-    this.segments.add(id, 0, pack.name, pack.chunks.count - 1);
+    this.segments.add(id, 0, pack.name, pack.count - 1);
     this.storedBytes += stored.length;
     this.newChunks++;
   }
@@ -1147,10 +1147,7 @@ export class ChunkWriter {
   abandon(): void {
     this.current?.abandon();
     this.current = undefined;
-    for (const p of this.finished.splice(0)) {
-      p.abandon();
-      rmSync(join(this.repo.dir, packKey(p.name, PACK_INDEX_SUFFIX)), { force: true });
-    }
+    for (const p of this.finished.splice(0)) p.abandon();
     this.segments.abandon();
     this.journal.close();
   }
@@ -1166,14 +1163,12 @@ export class ChunkWriter {
     return this.finished;
   }
 
-  /** Finishes the open pack and writes its chunk table (.idx) beside it; the table leaves memory. */
+  /** Finishes the open pack (and its chunk table, written beside it as blobs came). */
   private finishPack(): void {
     const pack = this.current!;
     this.current = undefined;
     pack.finish();
     this.finished.push(pack);
-    writeFileDurable(join(this.repo.dir, packKey(pack.name, PACK_INDEX_SUFFIX)), encodePackIndex(pack.chunks, pack.bytes));
-    pack.releaseChunks();
   }
 
   private pack(): PackWriter {
