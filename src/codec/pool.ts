@@ -176,6 +176,16 @@ export class CodecPool {
     else this.free.push(batch);
   }
 
+  /**
+   * Gives back a batch whose step was rejected. After a corrupt chunk the batch came back
+   * from its worker and is the caller's to release like any other (forgetting it would
+   * shrink the pool for good); after a worker failure it may still be out, and the
+   * broken pool lends nothing any more.
+   */
+  releaseFailed(batch: ChunkBatch): void {
+    if (!batch.isLent && !this.free.includes(batch)) this.release(batch);
+  }
+
   /** PageCodec.hashAndCompress on a worker; resolves with the same batch, now Hashed. */
   hashAndCompress(batch: ChunkBatch): Promise<ChunkBatch> {
     return this.submit('hashAndCompress', batch);

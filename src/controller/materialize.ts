@@ -54,7 +54,8 @@ function writeAll(fd: number, data: Uint8Array, position: number): void {
 
 /** Which chunks of a batch are where: their index in the list read, for positions and error messages. */
 interface Submitted {
-  batch: Promise<ChunkBatch>;
+  batch: ChunkBatch;
+  decoded: Promise<ChunkBatch>;
   blocks: number[];
 }
 
@@ -126,8 +127,9 @@ export async function readChunks(
     const finish = async (s: Submitted) => {
       let batch: ChunkBatch;
       try {
-        batch = await s.batch;
+        batch = await s.decoded;
       } catch (e) {
+        pool.releaseFailed(s.batch);
         if (e instanceof CorruptChunkError && e.chunkIndex !== undefined) {
           const k = s.blocks[e.chunkIndex]!;
           throw new ChunkCorruptError(idHex(ids.subarray(k * CHUNK_ID_BYTES, (k + 1) * CHUNK_ID_BYTES)), where.pack[k]!, e.message);
@@ -155,7 +157,7 @@ export async function readChunks(
     let taken: number[] = [];
     const submit = async () => {
       if (!batch) return;
-      inFlight.push({ batch: pool.decodeAndVerify(batch), blocks: taken });
+      inFlight.push({ batch, decoded: pool.decodeAndVerify(batch), blocks: taken });
       batch = undefined;
       taken = [];
       // Keep one batch free for filling, or acquire() would wait on our own results.
@@ -194,7 +196,7 @@ export async function readChunks(
     while (inFlight.length > 0) await finish(inFlight.shift()!);
   } finally {
     // Let batches still out come back to the pool before the error goes up.
-    for (const s of inFlight.splice(0)) await s.batch.then((b) => pool.release(b), () => undefined);
+    for (const s of inFlight.splice(0)) await s.decoded.then((b) => pool.release(b), () => pool.releaseFailed(s.batch));
   }
 }
 

@@ -206,11 +206,12 @@ async function checkPack(repo: Repository, pack: PackRow, table: ChunkTable, chu
 /** Reads every indexed blob of a pack; checks its header, then its bytes against its id on the pool. */
 async function readPackData(repo: Repository, codecs: Codecs, pack: PackRow, table: ChunkTable, chunks: number[], bad: Map<number, string>): Promise<void> {
   const pool = codecs.pool;
-  const inFlight: { batch: Promise<ChunkBatch>; chunks: number[] }[] = [];
-  const settle = async (s: { batch: Promise<ChunkBatch>; chunks: number[] }) => {
+  const inFlight: Decoding[] = [];
+  const settle = async (s: Decoding) => {
     try {
-      pool.release(await s.batch);
+      pool.release(await s.decoded);
     } catch (e) {
+      pool.releaseFailed(s.batch);
       if (!(e instanceof CorruptChunkError)) throw e;
       // The batch names only its first bad chunk: check each of its chunks on its own.
       for (const i of s.chunks) {
@@ -263,13 +264,20 @@ async function readPackData(repo: Repository, codecs: Codecs, pack: PackRow, tab
         pool.release(batch);
         continue;
       }
-      inFlight.push({ batch: pool.decodeAndVerify(batch), chunks: taken });
+      inFlight.push({ batch, decoded: pool.decodeAndVerify(batch), chunks: taken });
       while (inFlight.length >= pool.batchCount - 1) await settle(inFlight.shift()!);
     }
     while (inFlight.length > 0) await settle(inFlight.shift()!);
   } finally {
-    for (const s of inFlight.splice(0)) await s.batch.then((b) => pool.release(b), () => undefined);
+    for (const s of inFlight.splice(0)) await s.decoded.then((b) => pool.release(b), () => pool.releaseFailed(s.batch));
   }
+}
+
+/** A batch of a pack's chunks on the pool, and which of the table's chunks it holds. */
+interface Decoding {
+  batch: ChunkBatch;
+  decoded: Promise<ChunkBatch>;
+  chunks: number[];
 }
 
 function blobHeaderProblem(header: Uint8Array, table: ChunkTable, i: number): string | undefined {
