@@ -273,17 +273,24 @@ export class ChunkIndex {
       compression: new Uint8Array(count),
     };
     const tables = found.packs.map((p) => this.table(p));
-    // The tables' u32 fields through aligned views (an .idx entry is 32 bytes from byte 24).
-    const words = tables.map((t) => (t.byteOffset % 4 === 0 ? new Uint32Array(t.buffer, t.byteOffset, t.length >>> 2) : new Uint32Array(new Uint8Array(t).buffer)));
+    // Ids and the tables' fields through aligned u32 views (an .idx entry is 32 bytes from
+    // byte 24): the id check is four word compares.
+    const words = tables.map(wordsOf);
+    const idWords = wordsOf(ids);
     for (let k = 0; k < count; k++) {
       const p = found.packIndex[k]!;
       if (p < 0) continue;
       const table = tables[p]!;
-      const at = this.entryAt(table, found.packs[p]!, found.ordinal[k]!, ids, k * CHUNK_ID_BYTES);
       const w = words[p]!;
-      out.offset[k] = w[(at >>> 2) + 4]!;
-      out.storedLength[k] = w[(at >>> 2) + 5]!;
-      out.rawLength[k] = w[(at >>> 2) + 6]!;
+      const at = PACK_INDEX_HEADER_BYTES + found.ordinal[k]! * PACK_INDEX_ENTRY_BYTES;
+      const a = at >>> 2;
+      const i = (k * CHUNK_ID_BYTES) >>> 2;
+      const same = at + PACK_INDEX_ENTRY_BYTES <= table.length && w[a] === idWords[i] && w[a + 1] === idWords[i + 1] && w[a + 2] === idWords[i + 2] && w[a + 3] === idWords[i + 3];
+      // Not the chunk's entry: the run is damaged (entryAt says how).
+      if (!same) this.entryAt(table, found.packs[p]!, found.ordinal[k]!, ids, k * CHUNK_ID_BYTES);
+      out.offset[k] = w[a + 4]!;
+      out.storedLength[k] = w[a + 5]!;
+      out.rawLength[k] = w[a + 6]!;
       out.compression[k] = table[at + 28]!;
     }
     return out;
@@ -607,3 +614,7 @@ export class RunSegments {
 /** A concurrent merge took some of the runs this one read: its result is dropped. */
 class RunsChangedError extends Error {}
 
+/** The bytes as u32 words (a copy when they do not start on a 4-byte boundary). */
+function wordsOf(b: Uint8Array): Uint32Array {
+  return b.byteOffset % 4 === 0 ? new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2) : new Uint32Array(new Uint8Array(b).buffer);
+}
