@@ -86,6 +86,8 @@ export class ChunkIndex {
   private signature = '';
   private readonly tables = new Map<string, Buffer>();
   private tableBytes = 0;
+  /** The table used last: the newest in `tables`. */
+  private lastTable: string | undefined;
   /** Ids has() found, or that remember() was told of; emptied when the listing changes or it is full. */
   private known = new IdSet();
   readonly runsDir: string;
@@ -105,6 +107,7 @@ export class ChunkIndex {
     this.known = new IdSet();
     this.tables.clear();
     this.tableBytes = 0;
+    this.lastTable = undefined;
   }
 
   /** Opens the runs the index lists now, and which packs it lists (cheap when nothing changed). */
@@ -300,13 +303,18 @@ export class ChunkIndex {
   table(pack: string): Buffer {
     let t = this.tables.get(pack);
     if (t) {
-      // Most recently used last: the oldest go first when the cache is full.
-      this.tables.delete(pack);
-      this.tables.set(pack, t);
+      // Most recently used last: the oldest go first when the cache is full. Lookups come
+      // in runs on one pack: the last one used is moved no further.
+      if (pack !== this.lastTable) {
+        this.tables.delete(pack);
+        this.tables.set(pack, t);
+        this.lastTable = pack;
+      }
       return t;
     }
     t = this.readTable(pack);
     this.tables.set(pack, t);
+    this.lastTable = pack;
     this.tableBytes += t.length;
     for (const [name] of this.tables) {
       if (this.tableBytes <= PACK_TABLE_CACHE_BYTES || name === pack) break;
@@ -320,6 +328,7 @@ export class ChunkIndex {
     if (!t) return;
     this.tableBytes -= t.length;
     this.tables.delete(name);
+    if (name === this.lastTable) this.lastTable = undefined;
   }
 
   private readTable(pack: string): Buffer {

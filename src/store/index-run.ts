@@ -39,6 +39,13 @@ const SORT_DIGIT_BITS = 11;
 const SORT_BUCKETS = 1 << SORT_DIGIT_BITS;
 /** Entries are written and read in spans of this size. */
 const RUN_IO_BYTES = 1024 * 1024;
+/**
+ * Blocks that find() read stay in memory, over all open runs, up to this many bytes
+ * (1.5 M entries): lookups of ids stored earlier then cost no read once their blocks
+ * are in. Runs never change, so a cached block is never stale.
+ */
+const RUN_BLOCK_CACHE_BYTES = 32 * 1024 * 1024;
+let runBlockCacheBytes = 0;
 export const RUN_SUFFIX = '.run';
 const PARTIAL = '.partial';
 
@@ -246,6 +253,9 @@ export class RunReader {
   private readonly bloom: Uint8Array;
   private readonly entriesAt: number;
   private readonly block = Buffer.alloc(RUN_BLOCK_ENTRIES * RUN_ENTRY_BYTES);
+  /** Blocks kept by find(), by block number. */
+  private cached: (Buffer | undefined)[] = [];
+  private cachedBytes = 0;
 
   private constructor(
     readonly path: string,
@@ -286,11 +296,14 @@ export class RunReader {
 
   close(): void {
     closeSync(this.fd);
+    runBlockCacheBytes -= this.cachedBytes;
+    this.cachedBytes = 0;
+    this.cached = [];
   }
 
-  /** Bytes held in memory for this run (filter and fences). */
+  /** Bytes held in memory for this run (filter, fences and cached blocks). */
   get memoryBytes(): number {
-    return this.bloom.length + this.fences.byteLength;
+    return this.bloom.length + this.fences.byteLength + this.cachedBytes;
   }
 
   /** The entry of an id: its position in the run, or -1. */
@@ -303,15 +316,15 @@ export class RunReader {
     for (let b = Math.max(0, lo - 1); b < this.fences.length && (b < lo || this.fences[b] === prefix); b++) {
       const first = b * RUN_BLOCK_ENTRIES;
       const n = Math.min(RUN_BLOCK_ENTRIES, this.entries - first);
-      this.readEntries(first, n, this.block);
+      const block = this.blockAt(b, first, n);
       let l = 0;
       let h = n;
       while (l < h) {
         const m = (l + h) >>> 1;
-        const c = compareIds(this.block, m * RUN_ENTRY_BYTES, id, o);
+        const c = compareIds(block, m * RUN_ENTRY_BYTES, id, o);
         if (c === 0) {
-          this.lastPack = entryPack(this.block, m * RUN_ENTRY_BYTES);
-          this.lastOrdinal = entryOrdinal(this.block, m * RUN_ENTRY_BYTES);
+          this.lastPack = entryPack(block, m * RUN_ENTRY_BYTES);
+          this.lastOrdinal = entryOrdinal(block, m * RUN_ENTRY_BYTES);
           return first + m;
         }
         if (c < 0) l = m + 1;
@@ -319,6 +332,23 @@ export class RunReader {
       }
     }
     return -1;
+  }
+
+  /** Block b's n entries (from entry first): cached, read into the cache while it has room, else read into the scratch block. */
+  private blockAt(b: number, first: number, n: number): Buffer {
+    const kept = this.cached[b];
+    if (kept) return kept;
+    const bytes = n * RUN_ENTRY_BYTES;
+    if (runBlockCacheBytes + bytes > RUN_BLOCK_CACHE_BYTES) {
+      this.readEntries(first, n, this.block);
+      return this.block;
+    }
+    const block = Buffer.allocUnsafe(bytes);
+    this.readEntries(first, n, block);
+    this.cached[b] = block;
+    this.cachedBytes += bytes;
+    runBlockCacheBytes += bytes;
+    return block;
   }
 
   /** The first block whose fence is at or above prefix (fences.length when none). */
