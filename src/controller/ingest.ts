@@ -59,7 +59,6 @@ export type PageIndex = Map<number, ProcessPages>;
 export class CleanCursor {
   private range = 0;
   private readonly page: PageRunCursor;
-  private last = -1;
 
   constructor(
     private readonly clean: readonly Range[],
@@ -69,16 +68,15 @@ export class CleanCursor {
   }
 
   /**
-   * For each of nrPages pages from vaddr on (ascending, after every page asked before),
-   * its baseline page's index when it is proven clean, else -1.
+   * For each of nrPages pages from vaddr on (ascending, after every page asked before:
+   * PageStream.append, called first, checks that), its baseline page's index when it is
+   * proven clean, else -1.
    */
   indexOf(vaddr: number, nrPages: number): Int32Array {
     const out = new Int32Array(nrPages).fill(-1);
     const { clean } = this;
-    if (nrPages > 0 && vaddr <= this.last) throw new PageStreamOrderError(vaddr, this.last);
     for (let i = 0; i < nrPages; i++) {
       const v = vaddr + i * PAGE_BYTES;
-      this.last = v;
       while (this.range < clean.length && clean[this.range]!.end <= v) this.range++;
       if (this.range === clean.length) break;
       if (v < clean[this.range]!.start) continue;
@@ -106,7 +104,6 @@ export interface StreamedPagesFile {
 export class PageStream {
   ids: Uint8Array;
   private readonly addresses = new PageRuns();
-  private lastPage = -1;
 
   constructor(
     readonly name: string,
@@ -120,8 +117,7 @@ export class PageStream {
 
   /** Appends a run of pages; returns the index of its first page (its ids are filled in later). */
   append(vaddr: number, nrPages: number): number {
-    if (vaddr <= this.lastPage) throw new PageStreamOrderError(vaddr, this.lastPage);
-    if (nrPages > 0) this.lastPage = vaddr + (nrPages - 1) * PAGE_BYTES;
+    if (vaddr < this.addresses.end) throw new PageStreamOrderError(vaddr, this.addresses.end - PAGE_BYTES);
     const first = this.addresses.length;
     const need = first + nrPages;
     if (need * CHUNK_ID_BYTES > this.ids.length) {
@@ -304,8 +300,7 @@ export class Ingest {
     const pages = stream.finish();
     if (stream.pid !== null) this.pageIndex.set(stream.pid, pages);
     this.stats.pagesTotal += pages.addresses.length;
-    const ids = pages.ids;
-    return { name: stream.name, ids };
+    return { name: stream.name, ids: pages.ids };
   }
 
   /** Every new page queued for compression is compressed and handed to the writer. */

@@ -175,7 +175,7 @@ class LazyPageSource implements RestorePages {
       if (e >= p.starts.length) return;
       vaddr = p.starts[e]!;
     }
-    const buffer = this.free.pop() ?? (this.allocated < REPLY_BUFFERS ? this.allocate() : undefined);
+    const buffer = this.spare();
     if (!buffer) return;
     // After the reply has gone out: locating a new window holds up the event loop.
     const pages = new Promise((resolve) => setImmediate(resolve)).then(() => this.read(pid, vaddr, REPLY_PAGES, buffer));
@@ -227,13 +227,16 @@ class LazyPageSource implements RestorePages {
     return n;
   }
 
-  private allocate(): Buffer {
+  /** A free reply buffer, or a new one while fewer than REPLY_BUFFERS exist. */
+  private spare(): Buffer | undefined {
+    const b = this.free.pop();
+    if (b || this.allocated === REPLY_BUFFERS) return b;
     this.allocated += 1;
     return Buffer.alloc(REPLY_PAGES * PAGE_BYTES);
   }
 
   private take(): Promise<Buffer> {
-    const b = this.free.pop() ?? (this.allocated < REPLY_BUFFERS ? this.allocate() : undefined);
+    const b = this.spare();
     return b ? Promise.resolve(b) : new Promise((resolve) => this.waiting.push(resolve));
   }
 

@@ -1,6 +1,7 @@
 // The addresses of a process's pages at a checkpoint, as runs of consecutive pages: a
 // few numbers per run instead of 8 bytes a page (a 16 GiB job's pages are 4 Mi
 // addresses, mostly in a handful of runs). Read in ascending order through a cursor.
+import { strict as assert } from 'node:assert';
 import { PAGE_BYTES } from '../store/format.js';
 
 const INITIAL_RUNS = 64;
@@ -12,13 +13,19 @@ export class PageRuns {
   /** Pages in all runs. */
   length = 0;
 
-  /** Appends nrPages pages from vaddr on; vaddr must lie above every page appended before. */
+  /** The address past the last page (0 when there is none). */
+  get end(): number {
+    const last = this.runs - 1;
+    return last < 0 ? 0 : this.starts[last]! + this.counts[last]! * PAGE_BYTES;
+  }
+
+  /** Appends nrPages pages from vaddr on; vaddr must be at or above end (the caller checks). */
   append(vaddr: number, nrPages: number): void {
     if (nrPages === 0) return;
     const last = this.runs - 1;
     if (last >= 0) {
-      const end = this.starts[last]! + this.counts[last]! * PAGE_BYTES;
-      if (vaddr < end) throw new Error(`page runs out of order: 0x${vaddr.toString(16)} after 0x${(end - PAGE_BYTES).toString(16)}`);
+      const end = this.end;
+      assert(vaddr >= end, 'page runs appended out of order');
       if (vaddr === end) {
         this.counts[last]! += nrPages;
         this.length += nrPages;

@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { createFileDurable, removeFilesDurable } from './durable.js';
 import { StoreError } from './errors.js';
 import { CHECKPOINTS_DIR } from './format.js';
-import { CHECKPOINT_KEY, checkpointKey, decodeCheckpoint, encodeCheckpoint, PACK_INDEX_SUFFIX, packKey } from './objects.js';
+import { CHECKPOINT_KEY, checkpointKey, decodeCheckpoint, encodeCheckpoint } from './objects.js';
 import type { PackWriter } from './pack.js';
-import { PackReader, packPath } from './pack.js';
+import { PackReader, packPath, packTablePath } from './pack.js';
 import type { CheckpointRecord, FileManifest, JobRecord, Repository } from './repository.js';
 
 /** What a commit adds, as the index stores it; an S3 store writes it out as the commit point. */
@@ -84,7 +84,7 @@ export class LocalBackend implements StoreBackend {
 
   async deletePack(name: string): Promise<void> {
     this.reader.forget(name);
-    removeFilesDurable([packPath(this.location, name), join(this.location, packKey(name, PACK_INDEX_SUFFIX))]);
+    removeFilesDurable([packPath(this.location, name), packTablePath(this.location, name)]);
   }
 
   async forgetCheckpoints(ids: number[]): Promise<void> {

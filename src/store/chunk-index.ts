@@ -28,8 +28,8 @@ import {
   RunWriter,
   sortedOrder,
 } from './index-run.js';
-import { encodePackIndex, PACK_INDEX_SUFFIX, packKey } from './objects.js';
-import type { PackedChunks } from './pack.js';
+import { encodePackIndex } from './objects.js';
+import { type PackedChunks, packTablePath } from './pack.js';
 import { readPackTable } from './pack-table.js';
 
 export const CHUNK_INDEX_DIR = 'chunk-index';
@@ -332,7 +332,7 @@ export class ChunkIndex {
   }
 
   private readTable(pack: string): Buffer {
-    const path = join(this.storeDir, packKey(pack, PACK_INDEX_SUFFIX));
+    const path = packTablePath(this.storeDir, pack);
     try {
       return readFileSync(path);
     } catch (e) {

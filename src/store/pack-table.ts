@@ -2,10 +2,9 @@
 // sound, else from the pack's own blob headers (packs written before format 4 have no
 // .idx). Used by catch-up and by `crinc repair` to index packs without the index.
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
-import { join } from 'node:path';
 import { BLOB_HEADER_BYTES, CHUNK_ID_BYTES, OLDEST_PACK_FORMAT_VERSION, PACK_MAGIC, PACK_HEADER_BYTES, PACK_TRAILER_BYTES, PACK_TRAILER_MAGIC, STORE_FORMAT_VERSION } from './format.js';
-import { decodePackIndex, PACK_INDEX_SUFFIX, packKey } from './objects.js';
-import { PackedChunks, packPath } from './pack.js';
+import { decodePackIndex } from './objects.js';
+import { PackedChunks, packPath, packTablePath } from './pack.js';
 
 /** Blob headers are read in spans of this size while a pack is scanned. */
 const SCAN_SPAN_BYTES = 1024 * 1024;
@@ -39,7 +38,7 @@ export function packFrameProblem(header: Buffer, trailer: Buffer): string | unde
 }
 
 function readIdx(storeDir: string, name: string, size: number): PackTableResult | undefined {
-  const path = join(storeDir, packKey(name, PACK_INDEX_SUFFIX));
+  const path = packTablePath(storeDir, name);
   let body: Buffer;
   try {
     body = readFileSync(path);

@@ -14,7 +14,8 @@ import { fsyncDir, writeFileDurable } from './durable.js';
 import { StoreError, StoreNotFoundError } from './errors.js';
 import { INDEX_FILE, STORE_FORMAT_VERSION } from './format.js';
 import { packFilesOnDisk } from './inventory.js';
-import { decodeStoreObject, encodePackIndex, PACK_INDEX_SUFFIX, packKey, STORE_OBJECT } from './objects.js';
+import { decodeStoreObject, encodePackIndex, STORE_OBJECT } from './objects.js';
+import { packTablePath } from './pack.js';
 import { readPackTable } from './pack-table.js';
 import { SCHEMA_MIGRATIONS, SCHEMA_V1 } from './schema.js';
 import { lockStore } from './store-lock.js';
@@ -123,7 +124,7 @@ function build(dir: string, identity: { storeId: string; secret: Uint8Array; cre
       if (!table.ok) {
         report.unreadablePacks.push({ pack: f.name, problem: table.problem });
       } else {
-        const idx = join(dir, packKey(f.name, PACK_INDEX_SUFFIX));
+        const idx = packTablePath(dir, f.name);
         if (!existsSync(idx)) writeFileDurable(idx, encodePackIndex(table.chunks, table.bytes));
         const run = chunkIndex.writePackRun(f.name, table.chunks);
         db.transaction(() => {

@@ -37,9 +37,9 @@ import { IdSet } from './id-set.js';
 import { type CommitRecord, LocalBackend, type StoreBackend } from './backend.js';
 import { createFileDurable, removeFilesDurable, writeFileDurable } from './durable.js';
 import { WriterJournal } from './journal.js';
-import { decodePackIndex, decodeStoreObject, encodePackIndex, encodeStoreObject, PACK_INDEX_SUFFIX, packKey, STORE_OBJECT, type StoreIdentity } from './objects.js';
+import { decodePackIndex, decodeStoreObject, encodePackIndex, encodeStoreObject, STORE_OBJECT, type StoreIdentity } from './objects.js';
 import { ChunkIndex, RunSegments } from './chunk-index.js';
-import { PackedChunks, PackWriter } from './pack.js';
+import { PackedChunks, PackWriter, packTablePath } from './pack.js';
 import { readPackTable } from './pack-table.js';
 import type { RetentionPolicy } from './retention-policy.js';
 import { SCHEMA_MIGRATIONS, SCHEMA_V1 } from './schema.js';
@@ -440,7 +440,7 @@ export class Repository {
   }
 
   private removeCachedTables(names: string[]): void {
-    removeFilesDurable(names.map((name) => join(this.dir, packKey(name, PACK_INDEX_SUFFIX))));
+    removeFilesDurable(names.map((name) => packTablePath(this.dir, name)));
   }
 
   /**
@@ -819,10 +819,12 @@ export class Repository {
     for (const pack of packs) {
       if (insPack.run(pack.name, pack.bytes, now).changes === 0) continue;
       // A remote store's chunk tables live in the bucket; locating chunks reads a local copy.
-      if (pack.chunks && this.backend.remote) writeFileDurable(join(this.dir, packKey(pack.name, PACK_INDEX_SUFFIX)), encodePackIndex(pack.chunks, pack.bytes));
-      if (!writerRuns) runs.push(this.chunkIndex.writePackRun(pack.name, pack.chunks ?? this.packChunks(pack.name)));
-      if (this.quarantined.size === 0) continue;
+      if (pack.chunks && this.backend.remote) writeFileDurable(packTablePath(this.dir, pack.name), encodePackIndex(pack.chunks, pack.bytes));
+      // Its table (read from its .idx once) is needed for a run of its own, or for healing.
+      if (writerRuns && this.quarantined.size === 0) continue;
       const chunks = pack.chunks ?? this.packChunks(pack.name);
+      if (!writerRuns) runs.push(this.chunkIndex.writePackRun(pack.name, chunks));
+      if (this.quarantined.size === 0) continue;
       for (let i = 0; i < chunks.count; i++) {
         if (!this.quarantined.has(chunks.ids, i * CHUNK_ID_BYTES)) continue;
         this.statement('DELETE FROM quarantine WHERE id = ?').run(chunks.id(i));
@@ -836,7 +838,7 @@ export class Repository {
 
   /** A pack's chunk table from its .idx in the store directory (written by its writer). */
   packChunks(name: string): PackedChunks {
-    const path = join(this.dir, packKey(name, PACK_INDEX_SUFFIX));
+    const path = packTablePath(this.dir, name);
     return decodePackIndex(readFileSync(path), path).chunks;
   }
 
@@ -970,7 +972,7 @@ export class Repository {
         const table = readPackTable(this.dir, name);
         // An unreadable pack's chunks are missing from the index, as verify and repair report.
         if (!table.ok) continue;
-        const idx = join(this.dir, packKey(name, PACK_INDEX_SUFFIX));
+        const idx = packTablePath(this.dir, name);
         if (!existsSync(idx)) writeFileDurable(idx, encodePackIndex(table.chunks, table.bytes));
         runs.push(this.chunkIndex.writePackRun(name, table.chunks));
       }

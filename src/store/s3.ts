@@ -40,7 +40,7 @@ import {
   STORE_OBJECT,
   type StoreIdentity,
 } from './objects.js';
-import { type PackWriter, packPath } from './pack.js';
+import { type PackWriter, packPath, packTablePath } from './pack.js';
 import { type RemoteCheckpoint, type RemotePack, Repository } from './repository.js';
 
 export const S3_URL_SCHEME = 's3://';
@@ -218,7 +218,7 @@ export class S3Backend implements StoreBackend, LockBucket {
     }
     // The chunk table goes up only once its pack is complete: a reader that sees it finds the pack.
     // The writer wrote each table into the cache when it finished the pack.
-    await forEachLimited(packs, S3_UPLOAD_CONCURRENCY, (p) => this.putObject(packKey(p.name, PACK_INDEX_SUFFIX), readFileSync(join(this.cacheDir, packKey(p.name, PACK_INDEX_SUFFIX)))));
+    await forEachLimited(packs, S3_UPLOAD_CONCURRENCY, (p) => this.putObject(packKey(p.name, PACK_INDEX_SUFFIX), readFileSync(packTablePath(this.cacheDir, p.name))));
   }
 
   async commit(record: CommitRecord, firstFreeId: number): Promise<number> {
