@@ -6,7 +6,7 @@ import { open } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { faultPoint } from '../sys/fault.js';
-import { setReceiveTimeout, streamSocketPair } from '../sys/libc.js';
+import { makeFifo, setReceiveTimeout, streamSocketPair } from '../sys/libc.js';
 import { type DumpStreamSink, PAGE_STREAM_SILENCE_MS, PageServerProtocolError, type RestorePages, receiveDump, serveLazyPages } from './page-server.js';
 import { CrincError } from '../errors.js';
 import { type CriuAction, explainCriuFailure } from './explain.js';
@@ -126,7 +126,8 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
   const ack = join(req.workDir, 'hook-ack.fifo');
   writeFileSync(hook, HOOK_SCRIPT, { mode: 0o700 });
   chmodSync(hook, 0o700);
-  execFileSync('mkfifo', ['-m', '600', notify, ack]);
+  makeFifo(notify, 0o600);
+  makeFifo(ack, 0o600);
   const logPath = join(req.workDir, 'dump.log');
 
   // The page stream: crinc keeps one end, CRIU inherits the other; nothing listens.

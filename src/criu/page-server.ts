@@ -7,9 +7,11 @@
 // u64 dst_id; }: 32 bytes with the padding after cmd (nr_pages was a u32, 24 bytes in
 // all, before 4.2; crinc refuses older CRIUs). cmd = command | flags << 16;
 // dst_id = id << 8 | type.
-import { readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import { constants as osConstants } from 'node:os';
 import { PAGE_BYTES } from '../store/format.js';
+import { lastErrno, pipePair, setPipeCapacity, SPLICE_F_MOVE, spliceRaw, SyscallError } from '../sys/libc.js';
 import { PE_PARENT, PE_PRESENT } from './images.js';
 
 export const PS_IOV_BYTES = 32;
@@ -27,8 +29,11 @@ const PS_TYPE_MASK = (1n << PS_TYPE_BITS) - 1n;
 export const PS_TYPE_PID = 1;
 export const PS_TYPE_SHMEM = 2;
 
-/** Largest read from the socket at once: pages are read in these steps. */
-export const PAGE_STREAM_READ_BYTES = 4 * 1024 * 1024;
+/**
+ * Capacity of the pipe that pages passed over go through on their way to /dev/null: the
+ * most one splice moves (the default pipe-max-size, so that no limit needs raising).
+ */
+const DISCARD_PIPE_BYTES = 1024 * 1024;
 /** A dump whose stream stays silent this long is failed: CRIU has stopped sending. */
 export const PAGE_STREAM_SILENCE_MS = 120_000;
 
@@ -88,9 +93,12 @@ export interface DumpStreamSink {
 /**
  * Blocking reads of the socket into the caller's buffers. The job is frozen while pages
  * flow and the main thread has nothing else to do: a read(2) loop is the shortest path.
+ * Pages passed over (clean ones) are spliced through a pipe into /dev/null: they never
+ * reach user space, which makes an incremental checkpoint's stream cost about what the
+ * kernel's move of the job's pages costs.
  */
 class SocketSource implements PageSource {
-  private readonly scratch = Buffer.allocUnsafe(PAGE_STREAM_READ_BYTES);
+  private discard: { pipeRead: number; pipeWrite: number; devNull: number } | undefined;
 
   constructor(private readonly fd: number) {}
 
@@ -111,20 +119,38 @@ class SocketSource implements PageSource {
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
         if (code === 'EINTR') continue;
-        if (code === 'EAGAIN') {
-          throw new PageServerProtocolError(`CRIU sent nothing for ${PAGE_STREAM_SILENCE_MS / 1000} s in the middle of its page stream`);
-        }
+        if (code === 'EAGAIN') throw silenceError();
         throw e;
       }
     }
   }
 
   skip(bytes: number): void {
+    const d = (this.discard ??= this.openDiscard());
     for (let left = bytes; left > 0; ) {
-      const step = Math.min(left, this.scratch.length);
-      this.read(this.scratch.subarray(0, step));
-      left -= step;
+      const moved = splice(this.fd, d.pipeWrite, Math.min(left, DISCARD_PIPE_BYTES), 'socket');
+      if (moved === 0) throw new PageServerProtocolError('CRIU closed its page stream before the end (it failed or was killed; its log says why)');
+      for (let inPipe = moved; inPipe > 0; ) inPipe -= splice(d.pipeRead, d.devNull, inPipe, 'pipe');
+      left -= moved;
     }
+  }
+
+  private openDiscard(): { pipeRead: number; pipeWrite: number; devNull: number } {
+    const [pipeRead, pipeWrite] = pipePair();
+    try {
+      setPipeCapacity(pipeWrite, DISCARD_PIPE_BYTES);
+      return { pipeRead, pipeWrite, devNull: openSync('/dev/null', 'w') };
+    } catch (e) {
+      closeSync(pipeRead);
+      closeSync(pipeWrite);
+      throw e;
+    }
+  }
+
+  close(): void {
+    if (!this.discard) return;
+    for (const fd of [this.discard.pipeRead, this.discard.pipeWrite, this.discard.devNull]) closeSync(fd);
+    this.discard = undefined;
   }
 
   /** The next message, or null at a clean end of the stream (no byte of a message read). */
@@ -136,6 +162,22 @@ class SocketSource implements PageSource {
   }
 }
 
+function silenceError(): PageServerProtocolError {
+  return new PageServerProtocolError(`CRIU sent nothing for ${PAGE_STREAM_SILENCE_MS / 1000} s in the middle of its page stream`);
+}
+
+/** One splice(2) of up to `bytes`; retried on EINTR, the socket's silence timeout (EAGAIN) an error. */
+function splice(from: number, to: number, bytes: number, what: 'socket' | 'pipe'): number {
+  for (;;) {
+    const moved = spliceRaw(from, to, bytes, SPLICE_F_MOVE);
+    if (moved >= 0) return moved;
+    const errno = lastErrno();
+    if (errno === osConstants.errno.EINTR) continue;
+    if (errno === osConstants.errno.EAGAIN && what === 'socket') throw silenceError();
+    throw new SyscallError(`splice from the page stream's ${what}`, errno);
+  }
+}
+
 /**
  * Serves one `criu dump --page-server --ps-socket` stream on fd until CRIU's close: each
  * OPEN2 is answered "no parent" (crinc keeps no parent images: every page is sent),
@@ -144,6 +186,14 @@ class SocketSource implements PageSource {
  */
 export async function receiveDump(fd: number, sink: DumpStreamSink): Promise<void> {
   const source = new SocketSource(fd);
+  try {
+    await serveDump(fd, source, sink);
+  } finally {
+    source.close();
+  }
+}
+
+async function serveDump(fd: number, source: SocketSource, sink: DumpStreamSink): Promise<void> {
   const header = Buffer.alloc(PS_IOV_BYTES);
   let open: bigint | null = null;
   for (;;) {

@@ -168,3 +168,42 @@ export function setReceiveTimeout(fd: number, ms: number): void {
   tv.writeBigInt64LE(BigInt((ms % 1000) * 1000), 8);
   if ((setsockoptFn(fd, SOL_SOCKET, SO_RCVTIMEO, tv, tv.length) as number) !== 0) throw new SyscallError('setsockopt(SO_RCVTIMEO)', koffi.errno());
 }
+
+// ---------------------------------------------------------------------------------
+// Passing over bytes of a socket without copying them to user space (clean pages of a
+// page stream): splice(2) from the socket into a pipe, and from the pipe into /dev/null.
+
+const pipe2Fn = libc.func('int pipe2(_Out_ int *fds, int flags)');
+const fcntlIntFn = libc.func('int fcntl(int fd, int cmd, int arg)');
+const spliceFn = libc.func('long splice(int fd_in, void *off_in, int fd_out, void *off_out, size_t len, unsigned int flags)');
+
+const O_CLOEXEC = 0o2000000;
+const F_SETPIPE_SZ = 1031;
+/** Move pages rather than copy them where the kernel can (a hint). */
+export const SPLICE_F_MOVE = 1;
+
+/** A pipe [read end, write end], close-on-exec. */
+export function pipePair(): [number, number] {
+  const fds = new Int32Array(2);
+  if ((pipe2Fn(fds, O_CLOEXEC) as number) !== 0) throw new SyscallError('pipe2', koffi.errno());
+  return [fds[0]!, fds[1]!];
+}
+
+/** Sets a pipe's capacity (F_SETPIPE_SZ); returns the capacity the kernel gave it. */
+export function setPipeCapacity(fd: number, bytes: number): number {
+  const got = fcntlIntFn(fd, F_SETPIPE_SZ, bytes) as number;
+  if (got < 0) throw new SyscallError('fcntl(F_SETPIPE_SZ)', koffi.errno());
+  return got;
+}
+
+/** splice(fdIn, NULL, fdOut, NULL, bytes, flags): the bytes moved, 0 at end of input, or -1 (errno in lastErrno()). */
+export function spliceRaw(fdIn: number, fdOut: number, bytes: number, flags: number): number {
+  return Number(spliceFn(fdIn, null, fdOut, null, bytes, flags));
+}
+
+const mkfifoFn = libc.func('int mkfifo(const char *path, uint32_t mode)');
+
+/** Creates a FIFO (mkfifo(3)), without running a program: a fork of a large Node process costs tens of ms. */
+export function makeFifo(path: string, mode: number): void {
+  if ((mkfifoFn(path, mode) as number) !== 0) throw new SyscallError(`mkfifo ${path}`, koffi.errno());
+}
