@@ -100,9 +100,13 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     mkdirSync(workDir, { mode: 0o700 });
 
     const previous = repo.latestCheckpoint(jobName);
-    const previousManifests = previous ? await repo.checkpointFiles(previous.id, codecs.chunks) : [];
-    // Most chunks of this checkpoint are the previous one's: known without a read.
-    for (const f of previousManifests) repo.rememberKnown(f.ids);
+    // Without clean-page reuse, most pages hashed are the previous checkpoint's: their ids
+    // are noted as known, and need no lookup. With it, the pages hashed are few and mostly
+    // new: looking them up costs less than loading and noting a large job's every id
+    // (~0.2 s per GiB), so only the job files' manifests are loaded.
+    const reusesCleanPages = options.tracking?.hasBaseline ?? false;
+    const previousManifests = previous ? await repo.checkpointFiles(previous.id, codecs.chunks, reusesCleanPages ? 'job-file' : undefined) : [];
+    if (!reusesCleanPages) for (const f of previousManifests) repo.rememberKnown(f.ids);
     // A file whose manifest names a quarantined chunk is read again, not reused as unchanged.
     const previousFiles = new Map<string, FileManifest>(previousManifests.filter((f) => f.role === 'job-file' && !repo.namesQuarantined(f.ids)).map((f) => [f.path, f]));
 

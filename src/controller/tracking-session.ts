@@ -115,6 +115,11 @@ export class TrackingSession {
     return this.disarmed ? 'disarmed' : 'armed';
   }
 
+  /** Whether the next checkpoint can reuse clean pages (a baseline, armed), unless the scan finds the interval's tracking incomplete. */
+  get hasBaseline(): boolean {
+    return this.baseline !== null && !this.disarmed;
+  }
+
   /** Folds what eBPF saw since the last drain into the interval's activity. */
   private absorb(report: TrackingReport): void {
     const a = this.activity;
