@@ -6,6 +6,7 @@
 import { closeSync, fstatSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChunkBatch } from '../codec/chunk-batch.js';
+import { POOL_BATCH_CHUNKS } from '../codec/pool.js';
 import { type PageCodec, PageFlag } from '../codec/page-codec.js';
 import type { PageSource } from '../criu/page-server.js';
 import { CHUNK_ID_BYTES, Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
@@ -25,6 +26,16 @@ const STREAM_INITIAL_PAGES = 64 * 1024;
 const STREAM_SLACK_PAGES = 4096;
 /** Ids grow by this factor: a large job's first checkpoint holds at most 25% unused room, and at a growth both copies. */
 const STREAM_GROWTH = 1.25;
+/**
+ * Compression that saves less than this share of the bytes (recent pool batches, on
+ * average) does not pay for itself while the job is frozen: its CPU is taken from CRIU
+ * and from hashing. Such pages are stored as they are, but for one pool batch in
+ * COMPRESSION_PROBE_EVERY, which keeps watching whether the content became compressible.
+ */
+const MIN_COMPRESSION_SAVINGS = 0.1;
+const COMPRESSION_PROBE_EVERY = 8;
+/** Weight of the newest batch in the running average of the savings. */
+const SAVINGS_AVERAGE_WEIGHT = 0.25;
 
 /**
  * What dirty tracking proved, per process (by its PID inside the image): the address
@@ -189,6 +200,11 @@ export class Ingest {
   /** Pool batches of new pages being compressed, oldest first. */
   private readonly inFlight: InFlight[] = [];
   private filling: ChunkBatch | undefined;
+  /** Running average of the share of bytes compression saved, over the pool batches back so far (optimistic at first). */
+  private compressionSavings = 1;
+  /** New pages still to store uncompressed before the pool is tried again, while compression does not pay. */
+  private uncompressedLeft = 0;
+  private skippedBatches = 0;
 
   /** Bytes of pages ingested so far, of progressTotal (an estimate), reported to onProgress. */
   onProgress: ProgressCallback | undefined;
@@ -338,48 +354,58 @@ export class Ingest {
    */
   private async hashPages(data: Uint8Array, ids: Uint8Array, first: number): Promise<void> {
     const n = data.length / PAGE_BYTES;
-    this.codecs.pages.hashPages(data, this.batchIds, this.batchFlags);
+    const batchIds = this.batchIds;
+    this.codecs.pages.hashPages(data, batchIds, this.batchFlags);
+    ids.set(batchIds.subarray(0, n * CHUNK_ID_BYTES), first * CHUNK_ID_BYTES);
     const candidates: number[] = [];
     for (let i = 0; i < n; i++) {
-      const at = (first + i) * CHUNK_ID_BYTES;
-      if (this.batchFlags[i] === PageFlag.Zero) {
-        ids.set(ZERO_CHUNK_ID, at);
+      const flag = this.batchFlags[i];
+      if (flag === PageFlag.Zero) {
+        ids.set(ZERO_CHUNK_ID, (first + i) * CHUNK_ID_BYTES);
         this.stats.pagesZero++;
         continue;
       }
-      ids.set(this.batchIds.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), at);
       // A duplicate of an earlier page of this batch is stored with that one.
-      if (this.batchFlags[i] !== PageFlag.Duplicate && !this.writer.hasPending(this.batchIds, i * CHUNK_ID_BYTES)) candidates.push(i);
+      if (flag !== PageFlag.Duplicate && !this.writer.hasPending(batchIds, i * CHUNK_ID_BYTES)) candidates.push(i);
     }
-    for (const i of this.repo.unknownChunks(this.batchIds, candidates)) {
-      await this.compressNewPage(data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), this.batchIds.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES));
+    for (const i of this.repo.unknownChunks(batchIds, candidates)) {
+      // Most pages need no wait: only taking a pool batch does.
+      if (!this.storeNewPage(data, batchIds, i)) {
+        this.filling = await this.codecs.pool.acquire();
+        this.storeNewPage(data, batchIds, i);
+      }
     }
     this.stats.pagesHashed += n;
     await this.yieldToPool();
   }
 
   /**
-   * Queues a new page for compression on the pool; completed batches go to the writer.
-   * The job is frozen while pages stream in, so nothing waits for the pool: when all its
-   * batches are busy, the page is stored as it is (uncompressed) instead. CRIU's pages
-   * then flow at the speed of hashing, not of compression.
+   * Queues new page i of data (id i of ids) for compression on the pool; completed
+   * batches go to the writer. The job is frozen while pages stream in, so nothing waits
+   * for the pool: when all its batches are busy, or while compression does not pay
+   * (MIN_COMPRESSION_SAVINGS), the page is stored as it is (uncompressed) instead. CRIU's
+   * pages then flow at the speed of hashing, not of compression. False when a pool batch
+   * must be taken first (the page is not stored then).
    */
-  private async compressNewPage(page: Uint8Array, id: Uint8Array): Promise<void> {
-    const pool = this.codecs.pool;
+  private storeNewPage(data: Uint8Array, ids: Uint8Array, i: number): boolean {
     this.storeSettled();
     if (!this.filling) {
-      // Keep one batch free for filling, or acquire() would wait on our own results.
-      if (this.inFlight.length >= pool.batchCount - 1) {
-        this.writer.putStored(id, page, PAGE_BYTES, Compression.None);
-        this.stats.pagesStoredRaw++;
-        return;
+      if (this.uncompressedLeft === 0 && this.compressionSavings < MIN_COMPRESSION_SAVINGS && this.skippedBatches++ % COMPRESSION_PROBE_EVERY !== 0) {
+        this.uncompressedLeft = POOL_BATCH_CHUNKS;
       }
-      this.filling = await pool.acquire();
+      // Keep one batch free for filling, or acquire() would wait on our own results.
+      if (this.uncompressedLeft === 0 && this.inFlight.length < this.codecs.pool.batchCount - 1) return false;
+      if (this.uncompressedLeft > 0) this.uncompressedLeft--;
+      this.writer.putStored(ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), PAGE_BYTES, Compression.None);
+      this.stats.pagesStoredRaw++;
+      return true;
     }
-    this.filling.addPages(1).set(page);
-    if (this.filling.freeChunks > 0 && this.filling.freeBytes >= PAGE_BYTES) return;
-    this.submit(this.filling);
-    this.filling = undefined;
+    this.filling.addPages(1).set(data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+    if (this.filling.freeChunks === 0 || this.filling.freeBytes < PAGE_BYTES) {
+      this.submit(this.filling);
+      this.filling = undefined;
+    }
+    return true;
   }
 
   private submit(batch: ChunkBatch): void {
@@ -417,11 +443,20 @@ export class Ingest {
   }
 
   private storeCompressed(batch: ChunkBatch): void {
+    let rawBytes = 0;
+    let storedBytes = 0;
     for (let i = 0; i < batch.count; i++) {
       // Only duplicates within the batch are flagged; they are stored with their first copy.
       if (batch.flag(i) !== PageFlag.Normal) continue;
       // putStored copies the id and the bytes: views of the batch suffice (no object per page).
-      this.writer.putStored(batch.id(i), batch.stored(i), PAGE_BYTES, batch.compression(i) as number as Compression);
+      const stored = batch.stored(i);
+      this.writer.putStored(batch.id(i), stored, PAGE_BYTES, batch.compression(i) as number as Compression);
+      rawBytes += PAGE_BYTES;
+      storedBytes += stored.length;
+    }
+    if (rawBytes > 0) {
+      const savings = 1 - storedBytes / rawBytes;
+      this.compressionSavings += SAVINGS_AVERAGE_WEIGHT * (savings - this.compressionSavings);
     }
     this.codecs.pool.release(batch);
     faultPoint('checkpoint-mid-pack');
