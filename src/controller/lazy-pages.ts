@@ -204,7 +204,8 @@ class LazyPageSource implements RestorePages {
     if (wanted.length === 0) return n;
     const ids = new Uint8Array(wanted.length * CHUNK_ID_BYTES);
     const located: ChunkLocations = {
-      pack: new Array<string>(wanted.length),
+      packs: window.where.packs,
+      packIndex: new Int32Array(wanted.length),
       offset: new Float64Array(wanted.length),
       storedLength: new Uint32Array(wanted.length),
       rawLength: new Uint32Array(wanted.length),
@@ -214,7 +215,7 @@ class LazyPageSource implements RestorePages {
       const page = first + i;
       ids.set(p.ids.subarray(page * CHUNK_ID_BYTES, (page + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES);
       const w = window.slot[page - window.first]!;
-      located.pack[k] = window.where.pack[w]!;
+      located.packIndex[k] = window.where.packIndex[w]!;
       located.offset[k] = window.where.offset[w]!;
       located.storedLength[k] = window.where.storedLength[w]!;
       located.rawLength[k] = window.where.rawLength[w]!;

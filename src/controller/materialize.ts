@@ -132,7 +132,7 @@ export async function readChunks(
         pool.releaseFailed(s.batch);
         if (e instanceof CorruptChunkError && e.chunkIndex !== undefined) {
           const k = s.blocks[e.chunkIndex]!;
-          throw new ChunkCorruptError(idHex(ids.subarray(k * CHUNK_ID_BYTES, (k + 1) * CHUNK_ID_BYTES)), where.pack[k]!, e.message);
+          throw new ChunkCorruptError(idHex(ids.subarray(k * CHUNK_ID_BYTES, (k + 1) * CHUNK_ID_BYTES)), where.packs[where.packIndex[k]!]!, e.message);
         }
         throw e;
       }
@@ -215,10 +215,11 @@ function planSpans(where: ChunkLocations): Span[] {
   const spans: Span[] = [];
   const n = where.offset.length;
   for (let k = 0; k < n; ) {
-    const pack = where.pack[k]!;
+    const packIndex = where.packIndex[k]!;
+    const pack = where.packs[packIndex]!;
     const start = where.offset[k]!;
     let end = k + 1;
-    while (end < n && where.pack[end] === pack) {
+    while (end < n && where.packIndex[end] === packIndex) {
       const gap = where.offset[end]! - (where.offset[end - 1]! + where.storedLength[end - 1]!);
       if (gap < 0 || gap > PACK_SPAN_GAP_BYTES || where.offset[end]! + where.storedLength[end]! - start > PACK_SPAN_BYTES) break;
       end++;

@@ -19,6 +19,7 @@ import {
   compareIds,
   entryOrdinal,
   entryPack,
+  idPrefix,
   IndexRunDamagedError,
   MAX_ORDINAL,
   RUN_BLOCK_ENTRIES,
@@ -27,6 +28,7 @@ import {
   RunReader,
   RunWriter,
   sortedOrder,
+  sortIds,
 } from './index-run.js';
 import { encodePackIndex } from './objects.js';
 import { type PackedChunks, packTablePath } from './pack.js';
@@ -210,7 +212,10 @@ export class ChunkIndex {
       packIndex[k] = numberOf[pack]!;
       ordinal[k] = ord;
     };
-    let wanted = sortedOrder(ids, count);
+    const sorted = sortIds(ids, count);
+    let wanted = sorted.order;
+    // wantedPrefixes[j] is idPrefix of wanted[j]: most comparisons end at these four bytes.
+    let wantedPrefixes = sorted.prefixes;
     for (const run of this.runs) {
       if (wanted.length === 0) break;
       if (placing !== run) {
@@ -218,7 +223,12 @@ export class ChunkIndex {
         numberOf = new Int32Array(run.reader.packNames.length).fill(-1);
       }
       const left = new Uint32Array(wanted.length);
+      const leftPrefixes = new Uint32Array(wanted.length);
       let leftCount = 0;
+      const keep = (x: number) => {
+        left[leftCount] = wanted[x]!;
+        leftPrefixes[leftCount++] = wantedPrefixes[x]!;
+      };
       const blocks = Math.ceil(run.reader.entries / RUN_BLOCK_ENTRIES);
       if (wanted.length >= blocks * WALK_SHARE) {
         // A merge join of two sorted lists, galloping on whichever side lags.
@@ -226,33 +236,37 @@ export class ChunkIndex {
         let j = 0;
         while (j < wanted.length && cursor.load()) {
           const k = wanted[j]!;
-          const c = compareIds(cursor.span, cursor.at, ids, k * CHUNK_ID_BYTES);
+          const prefix = wantedPrefixes[j]!;
+          const entryPrefix = idPrefix(cursor.span, cursor.at);
+          const c = entryPrefix !== prefix ? entryPrefix - prefix : compareIds(cursor.span, cursor.at, ids, k * CHUNK_ID_BYTES);
           if (c < 0) {
             cursor.seek(ids, k * CHUNK_ID_BYTES);
           } else if (c > 0) {
             const from = j;
-            j = gallopTo(ids, wanted, j, cursor.span, cursor.at);
-            for (let x = from; x < j; x++) left[leftCount++] = wanted[x]!;
+            j = gallopTo(ids, wanted, wantedPrefixes, j, cursor.span, cursor.at, entryPrefix);
+            for (let x = from; x < j; x++) keep(x);
           } else {
             const pack = entryPack(cursor.span, cursor.at);
             const ord = entryOrdinal(cursor.span, cursor.at);
             // Every repeat of the id among the wanted.
             do {
               if (run.alive[pack] === 1) place(wanted[j]!, run, pack, ord);
-              else left[leftCount++] = wanted[j]!;
+              else keep(j);
               j++;
-            } while (j < wanted.length && compareIds(ids, wanted[j]! * CHUNK_ID_BYTES, ids, k * CHUNK_ID_BYTES) === 0);
+            } while (j < wanted.length && wantedPrefixes[j] === prefix && compareIds(ids, wanted[j]! * CHUNK_ID_BYTES, ids, k * CHUNK_ID_BYTES) === 0);
             cursor.position++;
           }
         }
-        while (j < wanted.length) left[leftCount++] = wanted[j++]!;
+        while (j < wanted.length) keep(j++);
       } else {
-        for (const k of wanted) {
+        for (let x = 0; x < wanted.length; x++) {
+          const k = wanted[x]!;
           if (run.reader.find(ids, k * CHUNK_ID_BYTES) >= 0 && run.alive[run.reader.lastPack] === 1) place(k, run, run.reader.lastPack, run.reader.lastOrdinal);
-          else left[leftCount++] = k;
+          else keep(x);
         }
       }
       wanted = left.subarray(0, leftCount);
+      wantedPrefixes = leftPrefixes.subarray(0, leftCount);
     }
     return { packs, packIndex, ordinal };
   }
@@ -526,8 +540,9 @@ export class ChunkIndex {
 }
 
 /** The first position from j on whose id (ids[wanted[x]]) is at or above the entry at span[at..]. */
-function gallopTo(ids: Uint8Array, wanted: Uint32Array, j: number, span: Buffer, at: number): number {
-  const below = (x: number) => compareIds(ids, wanted[x]! * CHUNK_ID_BYTES, span, at) < 0;
+/** The first position from j on whose wanted id is not below the entry at span[at..] (its prefix entryPrefix). */
+function gallopTo(ids: Uint8Array, wanted: Uint32Array, prefixes: Uint32Array, j: number, span: Buffer, at: number, entryPrefix: number): number {
+  const below = (x: number) => prefixes[x]! < entryPrefix || (prefixes[x] === entryPrefix && compareIds(ids, wanted[x]! * CHUNK_ID_BYTES, span, at) < 0);
   let lo = j;
   let step = 1;
   let hi = j + 1;

@@ -76,6 +76,11 @@ export function compareIds(a: Uint8Array, ao: number, b: Uint8Array, bo: number)
  * rare ties sorted in full.
  */
 export function sortedOrder(bytes: Uint8Array, count: number, stride = CHUNK_ID_BYTES): Uint32Array {
+  return sortIds(bytes, count, stride).order;
+}
+
+/** sortedOrder, with each sorted id's first four bytes (idPrefix): a walk compares them before whole ids. */
+export function sortIds(bytes: Uint8Array, count: number, stride = CHUNK_ID_BYTES): { order: Uint32Array; prefixes: Uint32Array } {
   // Keys travel with their indexes: each pass reads both in order (no random access).
   let keys = new Uint32Array(count);
   let order = new Uint32Array(count);
@@ -111,7 +116,7 @@ export function sortedOrder(bytes: Uint8Array, count: number, stride = CHUNK_ID_
       order[j - 1] = t;
     }
   }
-  return order;
+  return { order, prefixes: keys };
 }
 
 function bloomBytesFor(entries: number): number {

@@ -38,7 +38,7 @@ import { type CommitRecord, LocalBackend, type StoreBackend } from './backend.js
 import { createFileDurable, removeFilesDurable, writeFileDurable } from './durable.js';
 import { WriterJournal } from './journal.js';
 import { decodePackIndex, decodeStoreObject, encodePackIndex, encodeStoreObject, STORE_OBJECT, type StoreIdentity } from './objects.js';
-import { ChunkIndex, RunSegments } from './chunk-index.js';
+import { ChunkIndex, type PlacedChunks, RunSegments } from './chunk-index.js';
 import { PackedChunks, PackWriter, packTablePath } from './pack.js';
 import { readPackTable } from './pack-table.js';
 import type { RetentionPolicy } from './retention-policy.js';
@@ -52,13 +52,8 @@ const CHUNK_RUNS_FORMAT_VERSION = 5;
 /** The id under which a checkpoint's damage that no single chunk explains is recorded (table damaged). */
 const NO_CHUNK = Buffer.alloc(0);
 
-export interface ChunkLocations {
-  pack: string[];
-  offset: Float64Array;
-  storedLength: Uint32Array;
-  rawLength: Uint32Array;
-  compression: Uint8Array;
-}
+/** Where each of a list of chunks is: packs[packIndex[k]], at offset[k], and so on (every chunk found). */
+export type ChunkLocations = PlacedChunks;
 const JOB_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 /** What the store needs from the codec: it never hashes or compresses on its own. */
@@ -673,13 +668,9 @@ export class Repository {
     this.chunkIndex.refresh();
     const n = ids.length / CHUNK_ID_BYTES;
     const where = this.chunkIndex.locateMany(ids, n);
-    const pack = new Array<string>(n);
-    for (let i = 0; i < n; i++) {
-      const p = where.packIndex[i]!;
-      if (p < 0) throw new ChunkMissingError(idHex(ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES)));
-      pack[i] = where.packs[p]!;
-    }
-    return { pack, offset: where.offset, storedLength: where.storedLength, rawLength: where.rawLength, compression: where.compression };
+    const missing = where.packIndex.indexOf(-1);
+    if (missing >= 0) throw new ChunkMissingError(idHex(ids.subarray(missing * CHUNK_ID_BYTES, (missing + 1) * CHUNK_ID_BYTES)));
+    return where;
   }
 
   /** Reads pack bytes; a pack found missing has its chunks quarantined (PackMissingError). */
