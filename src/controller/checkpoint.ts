@@ -12,7 +12,7 @@ import { isGone } from '../sys/proc.js';
 import type { Codecs } from './codecs.js';
 import { JobNotRunningError } from './errors.js';
 import { DumpStream } from './dump-stream.js';
-import { type CleanPages, Ingest, NO_CLEAN_PAGES, type PageIndex, type ProgressCallback, TrackingMissError } from './ingest.js';
+import { type CleanPages, Ingest, MIN_COMPRESSION_SAVINGS, NO_CLEAN_PAGES, type PageIndex, type ProgressCallback, TrackingMissError } from './ingest.js';
 import type { FrozenTracking, TrackingSession } from './tracking-session.js';
 import { type CapturedFile, captureJobFiles, jobFileManifests } from './job-files.js';
 import { isRunning, processTree } from './procfs.js';
@@ -232,6 +232,7 @@ async function commitImages(repo: Repository, input: CommitInput): Promise<{ che
   const notes = frozen?.notes ?? [];
   if (verified) notes.push('verified: every page hashed, clean pages checked');
   if (ingest.stats.pagesStoredRaw > 0) notes.push(`${ingest.stats.pagesStoredRaw} new pages stored uncompressed: compression could not keep up while the job was frozen`);
+  if (ingest.stats.pagesIncompressible > 0) notes.push(`${ingest.stats.pagesIncompressible} new pages stored uncompressed: compression saved under ${MIN_COMPRESSION_SAVINGS * 100}% of such pages`);
   const checkpoint = await repo.commitCheckpoint(
     {
       job: jobName,

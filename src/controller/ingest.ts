@@ -32,7 +32,7 @@ const STREAM_GROWTH = 1.25;
  * and from hashing. Such pages are stored as they are, but for one pool batch in
  * COMPRESSION_PROBE_EVERY, which keeps watching whether the content became compressible.
  */
-const MIN_COMPRESSION_SAVINGS = 0.1;
+export const MIN_COMPRESSION_SAVINGS = 0.1;
 const COMPRESSION_PROBE_EVERY = 8;
 /** Weight of the newest batch in the running average of the savings. */
 const SAVINGS_AVERAGE_WEIGHT = 0.25;
@@ -173,6 +173,8 @@ export interface IngestStats {
   pagesZero: number;
   /** New pages stored uncompressed because the pool was busy while the job was frozen. */
   pagesStoredRaw: number;
+  /** New pages stored uncompressed because compression did not pay (MIN_COMPRESSION_SAVINGS). */
+  pagesIncompressible: number;
 }
 
 /** A pool batch being compressed; done once its promise settled (checked without waiting). */
@@ -184,7 +186,7 @@ interface InFlight {
 }
 
 export class Ingest {
-  readonly stats: IngestStats = { imageBytes: 0, pagesTotal: 0, pagesHashed: 0, pagesClean: 0, pagesZero: 0, pagesStoredRaw: 0 };
+  readonly stats: IngestStats = { imageBytes: 0, pagesTotal: 0, pagesHashed: 0, pagesClean: 0, pagesZero: 0, pagesStoredRaw: 0, pagesIncompressible: 0 };
   /** Every process's pages of this image, for the next checkpoint's clean-page reuse. */
   readonly pageIndex: PageIndex = new Map();
   /** Verification mode: clean pages hashed anyway; these changed. */
@@ -395,9 +397,13 @@ export class Ingest {
       }
       // Keep one batch free for filling, or acquire() would wait on our own results.
       if (this.uncompressedLeft === 0 && this.inFlight.length < this.codecs.pool.batchCount - 1) return false;
-      if (this.uncompressedLeft > 0) this.uncompressedLeft--;
+      if (this.uncompressedLeft > 0) {
+        this.uncompressedLeft--;
+        this.stats.pagesIncompressible++;
+      } else {
+        this.stats.pagesStoredRaw++;
+      }
       this.writer.putStored(ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), PAGE_BYTES, Compression.None);
-      this.stats.pagesStoredRaw++;
       return true;
     }
     this.filling.addPages(1).set(data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));

@@ -36,10 +36,22 @@ interface ProcessPages {
   windows: LocatedWindow[];
 }
 
-/** Writes the checkpoint's images for a lazy restore into dir; returns the source of the rest. */
-export async function stageLazyRestore(repo: Repository, images: FileManifest[], codecs: Codecs, dir: string, onProgress?: ProgressCallback): Promise<RestorePages> {
+/**
+ * Writes the checkpoint's images for a lazy restore into dir; returns the source of the
+ * rest. onImagesWritten runs once CRIU's image files are in dir, before the pages'
+ * bookkeeping is built (the lazy-pages daemon may start up meanwhile).
+ */
+export async function stageLazyRestore(
+  repo: Repository,
+  images: FileManifest[],
+  codecs: Codecs,
+  dir: string,
+  onProgress?: ProgressCallback,
+  onImagesWritten?: () => void,
+): Promise<RestorePages> {
   const pagesFiles = new Map(images.filter((m) => PAGES_FILE.test(m.path)).map((m) => [m.path, m]));
   await materializeImages(repo, images.filter((m) => !pagesFiles.has(m.path)), codecs, dir);
+  onImagesWritten?.();
   const processes = new Map<number, ProcessPages>();
   let totalBytes = 0;
   for (const name of readdirSync(dir).filter((n) => PAGEMAP.test(n)).sort()) {

@@ -203,13 +203,6 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
   return { logPath, frozenWorkMs };
 }
 
-export interface RestoreRequest {
-  imagesDir: string;
-  workDir: string;
-  /** Answers the lazy-pages daemon's page requests (from the store). */
-  pages: RestorePages;
-}
-
 export interface LazyRestore {
   /** The restored root's PID as the host sees it. */
   pid: number;
@@ -255,12 +248,24 @@ kill -TERM $w 2>/dev/null; wait $w
 exit $code
 `;
 
+/** `criu lazy-pages`, started ahead of the restore it serves. */
+export interface LazyPagesDaemon {
+  /**
+   * Restores detached with \`--lazy-pages\` once the daemon is ready: it takes the pages
+   * from `pages` over a socket pair and puts them in on demand and in the background.
+   * Resolves as soon as the job runs. Called at most once.
+   */
+  restore(pages: RestorePages): Promise<LazyRestore>;
+  /** Ends the daemon when no restore will run (preparing it failed). */
+  abandon(): Promise<void>;
+}
+
 /**
- * Restores detached with \`--lazy-pages\`: \`criu lazy-pages\` takes the pages from crinc's
- * page server over a socket pair and puts them in on demand and in the background.
- * Resolves as soon as the job runs.
+ * Starts \`criu lazy-pages\` for a restore from imagesDir (which must exist; the daemon
+ * reads its images only once the restore connects). It starts up (~0.1 s here) while
+ * crinc stages the images.
  */
-export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
+export function startLazyPagesDaemon(req: { imagesDir: string; workDir: string }): LazyPagesDaemon {
   const pidFile = join(req.workDir, 'restored.pid');
   const logPath = join(req.workDir, 'restore.log');
   const daemonLog = join(req.workDir, 'lazy-pages.log');
@@ -301,69 +306,84 @@ export async function restoreLazy(req: RestoreRequest): Promise<LazyRestore> {
     daemon.on('error', reject);
     daemon.on('close', (code) => resolve(code ?? -1));
   });
+  daemonExited.catch(() => undefined); // observed by restore() or abandon()
   const daemonFailed = () => new CriuFailedError('lazy-pages', daemonLog, logTail(daemonLog) + (daemonStderr ? `\n${daemonStderr.trim()}` : ''));
-  const served = serveLazyPages(new Socket({ fd: ours, readable: true, writable: true }), req.pages.lookup);
-  served.catch(() => undefined); // observed below, with the daemon's exit
-  let jobPid = 0;
-  let pagesFailed = false;
-  const allPagesIn = (async () => {
-    try {
-      // The server ends first when all went well (the daemon's FORCE_CLOSE answered), or
-      // when a page could not be served: then the daemon would wait forever for it.
-      await Promise.race([served, daemonExited]);
-      const code = await daemonExited;
-      if (code !== 0) throw daemonFailed();
-      await served;
-    } catch (e) {
-      // Pages are missing: the job must not run on with zeros in their place. Once it is
-      // killed, the watchdog lets the socket close and the daemon ends.
-      pagesFailed = true;
-      if (jobPid > 0) killQuietly(jobPid);
-      stopWatchdog();
-      await daemonExited;
-      throw e;
-    } finally {
-      stopWatchdog(); // gone with the daemon when all went well
-      await req.pages.idle(); // nothing reads the store for this restore any more
-    }
-  })();
-  allPagesIn.catch(() => undefined); // the caller awaits it or not (--lazy)
-
   // The daemon listens for the restore once it writes its status byte (or exits).
-  const ready = await new Promise<boolean>((resolve) => {
+  const ready = new Promise<boolean>((resolve) => {
     daemon.stdio[CRIU_STATUS_FD]!.once('data', () => resolve(true));
     daemon.stdio[CRIU_STATUS_FD]!.once('end', () => resolve(false));
   });
-  if (!ready) {
-    await allPagesIn.catch(() => undefined);
-    throw daemonFailed();
-  }
-  faultPoint('restore-daemon-ready');
+  let oursOpen = true;
 
-  const restore = spawn(
-    'criu',
-    ['restore', '-D', req.imagesDir, '-W', req.workDir, '-o', 'restore.log', '-v4', '-d', '--lazy-pages', '--pidfile', pidFile, ...COMMON_OPTIONS],
-    { stdio: ['ignore', 'ignore', 'pipe'], detached: true },
-  );
-  let stderr = '';
-  restore.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  // Its exit, not the end of its stderr: what it leaves running may hold that a while.
-  const code = await new Promise<number>((resolve, reject) => {
-    restore.on('error', reject);
-    restore.on('exit', (c) => resolve(c ?? -1));
-  });
-  if (code !== 0) {
-    // Its last words, if they come soon.
-    await Promise.race([new Promise((resolve) => restore.once('close', resolve)), new Promise((resolve) => setTimeout(resolve, RESTORE_STDERR_WAIT_MS))]);
+  const restore = async (pages: RestorePages): Promise<LazyRestore> => {
+    oursOpen = false; // the socket owns it now
+    const served = serveLazyPages(new Socket({ fd: ours, readable: true, writable: true }), pages.lookup);
+    served.catch(() => undefined); // observed below, with the daemon's exit
+    let jobPid = 0;
+    let pagesFailed = false;
+    const allPagesIn = (async () => {
+      try {
+        // The server ends first when all went well (the daemon's FORCE_CLOSE answered), or
+        // when a page could not be served: then the daemon would wait forever for it.
+        await Promise.race([served, daemonExited]);
+        const code = await daemonExited;
+        if (code !== 0) throw daemonFailed();
+        await served;
+      } catch (e) {
+        // Pages are missing: the job must not run on with zeros in their place. Once it is
+        // killed, the watchdog lets the socket close and the daemon ends.
+        pagesFailed = true;
+        if (jobPid > 0) killQuietly(jobPid);
+        stopWatchdog();
+        await daemonExited;
+        throw e;
+      } finally {
+        stopWatchdog(); // gone with the daemon when all went well
+        await pages.idle(); // nothing reads the store for this restore any more
+      }
+    })();
+    allPagesIn.catch(() => undefined); // the caller awaits it or not (--lazy)
+
+    if (!(await ready)) {
+      await allPagesIn.catch(() => undefined);
+      throw daemonFailed();
+    }
+    faultPoint('restore-daemon-ready');
+
+    const criu = spawn(
+      'criu',
+      ['restore', '-D', req.imagesDir, '-W', req.workDir, '-o', 'restore.log', '-v4', '-d', '--lazy-pages', '--pidfile', pidFile, ...COMMON_OPTIONS],
+      { stdio: ['ignore', 'ignore', 'pipe'], detached: true },
+    );
+    let stderr = '';
+    criu.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    // Its exit, not the end of its stderr: what it leaves running may hold that a while.
+    const code = await new Promise<number>((resolve, reject) => {
+      criu.on('error', reject);
+      criu.on('exit', (c) => resolve(c ?? -1));
+    });
+    if (code !== 0) {
+      // Its last words, if they come soon.
+      await Promise.race([new Promise((resolve) => criu.once('close', resolve)), new Promise((resolve) => setTimeout(resolve, RESTORE_STDERR_WAIT_MS))]);
+      killDaemon();
+      await allPagesIn.catch(() => undefined);
+      throw new CriuFailedError('restore', logPath, logTail(logPath) + (stderr ? `\n${stderr.trim()}` : ''));
+    }
+    const pid = Number(readFileSync(pidFile, 'utf8').trim());
+    if (!Number.isInteger(pid) || pid <= 0) throw new CriuError(`criu restore wrote no valid pid to ${pidFile}`);
+    jobPid = pid;
+    if (pagesFailed) killQuietly(pid);
+    return { pid, logPath, allPagesIn };
+  };
+
+  const abandon = async (): Promise<void> => {
     killDaemon();
-    await allPagesIn.catch(() => undefined);
-    throw new CriuFailedError('restore', logPath, logTail(logPath) + (stderr ? `\n${stderr.trim()}` : ''));
-  }
-  const pid = Number(readFileSync(pidFile, 'utf8').trim());
-  if (!Number.isInteger(pid) || pid <= 0) throw new CriuError(`criu restore wrote no valid pid to ${pidFile}`);
-  jobPid = pid;
-  if (pagesFailed) killQuietly(pid);
-  return { pid, logPath, allPagesIn };
+    if (oursOpen) closeSync(ours);
+    oursOpen = false;
+    await daemonExited.catch(() => undefined);
+  };
+
+  return { restore, abandon };
 }
 
 function killQuietly(pid: number): void {
