@@ -5,7 +5,8 @@
 // earlier commits left, lookup of its dirty ids, its commit) in an empty store and in
 // one pre-filled with 50 M synthetic chunk entries (one run, as a merge leaves it).
 // Chunk data is 64 bytes per chunk: what is measured is the index, not pack I/O (the
-// e2e section measures ingest against cp).
+// e2e section measures ingest against cp). The code is warmed up on a small store first,
+// as in a long-running crinc; the first lookup of the process is printed beside.
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,11 +25,16 @@ const PREFILL_PACK_CHUNKS = 1 << 20;
 const PAGES_PER_GIB = GIB / PAGE_BYTES;
 const DIRTY_SHARE = 0.01;
 const STORED = randomBytes(64);
+/** Chunks of the warm-up store, and its lookups after the first. */
+const WARM_UP_CHUNKS = 32 * 1024;
+const WARM_UP_ROUNDS = 3;
 
 export interface StoreResults {
   commitMs: number;
   mergeMs: number;
   locateMsPerGiB: number;
+  /** The first lookup of the process (32 Ki chunks of the warm-up store), compilation included. */
+  firstLocateMs: number;
   indexBytesPerChunk: number;
   dirtyEmptyMs: number;
   dirtyPrefilledMs: number;
@@ -114,11 +120,24 @@ export async function storeCosts(scratch: Scratch): Promise<StoreResults> {
   // The manifest of 262,144 pages is indirect: its parts are hashed and compressed as in a real commit.
   const codecs = await openCodecs(empty);
   const codec = codecs.chunks;
+  // A long-running crinc (the daemon, a `crinc run` controller) commits and looks up with
+  // compiled code: a warm-up store of WARM_UP_CHUNKS runs both paths first, and the first
+  // lookup of this process is reported beside the targets (JIT compilation, once per process).
+  const warm = openStore(scratch.dir('store-warm-up'));
+  const warmIds = new Uint8Array(randomBytes(WARM_UP_CHUNKS * CHUNK_ID_BYTES));
+  await commitNew(warm, codec, warmIds);
+  warm.compactChunkIndex();
+  let t = performance.now();
+  warm.locateChunks(warmIds);
+  const firstLocateMs = performance.now() - t;
+  for (let i = 0; i < WARM_UP_ROUNDS; i++) warm.locateChunks(warmIds);
+  warm.close();
   const all = new Uint8Array(randomBytes(PAGES_PER_GIB * CHUNK_ID_BYTES));
   const commitMs = await commitNew(empty, codec, all);
-  let t = performance.now();
+  t = performance.now();
   empty.compactChunkIndex();
   const mergeMs = performance.now() - t;
+  // The runs and the packs' tables are read from the files, as in a restore.
   t = performance.now();
   empty.locateChunks(all);
   const locateMsPerGiB = performance.now() - t;
@@ -139,7 +158,7 @@ export async function storeCosts(scratch: Scratch): Promise<StoreResults> {
   empty.close();
   full.close();
   const median = (v: number[]) => v.sort((x, y) => x - y)[v.length >> 1]!;
-  const results = { commitMs, mergeMs, locateMsPerGiB, indexBytesPerChunk, dirtyEmptyMs: median(a), dirtyPrefilledMs: median(b), prefilled: PREFILL_ENTRIES };
+  const results = { commitMs, mergeMs, locateMsPerGiB, firstLocateMs, indexBytesPerChunk, dirtyEmptyMs: median(a), dirtyPrefilledMs: median(b), prefilled: PREFILL_ENTRIES };
   printTable('Store index (synthetic ids; 64-byte chunk data)', ['measure', 'result', 'wanted', 'PASS/MISS'], storeRows(results));
   return results;
 }
@@ -149,7 +168,8 @@ export function storeRows(r: StoreResults): string[][] {
   return [
     ['commit of a 1 GiB all-new checkpoint, ms', r.commitMs.toFixed(0), `≤ ${STORE_TARGETS.commitMs}`, verdict(r.commitMs, STORE_TARGETS.commitMs, true)],
     ['merge of the chunk index after it (before the next checkpoint), ms', r.mergeMs.toFixed(0), '', ''],
-    ["restore's chunk lookup, ms per GiB", r.locateMsPerGiB.toFixed(0), `≤ ${STORE_TARGETS.locateMsPerGiB}`, verdict(r.locateMsPerGiB, STORE_TARGETS.locateMsPerGiB, true)],
+    ["restore's chunk lookup, ms per GiB (code warmed up on another store)", r.locateMsPerGiB.toFixed(0), `≤ ${STORE_TARGETS.locateMsPerGiB}`, verdict(r.locateMsPerGiB, STORE_TARGETS.locateMsPerGiB, true)],
+    [`(first lookup in the process, ${WARM_UP_CHUNKS / 1024} Ki chunks: compilation, once), ms`, r.firstLocateMs.toFixed(0), '', ''],
     ['index on disk, bytes per unique chunk', r.indexBytesPerChunk.toFixed(1), `≤ ${STORE_TARGETS.indexBytesPerChunk}`, verdict(r.indexBytesPerChunk, STORE_TARGETS.indexBytesPerChunk, true)],
     [`1%-dirty checkpoint, ${(r.prefilled / 1e6).toFixed(0)} M entries vs empty (${r.dirtyPrefilledMs.toFixed(0)} / ${r.dirtyEmptyMs.toFixed(0)} ms)`, `${ratio.toFixed(2)}×`, `≤ ${STORE_TARGETS.prefilledRatio}× at 50 M`, verdict(ratio, STORE_TARGETS.prefilledRatio, true)],
   ];

@@ -102,6 +102,39 @@ describe('the chunk index', () => {
     expect(readdirSync(join(dir, CHUNK_INDEX_DIR)).filter((f) => !listed.has(f))).toEqual([]);
   });
 
+  it('walks a batch of present, absent, repeated and prefix-sharing ids, dense and sparse', () => {
+    const { ids: stored } = addPack(40_000);
+    index.compact({ all: true });
+    index.refresh();
+    /** Ids of the query and the pack each must be found in (undefined: absent). */
+    const query: Uint8Array[] = [];
+    for (let i = 0; i < stored.length; i += 2) query.push(stored[i]!);
+    for (let i = 0; i < 300; i++) query.push(stored[i * 7]!, stored[i * 7]!); // repeats
+    for (let i = 0; i < 500; i++) query.push(new Uint8Array(randomBytes(CHUNK_ID_BYTES)));
+    for (let i = 0; i < 500; i++) {
+      // Absent, but with a stored id's first 15 bytes (its prefix too).
+      const near = new Uint8Array(stored[i * 13 + 1]!);
+      near[15]! ^= 0x5a;
+      query.push(near);
+    }
+    // Sparse: one wanted id per ~400 entries, walked (more than WALK_SHARE of the blocks), with seeks.
+    const sparse = Array.from({ length: 100 }, (_, i) => stored[i * 400 + 3]!);
+    for (const batch of [query, sparse]) {
+      const shuffled = batch.map((id) => ({ id, r: Math.random() })).sort((a, b) => a.r - b.r).map((x) => x.id);
+      const ids = new Uint8Array(Buffer.concat(shuffled));
+      const found = index.findMany(ids, shuffled.length);
+      for (let k = 0; k < shuffled.length; k++) {
+        const want = model.get(hex(shuffled[k]!));
+        if (!want) {
+          expect(found.packIndex[k]).toBe(-1);
+          continue;
+        }
+        expect(found.packs[found.packIndex[k]!]).toBe(want.pack);
+        expect(found.ordinal[k]).toBe(want.ordinal);
+      }
+    }
+  });
+
   it('places a chunk stored again at its newest copy, also across merges', () => {
     const older = [...model.keys()].slice(0, 40).map((h) => new Uint8Array(Buffer.from(h, 'hex')));
     addPack(100, older);

@@ -19,10 +19,10 @@ import {
   compareIds,
   entryOrdinal,
   entryPack,
-  idPrefix,
   IndexRunDamagedError,
   MAX_ORDINAL,
   RUN_BLOCK_ENTRIES,
+  RUN_ENTRY_BYTES,
   RUN_SUFFIX,
   RunCursor,
   RunReader,
@@ -45,6 +45,8 @@ const PACK_TABLE_CACHE_BYTES = 64 * 1024 * 1024;
  * least this share of its blocks, else each is looked up alone (one block read each).
  */
 const WALK_SHARE = 0.1;
+/** Entries a walk steps over one by one before it lets the cursor jump (by the run's fences). */
+const WALK_STEPS_BEFORE_SEEK = 32;
 /** A writer's chunk index entries are written in runs of at most this many (a commit sorts at most these). */
 const SEGMENT_ENTRIES = 32 * 1024;
 /** Ids known to be placed, kept to answer has() without a read: at most this many (~24 bytes each). */
@@ -199,70 +201,100 @@ export class ChunkIndex {
     const ordinal = new Int32Array(count);
     const packs: string[] = [];
     const packNumbers = new Map<string, number>();
-    /** The current run's pack numbers in `packs`, -1 until first placed. */
-    let numberOf = new Int32Array(0);
-    let placing: OpenRun | undefined;
-    const place = (k: number, run: OpenRun, pack: number, ord: number) => {
-      if (numberOf[pack]! < 0) {
-        const name = run.reader.packNames[pack]!;
-        let n = packNumbers.get(name);
-        if (n === undefined) packNumbers.set(name, (n = packs.push(name) - 1));
-        numberOf[pack] = n;
-      }
-      packIndex[k] = numberOf[pack]!;
-      ordinal[k] = ord;
-    };
     const sorted = sortIds(ids, count);
     let wanted = sorted.order;
     // wantedPrefixes[j] is idPrefix of wanted[j]: most comparisons end at these four bytes.
     let wantedPrefixes = sorted.prefixes;
+    let idWords: Uint32Array | undefined;
     for (const run of this.runs) {
       if (wanted.length === 0) break;
-      if (placing !== run) {
-        placing = run;
-        numberOf = new Int32Array(run.reader.packNames.length).fill(-1);
-      }
+      /** The run's pack numbers in `packs`, -1 until first placed. */
+      const numberOf = new Int32Array(run.reader.packNames.length).fill(-1);
+      const place = (k: number, pack: number, ord: number): void => {
+        if (numberOf[pack]! < 0) {
+          const name = run.reader.packNames[pack]!;
+          let n = packNumbers.get(name);
+          if (n === undefined) packNumbers.set(name, (n = packs.push(name) - 1));
+          numberOf[pack] = n;
+        }
+        packIndex[k] = numberOf[pack]!;
+        ordinal[k] = ord;
+      };
       const left = new Uint32Array(wanted.length);
       const leftPrefixes = new Uint32Array(wanted.length);
       let leftCount = 0;
-      const keep = (x: number) => {
-        left[leftCount] = wanted[x]!;
-        leftPrefixes[leftCount++] = wantedPrefixes[x]!;
-      };
       const blocks = Math.ceil(run.reader.entries / RUN_BLOCK_ENTRIES);
       if (wanted.length >= blocks * WALK_SHARE) {
-        // A merge join of two sorted lists, galloping on whichever side lags.
+        // A merge join of two sorted lists: a tight step through each loaded span, a
+        // gallop on whichever side lags further.
         const cursor = new RunCursor(run.reader);
+        const n = wanted.length;
+        idWords ??= wordsOf(ids);
         let j = 0;
-        while (j < wanted.length && cursor.load()) {
-          const k = wanted[j]!;
-          const prefix = wantedPrefixes[j]!;
-          const entryPrefix = idPrefix(cursor.span, cursor.at);
-          const c = entryPrefix !== prefix ? entryPrefix - prefix : compareIds(cursor.span, cursor.at, ids, k * CHUNK_ID_BYTES);
-          if (c < 0) {
-            cursor.seek(ids, k * CHUNK_ID_BYTES);
-          } else if (c > 0) {
-            const from = j;
-            j = gallopTo(ids, wanted, wantedPrefixes, j, cursor.span, cursor.at, entryPrefix);
-            for (let x = from; x < j; x++) keep(x);
-          } else {
-            const pack = entryPack(cursor.span, cursor.at);
-            const ord = entryOrdinal(cursor.span, cursor.at);
-            // Every repeat of the id among the wanted.
-            do {
-              if (run.alive[pack] === 1) place(wanted[j]!, run, pack, ord);
-              else keep(j);
-              j++;
-            } while (j < wanted.length && wantedPrefixes[j] === prefix && compareIds(ids, wanted[j]! * CHUNK_ID_BYTES, ids, k * CHUNK_ID_BYTES) === 0);
-            cursor.position++;
+        while (j < n && cursor.load()) {
+          const span = cursor.span;
+          let at = cursor.at;
+          const end = at + cursor.loadedAhead * RUN_ENTRY_BYTES;
+          let skipped = 0;
+          let seek = false;
+          while (at < end && j < n) {
+            const k = wanted[j]!;
+            const prefix = wantedPrefixes[j]!;
+            const entryPrefix = ((span[at]! << 24) | (span[at + 1]! << 16) | (span[at + 2]! << 8) | span[at + 3]!) >>> 0;
+            let c = entryPrefix - prefix;
+            // Equal prefixes: the rest as three words (the id found, nearly always), in byte order only when they differ.
+            if (c === 0 && !(wordAt(span, at + 4) === idWords[k * 4 + 1] && wordAt(span, at + 8) === idWords[k * 4 + 2] && wordAt(span, at + 12) === idWords[k * 4 + 3])) {
+              c = compareIds(span, at, ids, k * CHUNK_ID_BYTES);
+            }
+            if (c < 0) {
+              // An entry not wanted: step over a few, then let the cursor jump.
+              at += RUN_ENTRY_BYTES;
+              if (++skipped > WALK_STEPS_BEFORE_SEEK) {
+                seek = true;
+                break;
+              }
+            } else if (c > 0) {
+              const from = j;
+              j = gallopTo(ids, wanted, wantedPrefixes, j, span, at, entryPrefix);
+              for (let x = from; x < j; x++) {
+                left[leftCount] = wanted[x]!;
+                leftPrefixes[leftCount++] = wantedPrefixes[x]!;
+              }
+            } else {
+              skipped = 0;
+              const pack = entryPack(span, at);
+              const ord = entryOrdinal(span, at);
+              const alive = run.alive[pack] === 1;
+              // Every repeat of the id among the wanted.
+              do {
+                if (alive) {
+                  place(wanted[j]!, pack, ord);
+                } else {
+                  left[leftCount] = wanted[j]!;
+                  leftPrefixes[leftCount++] = prefix;
+                }
+                j++;
+              } while (j < n && wantedPrefixes[j] === prefix && compareIds(ids, wanted[j]! * CHUNK_ID_BYTES, ids, k * CHUNK_ID_BYTES) === 0);
+              at += RUN_ENTRY_BYTES;
+            }
           }
+          if (at < end) cursor.moveToLoaded(at);
+          else cursor.position += cursor.loadedAhead; // past the span: load() reads the next
+          if (seek && j < n) cursor.seek(ids, wanted[j]! * CHUNK_ID_BYTES);
         }
-        while (j < wanted.length) keep(j++);
+        for (; j < n; j++) {
+          left[leftCount] = wanted[j]!;
+          leftPrefixes[leftCount++] = wantedPrefixes[j]!;
+        }
       } else {
         for (let x = 0; x < wanted.length; x++) {
           const k = wanted[x]!;
-          if (run.reader.find(ids, k * CHUNK_ID_BYTES) >= 0 && run.alive[run.reader.lastPack] === 1) place(k, run, run.reader.lastPack, run.reader.lastOrdinal);
-          else keep(x);
+          if (run.reader.find(ids, k * CHUNK_ID_BYTES) >= 0 && run.alive[run.reader.lastPack] === 1) {
+            place(k, run.reader.lastPack, run.reader.lastOrdinal);
+          } else {
+            left[leftCount] = k;
+            leftPrefixes[leftCount++] = wantedPrefixes[x]!;
+          }
         }
       }
       wanted = left.subarray(0, leftCount);
@@ -637,6 +669,11 @@ export class RunSegments {
 
 /** A concurrent merge took some of the runs this one read: its result is dropped. */
 class RunsChangedError extends Error {}
+
+/** The little-endian u32 at b[at..] (as a Uint32Array view reads it on x86-64), from unaligned bytes. */
+function wordAt(b: Uint8Array, at: number): number {
+  return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
+}
 
 /** The bytes as u32 words (a copy when they do not start on a 4-byte boundary). */
 function wordsOf(b: Uint8Array): Uint32Array {

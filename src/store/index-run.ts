@@ -407,6 +407,17 @@ export class RunCursor {
     return this.position >= this.run.entries;
   }
 
+  /** Entries loaded in span from the current one on (valid after load() returned true). */
+  get loadedAhead(): number {
+    return this.spanFirst + this.spanCount - this.position;
+  }
+
+  /** Moves to the entry at byte offset `at` of the loaded span. */
+  moveToLoaded(at: number): void {
+    this.position = this.spanFirst + at / RUN_ENTRY_BYTES;
+    this.at = at;
+  }
+
   /** Makes the current entry readable at span[at..]; false when the run is done. */
   load(): boolean {
     if (this.position >= this.run.entries) return false;
