@@ -126,7 +126,11 @@ async function oneSize(scratch: Scratch, tracker: JobTracker, timers: StageTimer
       timers.take();
       const t = performance.now();
       const record = await takeCheckpoint(side.repo, side.codecs, JOB, tracking ? { tracking } : {});
-      return { wallMs: performance.now() - t, frozenMs: record.freezeMs, stages: timers.take() };
+      const wallMs = performance.now() - t;
+      const stages = timers.take();
+      // As crinc's controllers do once a checkpoint is answered (src/controller/run.ts, daemon.ts).
+      side.repo.compactChunkIndex();
+      return { wallMs, frozenMs: record.freezeMs, stages };
     };
 
     result.full.a.push(await crinc(tracked, session));

@@ -359,7 +359,19 @@ export class Daemon {
   }
 
   private checkpoint(m: ManagedJob, keepImagesDir?: string): Promise<CheckpointRecord> {
-    return this.exclusive(() => this.checkpointUnqueued(m, keepImagesDir));
+    const taken = this.exclusive(() => this.checkpointUnqueued(m, keepImagesDir));
+    // The chunk index runs its commit added are merged next, while nothing waits: the
+    // next checkpoint need not (it merges what is left before its freeze anyway).
+    void taken.then(() => this.exclusive(() => this.mergeIndexRuns(m.record.job)), () => undefined);
+    return taken;
+  }
+
+  private async mergeIndexRuns(job: string): Promise<void> {
+    try {
+      await this.withRepo(async (repo) => repo.compactChunkIndex());
+    } catch (e) {
+      this.opts.log.error(`merging the chunk index after a checkpoint failed (the next checkpoint tries again): ${(e as Error).message}`, job, { error: (e as Error).name });
+    }
   }
 
   /** A checkpoint of a managed job; only from inside the daemon's queue. */

@@ -181,9 +181,27 @@ export async function controlJob(repo: Repository, codecs: Codecs, opts: Control
   const { pid, exited, jobDir, release } = running;
   // A job that ended already (a command that ends at once) has nothing to track.
   const tracking = opts.tracking && isRunning(pid) ? await startTracking(pid, opts.onNotice) : undefined;
+  let checkpointing = 0;
   const checkpoint = async (keepImagesDir?: string) => {
-    const cp = await takeCheckpoint(repo, codecs, opts.job, { keepImagesDir, tracking, verifyTracking: opts.verifyTracking });
+    checkpointing++;
+    let cp: CheckpointRecord;
+    try {
+      cp = await takeCheckpoint(repo, codecs, opts.job, { keepImagesDir, tracking, verifyTracking: opts.verifyTracking });
+    } finally {
+      checkpointing--;
+    }
     opts.onCheckpoint(cp);
+    // The chunk index runs its commit added are merged once the caller has its answer,
+    // while nothing waits (the next checkpoint merges what is left before its freeze).
+    // Never during a checkpoint: the merge is synchronous and would stall its freeze.
+    setImmediate(() => {
+      if (checkpointing > 0 || !repo.isOpen) return;
+      try {
+        repo.compactChunkIndex();
+      } catch (e) {
+        opts.onNotice(`merging the chunk index after a checkpoint failed (the next checkpoint tries again): ${(e as Error).message}`);
+      }
+    });
     return cp;
   };
   // `crinc stop` asks through the control socket: it ends supervision as a signal would.

@@ -304,6 +304,11 @@ export class Repository {
     this.db.close();
   }
 
+  /** False once close() ran. */
+  get isOpen(): boolean {
+    return this.db.open;
+  }
+
   private ensureSchema(isNew: boolean, identity: StoreIdentity | undefined): void {
     const hasMeta = this.db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'`).get();
     if (!hasMeta && !isNew) throw new StoreFormatError(`${this.dir}/${INDEX_FILE} is not a crinc index (no meta table)`);
@@ -645,7 +650,7 @@ export class Repository {
    * too. For the place where such an error is caught with the store still open.
    */
   noteReadFailure(e: unknown): void {
-    if (!this.db.open) return;
+    if (!this.isOpen) return;
     if (e instanceof ChunkCorruptError || e instanceof ChunkMissingError) {
       this.quarantineChunk(Buffer.from(e.chunkId, 'hex'), e.message);
     } else if (e instanceof PackMissingError) {
