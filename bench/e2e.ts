@@ -11,7 +11,8 @@ import type { ChildResult } from './e2e-child.js';
 import { COUNTER, criuDump, dirBytes, startJob } from './workload.js';
 import { GIB, gbps, memAvailable, MIB, printTable, type Scratch, verdict } from './util.js';
 
-export const E2E_TARGETS = { storedVsCp: 0.5, newVsCp: 0.25, restoreVsCp: 0.5, peakRssMiB: 256 };
+/** newVsCp: issue 11 asks 0.5× cp for an all-new ingest (an earlier issue asked 0.25×). */
+export const E2E_TARGETS = { storedVsCp: 0.5, newVsCp: 0.5, restoreVsCp: 0.5, peakRssMiB: 256 };
 const CHILD = join(import.meta.dirname, 'e2e-child.js');
 
 interface Run {
