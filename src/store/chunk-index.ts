@@ -243,7 +243,7 @@ export class ChunkIndex {
             const entryPrefix = ((span[at]! << 24) | (span[at + 1]! << 16) | (span[at + 2]! << 8) | span[at + 3]!) >>> 0;
             let c = entryPrefix - prefix;
             // Equal prefixes: the rest as three words (the id found, nearly always), in byte order only when they differ.
-            if (c === 0 && !(wordAt(span, at + 4) === idWords[k * 4 + 1] && wordAt(span, at + 8) === idWords[k * 4 + 2] && wordAt(span, at + 12) === idWords[k * 4 + 3])) {
+            if (c === 0 && !(span.readUInt32LE(at + 4) === idWords[k * 4 + 1] && span.readUInt32LE(at + 8) === idWords[k * 4 + 2] && span.readUInt32LE(at + 12) === idWords[k * 4 + 3])) {
               c = compareIds(span, at, ids, k * CHUNK_ID_BYTES);
             }
             if (c < 0) {
@@ -669,11 +669,6 @@ export class RunSegments {
 
 /** A concurrent merge took some of the runs this one read: its result is dropped. */
 class RunsChangedError extends Error {}
-
-/** The little-endian u32 at b[at..] (as a Uint32Array view reads it on x86-64), from unaligned bytes. */
-function wordAt(b: Uint8Array, at: number): number {
-  return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
-}
 
 /** The bytes as u32 words (a copy when they do not start on a 4-byte boundary). */
 function wordsOf(b: Uint8Array): Uint32Array {
