@@ -261,9 +261,9 @@ export interface LazyPagesDaemon {
 }
 
 /**
- * Starts \`criu lazy-pages\` for a restore from imagesDir (which must exist; the daemon
- * reads its images only once the restore connects). It starts up (~0.1 s here) while
- * crinc stages the images.
+ * Starts \`criu lazy-pages\` for a restore from imagesDir, once CRIU's image files are
+ * there (it reads the inventory and process tree as it starts up, ~0.1 s here, while
+ * crinc builds the pages' bookkeeping).
  */
 export function startLazyPagesDaemon(req: { imagesDir: string; workDir: string }): LazyPagesDaemon {
   const pidFile = join(req.workDir, 'restored.pid');

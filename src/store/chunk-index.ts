@@ -19,6 +19,7 @@ import {
   compareIds,
   entryOrdinal,
   entryPack,
+  idPrefix,
   IndexRunDamagedError,
   MAX_ORDINAL,
   RUN_BLOCK_ENTRIES,
@@ -240,7 +241,7 @@ export class ChunkIndex {
           while (at < end && j < n) {
             const k = wanted[j]!;
             const prefix = wantedPrefixes[j]!;
-            const entryPrefix = ((span[at]! << 24) | (span[at + 1]! << 16) | (span[at + 2]! << 8) | span[at + 3]!) >>> 0;
+            const entryPrefix = idPrefix(span, at);
             let c = entryPrefix - prefix;
             // Equal prefixes: the rest as three words (the id found, nearly always), in byte order only when they differ.
             if (c === 0 && !(span.readUInt32LE(at + 4) === idWords[k * 4 + 1] && span.readUInt32LE(at + 8) === idWords[k * 4 + 2] && span.readUInt32LE(at + 12) === idWords[k * 4 + 3])) {
