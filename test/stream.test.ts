@@ -199,37 +199,43 @@ describe('crinc killed before criu restore runs', () => {
   const sb = new Sandbox();
   afterAll(() => sb.cleanup());
 
-  /** criu lazy-pages daemons (and the shells that run them) serving a crinc restore. */
+  /** criu lazy-pages daemons, the restores they would serve, and the shells that run them. */
   const lazyDaemons = () => readdirSync('/proc').filter((p) => /^\d+$/.test(p)).filter((p) => {
     try {
       const args = readFileSync(`/proc/${p}/cmdline`, 'latin1').split('\0');
+      if (args[0] === 'criu' && args[1] === 'restore') return args.includes('--lazy-pages');
       return args.includes('lazy-pages') || (args[0] === 'sh' && args.some((a) => a.includes('criu lazy-pages')));
     } catch {
       return false;
     }
   });
 
-  it('leaves no lazy-pages daemon waiting for it; a second restore works', async () => {
-    const { pid } = await sb.run('early', [COUNTER, '--region-mib', '8', '--tick-ms', '0'], ['--interval', '1h']);
-    await waitFor(() => /^start pid/m.test(sb.jobLog('early')), 'the job to start');
+  it.each([
+    ['restore-staging', 'both CRIUs wait at their gates'],
+    ['restore-daemon-ready', 'the daemon listens, the restore waits at its gate'],
+  ] as const)('killed at %s (%s): leaves no CRIU waiting for it; a second restore works', async (point) => {
+    const job = `early-${point}`;
+    const { pid } = await sb.run(job, [COUNTER, '--region-mib', '8', '--tick-ms', '0'], ['--interval', '1h']);
+    await waitFor(() => /^start pid/m.test(sb.jobLog(job)), 'the job to start');
     process.kill(pid, 'SIGUSR2');
-    await waitFor(() => /^tick 1 at/m.test(sb.jobLog('early')), 'tick 1');
-    const cp = sb.json<CheckpointJson>(['checkpoint', 'early']);
+    await waitFor(() => /^tick 1 at/m.test(sb.jobLog(job)), 'tick 1');
+    const cp = sb.json<CheckpointJson>(['checkpoint', job]);
     await killAndWait(pid);
 
     const before = new Set(lazyDaemons());
-    const killed = sb.cli(['restore', 'early'], { CRINC_FAULT: 'restore-daemon-ready' });
+    const killed = sb.cli(['restore', job], { CRINC_FAULT: point });
     expect(killed.signal).toBe('SIGKILL');
     const started = lazyDaemons().filter((p) => !before.has(p));
-    expect(started.length, 'the daemon crinc started').toBeGreaterThan(0);
-    // Its watchdog waits for a pidfile a while (a restore crinc started may still write
-    // one), then ends the daemon, which would otherwise wait for a restore for ever.
-    await waitFor(() => started.every((p) => !existsSync(`/proc/${p}/cmdline`) || readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]!.startsWith('Z')), 'the daemon to end', 90_000);
+    expect(started.length, 'the daemon and restore crinc started').toBeGreaterThan(1);
+    // A CRIU waiting at its gate is let through with an empty inventory by the watchdog,
+    // and fails. The watchdog waits for a pidfile until the restore has exited, then ends
+    // the daemon, which would otherwise wait for a restore for ever.
+    await waitFor(() => started.every((p) => !existsSync(`/proc/${p}/cmdline`) || readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1]!.startsWith('Z')), 'CRIU to end', 20_000);
 
-    const again = sb.json<{ pid: number; checkpoint: number }>(['restore', 'early']);
+    const again = sb.json<{ pid: number; checkpoint: number }>(['restore', job]);
     sb.track(again.pid);
     expect(again.checkpoint).toBe(cp.id);
-    expect(await verifyJob(sb, 'early', again.pid)).toMatch(/^verify ok tick 1$/);
+    expect(await verifyJob(sb, job, again.pid)).toMatch(/^verify ok tick 1$/);
     await killAndWait(again.pid);
   });
 });

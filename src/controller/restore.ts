@@ -5,7 +5,7 @@
 // page is checked against its id as it is served.
 import { copyFileSync, existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { type LazyPagesDaemon, startLazyPagesDaemon } from '../criu/criu.js';
+import { type LazyRestoreStart, startLazyRestore } from '../criu/criu.js';
 import { type CheckpointRecord, type FileManifest, type Repository } from '../store/repository.js';
 import type { StoreLock } from '../store/store-lock.js';
 import { makeStaging } from './checkpoint.js';
@@ -89,7 +89,7 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     lock?.release();
   };
   let serving: Promise<void> | undefined;
-  let daemon: LazyPagesDaemon | undefined;
+  let criu: LazyRestoreStart | undefined;
   try {
     // Chunks are read and a pre-restore snapshot may be committed: GC waits meanwhile.
     storeLock = await repo.lockShared(`restore of job ${jobName}`);
@@ -101,12 +101,13 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     for (const d of [workDir, wantedDir, currentDir]) mkdirSync(d, { mode: 0o700 });
 
     // 1. CRIU's small images, the pages it restores itself, and the files that differ from the checkpoint.
+    // CRIU starts up meanwhile (~0.1-0.2 s), and waits for the images.
+    criu = startLazyRestore({ imagesDir, workDir });
+    faultPoint('restore-staging');
     const files = await repo.checkpointFiles(checkpoint.id, codecs.chunks);
-    // CRIU's lazy-pages daemon reads the image files as it starts up (~0.1 s), while the
-    // pages' bookkeeping is built and the job's files are compared.
-    const pages = await stageLazyRestore(repo, files.filter((f) => f.role === 'image'), codecs, imagesDir, options.onProgress, () => {
-      daemon = startLazyPagesDaemon({ imagesDir, workDir });
-    });
+    // The lazy-pages daemon reads the image files as it starts up, while the pages'
+    // bookkeeping is built and the job's files are compared.
+    const pages = await stageLazyRestore(repo, files.filter((f) => f.role === 'image'), codecs, imagesDir, options.onProgress, () => criu!.imagesWritten());
     const changed: { manifest: FileManifest; wanted: string; current: string | null; facts: FileFacts | null }[] = [];
     for (const [i, m] of files.filter((f) => f.role === 'job-file').entries()) {
       if (fileMatches(m, codecs.pages)) continue;
@@ -170,8 +171,8 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     let allPagesIn: Promise<void>;
     markRestoring(repo, jobName);
     try {
-      const starting = daemon!;
-      daemon = undefined; // the restore owns it now, failed or not
+      const starting = criu;
+      criu = undefined; // the restore owns it now, failed or not
       ({ pid, allPagesIn } = await starting.restore(pages));
     } catch (e) {
       markRestoreFailed(repo, jobName);
@@ -199,8 +200,8 @@ export async function restoreJob(repo: Repository, codecs: Codecs, jobName: stri
     serving.catch(() => undefined); // the caller observes allPagesIn
     return { pid, checkpoint, rolledBack: changed.map((c) => c.manifest.path), preRestore, allPagesIn };
   } finally {
-    // Staging failed before the restore began: its daemon goes.
-    await daemon?.abandon();
+    // Staging failed before the restore began: CRIU's processes go.
+    await criu?.abandon();
     if (!serving) release();
   }
 }

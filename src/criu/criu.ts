@@ -1,12 +1,14 @@
 // Running CRIU: version check, dump streaming its pages to crinc with a hook that runs
 // while the tree is frozen, and lazy restore fed by crinc's page server.
+import { strict as assert } from 'node:assert';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
 import { join } from 'node:path';
 import { faultPoint } from '../sys/fault.js';
-import { makeFifo, setReceiveTimeout, streamSocketPair } from '../sys/libc.js';
+import { makeFifo, setReceiveTimeout, streamSocketPair, unreadBytes } from '../sys/libc.js';
 import { type DumpStreamSink, PAGE_STREAM_SILENCE_MS, PageServerProtocolError, type RestorePages, receiveDump, serveLazyPages } from './page-server.js';
 import { CrincError } from '../errors.js';
 import { type CriuAction, explainCriuFailure } from './explain.js';
@@ -15,13 +17,13 @@ import { type CriuAction, explainCriuFailure } from './explain.js';
 const CRIU_PS_FD = 3;
 /** The fd `criu lazy-pages` reports readiness on (--status-fd). */
 const CRIU_STATUS_FD = 4;
+/** The fd the lazy-restore shell closes once `criu restore` exited. */
+const RESTORE_DONE_FD = 6;
 
 /** The oldest CRIU known to dump and restore on the kernels crinc targets (see README). */
 export const CRIU_MIN_VERSION = [4, 2] as const;
 /** Longest time crinc may keep the job frozen for its own work (file capture, dirty scan). */
 export const FROZEN_WORK_TIMEOUT_MS = 120_000;
-/** How long a failed restore's stderr is waited for once it exited. */
-const RESTORE_STDERR_WAIT_MS = 1000;
 /** Lines of CRIU's log quoted in an error. */
 const LOG_TAIL_LINES = 8;
 
@@ -216,30 +218,46 @@ export interface LazyRestore {
 // keeps it open while its page-server socket is open, so a watchdog holds a copy of
 // crinc's end: if crinc dies first, the daemon's requests go unanswered (the job waits
 // at its fault) until the watchdog has killed the job; only then does the socket close.
-// Without a pidfile (crinc died before the restore ran), it ends the daemon, which would
-// wait for that restore for ever (checked to be this restore's daemon: its command line
-// names the work directory).
-// One shell runs both, so that crinc forks once (a fork of crinc costs 25-110 ms here,
-// by its size): it starts the daemon (fds 3, the daemon's end of the page stream, and 4,
-// its status pipe) and the watchdog (fd 5, crinc's end), waits for the daemon and exits
+// A CRIU still waiting at its gate (see ImageGate) is let through with an empty inventory,
+// so that it fails: the gate's path becomes an empty file for one that has not opened it
+// yet, and one waiting in its open gets a writer that closes without writing. Then the
+// watchdog waits for the pidfile until the restore has exited (60 s at most); without one
+// (crinc died before the restore ran), it ends the daemon, which would wait for that
+// restore for ever (checked to be this restore's daemon: its command line names the work
+// directory).
+// One shell runs them all, so that crinc forks once (a fork of crinc costs 25-110 ms here,
+// by its size): the daemon (fds 3, the daemon's end of the page stream, and 4, its status
+// pipe), `criu restore`, and the watchdog (fd 5, crinc's end). Once the restore exits the
+// shell writes its status to a file and closes fd 6, then waits for the daemon and exits
 // with its status. TERM stops the watchdog (crinc does once every page is in, or once it
 // killed the job); the shell still waits for the daemon. Killing the shell's process
 // group ends them all.
-const LAZY_PAGES_SCRIPT = `
-criu lazy-pages "$@" 5>&- &
+const LAZY_RESTORE_SCRIPT = `
+criu lazy-pages -D "$DAEMON_IMAGES" -W "$WORKDIR" -o lazy-pages.log -v4 --page-server --ps-socket ${CRIU_PS_FD} --status-fd ${CRIU_STATUS_FD} 5>&- 6>&- &
 d=$!
 exec 3>&- 4>&-
+criu restore -D "$RESTORE_IMAGES" -W "$WORKDIR" -o restore.log -v4 -d --lazy-pages --pidfile "$PIDFILE" "$@" </dev/null >/dev/null 2>"$WORKDIR/restore.stderr" 5>&- 6>&- &
+r=$!
 ( tail --pid="$CRINC_PID" -s 0.1 -f /dev/null & t=$!
   trap 'kill $t 2>/dev/null; wait $t; exit 0' TERM
   wait $t
-  i=0; while [ ! -s "$PIDFILE" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  for g in "$DAEMON_IMAGES/inventory.img" "$RESTORE_IMAGES/inventory.img"; do
+    exec 7<>"$g"; : > "$g.closed"; mv -f "$g.closed" "$g"; exec 7>&-
+  done
+  i=0; while [ ! -s "$PIDFILE" ] && [ ! -e "$WORKDIR/restore.exit" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
   if [ -s "$PIDFILE" ]; then kill -9 "$(cat "$PIDFILE")"
   elif tr '\\0' '\\n' < "/proc/$d/cmdline" | grep -qxF -- "$WORKDIR"; then kill -9 "$d"
-  fi ) 2>/dev/null &
+  fi ) 2>/dev/null 6>&- &
 w=$!
 exec 5>&-
 trap 'kill -TERM $w 2>/dev/null' TERM
-# A wait cut short by TERM returns >128 with the daemon still there: wait again.
+# A wait cut short by TERM returns >128 with the process still there: wait again.
+while :; do
+  wait $r; rc=$?
+  kill -0 $r 2>/dev/null || break
+done
+echo "$rc" > "$WORKDIR/restore.exit"
+exec 6>&-
 while :; do
   wait $d; code=$?
   kill -0 $d 2>/dev/null || break
@@ -248,74 +266,156 @@ kill -TERM $w 2>/dev/null; wait $w
 exit $code
 `;
 
-/** `criu lazy-pages`, started ahead of the restore it serves. */
-export interface LazyPagesDaemon {
+/** `criu lazy-pages` and the `criu restore` it serves, both starting up. */
+export interface LazyRestoreStart {
+  /** Lets the daemon read the images in imagesDir: call once CRIU's image files are there. */
+  imagesWritten(): void;
   /**
-   * Restores detached with \`--lazy-pages\` once the daemon is ready: it takes the pages
-   * from `pages` over a socket pair and puts them in on demand and in the background.
-   * Resolves as soon as the job runs. Called at most once.
+   * Lets the restore (detached, `--lazy-pages`) go on once the daemon is ready: the
+   * daemon takes the pages from `pages` over a socket pair and puts them in on demand and
+   * in the background. Resolves as soon as the job runs. Called at most once, once every
+   * image file is in imagesDir and imagesWritten() was called.
    */
   restore(pages: RestorePages): Promise<LazyRestore>;
-  /** Ends the daemon when no restore will run (preparing it failed). */
+  /** Ends the daemon and the waiting restore when no restore will run (preparing it failed). */
   abandon(): Promise<void>;
 }
 
+/** Longest inventory image a gate takes in one write (a pipe's capacity; it is ~100 bytes). */
+const GATE_MAX_BYTES = 64 * 1024;
+/** How often crinc looks whether a CRIU has read its inventory from the gate. */
+const GATE_POLL_MS = 1;
+const INVENTORY_IMAGE = 'inventory.img';
+
 /**
- * Starts \`criu lazy-pages\` for a restore from imagesDir, once CRIU's image files are
- * there (it reads the inventory and process tree as it starts up, ~0.1 s here, while
- * crinc builds the pages' bookkeeping).
+ * A directory of CRIU images for one CRIU process whose first image read, the inventory,
+ * waits until crinc lets it: inventory.img is a FIFO crinc holds open. open() links the
+ * other images in and writes the inventory into the FIFO. If crinc dies first, the lazy
+ * restore's watchdog lets CRIU through with an empty inventory, and it fails.
  */
-export function startLazyPagesDaemon(req: { imagesDir: string; workDir: string }): LazyPagesDaemon {
+class ImageGate {
+  private fd: number | undefined;
+
+  constructor(readonly dir: string) {
+    mkdirSync(dir, { mode: 0o700 });
+    makeFifo(join(dir, INVENTORY_IMAGE), 0o600);
+    // Read-write: the open does not wait for a reader, and CRIU's open does not wait for us.
+    this.fd = openSync(join(dir, INVENTORY_IMAGE), 'r+');
+  }
+
+  /** Links the images of from that are not here yet (the inventory aside). */
+  link(from: string): void {
+    for (const name of readdirSync(from)) {
+      if (name !== INVENTORY_IMAGE && !existsSync(join(this.dir, name))) linkSync(join(from, name), join(this.dir, name));
+    }
+  }
+
+  /** Links the images in and fills the gate; resolves once CRIU has read it all (or `gone` settled). */
+  async open(from: string, gone: Promise<unknown>): Promise<void> {
+    assert(this.fd !== undefined, 'a gate opens once');
+    const inventory = readFileSync(join(from, INVENTORY_IMAGE));
+    if (inventory.length > GATE_MAX_BYTES) throw new CriuError(`the checkpoint's ${INVENTORY_IMAGE} holds ${inventory.length} bytes; a restore takes at most ${GATE_MAX_BYTES}`);
+    this.link(from);
+    writeSync(this.fd, inventory);
+    // CRIU reads on to the end of the file: it comes when our end closes, which must wait
+    // until the bytes are read (a FIFO nobody has open drops what it holds).
+    let ended = false;
+    void gone.finally(() => (ended = true)).catch(() => undefined);
+    while (!ended && unreadBytes(this.fd) > 0) await new Promise((resolve) => setTimeout(resolve, GATE_POLL_MS));
+    this.close();
+  }
+
+  close(): void {
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
+  }
+}
+
+/**
+ * Starts `criu lazy-pages` and `criu restore` for a restore from imagesDir, before the
+ * images are there: each reads its images from a gated directory of its own (ImageGate),
+ * so that their start-up (~0.1-0.2 s here: CRIU probes the kernel on every run where /run
+ * is not tmpfs) overlaps crinc's staging. The daemon goes on once imagesWritten() is
+ * called (it reads the inventory and process tree as it starts up); the restore once
+ * restore() is, when the daemon listens.
+ */
+export function startLazyRestore(req: { imagesDir: string; workDir: string }): LazyRestoreStart {
   const pidFile = join(req.workDir, 'restored.pid');
   const logPath = join(req.workDir, 'restore.log');
   const daemonLog = join(req.workDir, 'lazy-pages.log');
-  const [ours, theirs] = streamSocketPair();
-  let daemon: ChildProcess;
+  const gates: ImageGate[] = [];
+  let ours: number;
+  let theirs: number;
   try {
-    daemon = spawn(
-      'sh',
-      ['-c', LAZY_PAGES_SCRIPT, 'sh', '-D', req.imagesDir, '-W', req.workDir, '-o', 'lazy-pages.log', '-v4', '--page-server', '--ps-socket', String(CRIU_PS_FD), '--status-fd', String(CRIU_STATUS_FD)],
-      // Its own process group, like criu restore below: a Ctrl-C at crinc's terminal must
-      // not kill them mid-restore (crinc finishes the restore).
-      {
-        stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', ours],
-        detached: true,
-        env: { ...process.env, CRINC_PID: String(process.pid), PIDFILE: pidFile, WORKDIR: req.workDir },
-      },
-    );
+    gates.push(new ImageGate(join(req.workDir, 'daemon-images')), new ImageGate(join(req.workDir, 'restore-images')));
+    [ours, theirs] = streamSocketPair();
+  } catch (e) {
+    for (const g of gates) g.close();
+    throw e;
+  }
+  const [daemonGate, restoreGate] = gates as [ImageGate, ImageGate];
+  const closeGates = () => {
+    daemonGate.close();
+    restoreGate.close();
+  };
+  let shell: ChildProcess;
+  try {
+    shell = spawn('sh', ['-c', LAZY_RESTORE_SCRIPT, 'sh', ...COMMON_OPTIONS], {
+      // Its own process group: a Ctrl-C at crinc's terminal must not kill the restore midway
+      // (crinc finishes it).
+      stdio: ['ignore', 'ignore', 'pipe', theirs, 'pipe', ours, 'pipe'],
+      detached: true,
+      env: { ...process.env, CRINC_PID: String(process.pid), DAEMON_IMAGES: daemonGate.dir, RESTORE_IMAGES: restoreGate.dir, PIDFILE: pidFile, WORKDIR: req.workDir },
+    });
   } catch (e) {
     closeSync(ours);
+    closeGates();
     throw e;
   } finally {
     closeSync(theirs);
   }
   const stopWatchdog = () => {
-    daemon.kill('SIGTERM');
+    shell.kill('SIGTERM');
   };
-  const killDaemon = () => {
-    if (daemon.exitCode !== null || daemon.signalCode !== null) return; // its group may be gone, its id reused
+  const killAll = () => {
+    if (shell.exitCode !== null || shell.signalCode !== null) return; // its group may be gone, its id reused
     try {
-      process.kill(-daemon.pid!, 'SIGKILL');
+      process.kill(-shell.pid!, 'SIGKILL');
     } catch {
       // already gone
     }
   };
-  let daemonStderr = '';
-  daemon.stderr!.on('data', (d: Buffer) => (daemonStderr += d.toString()));
+  let shellStderr = '';
+  shell.stderr!.on('data', (d: Buffer) => (shellStderr += d.toString()));
   const daemonExited = new Promise<number>((resolve, reject) => {
-    daemon.on('error', reject);
-    daemon.on('close', (code) => resolve(code ?? -1));
+    shell.on('error', reject);
+    shell.on('close', (code) => resolve(code ?? -1));
   });
   daemonExited.catch(() => undefined); // observed by restore() or abandon()
-  const daemonFailed = () => new CriuFailedError('lazy-pages', daemonLog, logTail(daemonLog) + (daemonStderr ? `\n${daemonStderr.trim()}` : ''));
+  const daemonFailed = () => new CriuFailedError('lazy-pages', daemonLog, logTail(daemonLog) + (shellStderr ? `\n${shellStderr.trim()}` : ''));
   // The daemon listens for the restore once it writes its status byte (or exits).
   const ready = new Promise<boolean>((resolve) => {
-    daemon.stdio[CRIU_STATUS_FD]!.once('data', () => resolve(true));
-    daemon.stdio[CRIU_STATUS_FD]!.once('end', () => resolve(false));
+    shell.stdio[CRIU_STATUS_FD]!.once('data', () => resolve(true));
+    shell.stdio[CRIU_STATUS_FD]!.once('end', () => resolve(false));
   });
+  // The shell closes fd 6 once the restore exited, its status written to restore.exit.
+  const restoreExited = new Promise<number>((resolve) => {
+    const status = join(req.workDir, 'restore.exit');
+    (shell.stdio as unknown as Readable[])[RESTORE_DONE_FD]!.on('data', () => undefined).once('close', () => {
+      resolve(existsSync(status) ? Number(readFileSync(status, 'utf8').trim()) : -1);
+    });
+  });
+  let daemonGateOpen: Promise<void> | undefined;
   let oursOpen = true;
 
+  const imagesWritten = (): void => {
+    assert(!daemonGateOpen, 'imagesWritten is called once');
+    daemonGateOpen = daemonGate.open(req.imagesDir, daemonExited);
+    daemonGateOpen.catch(() => undefined); // observed by restore() or abandon()
+  };
+
   const restore = async (pages: RestorePages): Promise<LazyRestore> => {
+    assert(daemonGateOpen, 'restore() comes after imagesWritten()');
     oursOpen = false; // the socket owns it now
     const served = serveLazyPages(new Socket({ fd: ours, readable: true, writable: true }), pages.lookup);
     served.catch(() => undefined); // observed below, with the daemon's exit
@@ -343,31 +443,31 @@ export function startLazyPagesDaemon(req: { imagesDir: string; workDir: string }
       }
     })();
     allPagesIn.catch(() => undefined); // the caller awaits it or not (--lazy)
-
-    if (!(await ready)) {
+    const fail = async (e: unknown): Promise<never> => {
+      closeGates();
+      killAll();
       await allPagesIn.catch(() => undefined);
-      throw daemonFailed();
+      throw e;
+    };
+
+    try {
+      await daemonGateOpen;
+    } catch (e) {
+      return fail(e);
     }
+    if (!(await ready)) return fail(daemonFailed());
     faultPoint('restore-daemon-ready');
-
-    const criu = spawn(
-      'criu',
-      ['restore', '-D', req.imagesDir, '-W', req.workDir, '-o', 'restore.log', '-v4', '-d', '--lazy-pages', '--pidfile', pidFile, ...COMMON_OPTIONS],
-      { stdio: ['ignore', 'ignore', 'pipe'], detached: true },
-    );
-    let stderr = '';
-    criu.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    // Its exit, not the end of its stderr: what it leaves running may hold that a while.
-    const code = await new Promise<number>((resolve, reject) => {
-      criu.on('error', reject);
-      criu.on('exit', (c) => resolve(c ?? -1));
-    });
+    try {
+      daemonGate.link(req.imagesDir); // what staging wrote since, for a daemon that looks
+      await restoreGate.open(req.imagesDir, restoreExited);
+    } catch (e) {
+      return fail(e);
+    }
+    const code = await restoreExited;
     if (code !== 0) {
-      // Its last words, if they come soon.
-      await Promise.race([new Promise((resolve) => criu.once('close', resolve)), new Promise((resolve) => setTimeout(resolve, RESTORE_STDERR_WAIT_MS))]);
-      killDaemon();
-      await allPagesIn.catch(() => undefined);
-      throw new CriuFailedError('restore', logPath, logTail(logPath) + (stderr ? `\n${stderr.trim()}` : ''));
+      const stderrPath = join(req.workDir, 'restore.stderr');
+      const stderr = existsSync(stderrPath) ? readFileSync(stderrPath, 'utf8').trim() : '';
+      return fail(new CriuFailedError('restore', logPath, logTail(logPath) + (stderr ? `\n${stderr}` : '')));
     }
     const pid = Number(readFileSync(pidFile, 'utf8').trim());
     if (!Number.isInteger(pid) || pid <= 0) throw new CriuError(`criu restore wrote no valid pid to ${pidFile}`);
@@ -377,13 +477,14 @@ export function startLazyPagesDaemon(req: { imagesDir: string; workDir: string }
   };
 
   const abandon = async (): Promise<void> => {
-    killDaemon();
+    closeGates();
+    killAll();
     if (oursOpen) closeSync(ours);
     oursOpen = false;
     await daemonExited.catch(() => undefined);
   };
 
-  return { restore, abandon };
+  return { imagesWritten, restore, abandon };
 }
 
 function killQuietly(pid: number): void {

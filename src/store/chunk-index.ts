@@ -22,6 +22,7 @@ import {
   idPrefix,
   IndexRunDamagedError,
   MAX_ORDINAL,
+  newRunSpan,
   RUN_BLOCK_ENTRIES,
   RUN_ENTRY_BYTES,
   RUN_SUFFIX,
@@ -95,6 +96,8 @@ export class ChunkIndex {
   private lastTable: string | undefined;
   /** Ids has() found, or that remember() was told of; emptied when the listing changes or it is full. */
   private known = new IdSet();
+  /** findMany's walks read spans into this one buffer (it runs to the end synchronously). */
+  private readonly walkSpan = newRunSpan();
   readonly runsDir: string;
 
   constructor(
@@ -228,7 +231,7 @@ export class ChunkIndex {
       if (wanted.length >= blocks * WALK_SHARE) {
         // A merge join of two sorted lists: a tight step through each loaded span, a
         // gallop on whichever side lags further.
-        const cursor = new RunCursor(run.reader);
+        const cursor = new RunCursor(run.reader, 0, this.walkSpan);
         const n = wanted.length;
         idWords ??= wordsOf(ids);
         let j = 0;

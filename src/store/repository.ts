@@ -926,10 +926,20 @@ export class Repository {
   async manifestIds(data: Uint8Array, indirect: boolean, codec: ChunkCodec): Promise<Uint8Array> {
     if (!indirect) return new Uint8Array(data);
     const parts: Uint8Array[] = [];
+    let bytes = 0;
     for (let i = 0; i < data.length / CHUNK_ID_BYTES; i++) {
-      parts.push(await this.readChunk(data.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), codec));
+      const part = await this.readChunk(data.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), codec);
+      parts.push(part);
+      bytes += part.length;
     }
-    return new Uint8Array(Buffer.concat(parts));
+    // One copy: a large job's ids are MiBs, and fresh memory costs a page fault per 4 KiB.
+    const ids = new Uint8Array(bytes);
+    let at = 0;
+    for (const part of parts) {
+      ids.set(part, at);
+      at += part.length;
+    }
+    return ids;
   }
 
   // ---- the index as a cache of the objects ----------------------------------------------

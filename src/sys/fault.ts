@@ -21,7 +21,9 @@ export const FAULT_POINTS = {
   'commit-in-transaction': 'checkpoint',
   /** The checkpoint is committed; retention has not run. */
   'checkpoint-after-commit': 'checkpoint',
-  /** `criu lazy-pages` listens for the restore, which has not started (the daemon's watchdog ends it). */
+  /** `criu lazy-pages` and `criu restore` start up; both wait at their image gates (the watchdog lets them fail). */
+  'restore-staging': 'restore',
+  /** `criu lazy-pages` listens; the restore waits at its image gate (the watchdog lets it fail and ends the daemon). */
   'restore-daemon-ready': 'restore',
   /** CRIU has restored the job; its record still says `restoring` (the next restore adopts the process). */
   'restore-after-criu': 'restore',

@@ -201,6 +201,15 @@ export function spliceRaw(fdIn: number, fdOut: number, bytes: number, flags: num
   return Number(spliceFn(fdIn, null, fdOut, null, bytes, flags));
 }
 
+const FIONREAD = 0x541b;
+
+/** Bytes waiting to be read in a pipe or FIFO (FIONREAD). */
+export function unreadBytes(fd: number): number {
+  const count = Buffer.alloc(4);
+  if (ioctlBuffer(fd, FIONREAD, count) !== 0) throw new SyscallError('ioctl(FIONREAD)', koffi.errno());
+  return count.readInt32LE(0);
+}
+
 const mkfifoFn = libc.func('int mkfifo(const char *path, uint32_t mode)');
 
 /** Creates a FIFO (mkfifo(3)), without running a program: a fork of a large Node process costs tens of ms. */
