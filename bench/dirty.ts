@@ -315,7 +315,7 @@ function report(
       'tick ms: the job\'s own time to write its pages that interval (A: write protection armed, D: disarmed).',
       'pages read: pagesHashed. new MiB: storedBytes (compressed new chunks). freeze: CRIU freezing + frozen time + crinc\'s work while frozen (scan, file capture).',
       'A scan / committed ms: TrackingSession.whileFrozen (eBPF drain, PAGEMAP_SCAN; inside the freeze and the dump) / .committed (new baseline, adaptive arming).',
-      'dump+rest: the rest of takeCheckpoint\'s wall time (less A\'s committed): criu dump (process start, freeze, parasite, page dump to tmpfs, post-dump hook), staging, the previous manifests. The first row stores every page (new stores).',
+      'dump+rest: the rest of takeCheckpoint\'s wall time (less A\'s committed): criu dump (process start, freeze, parasite, page dump to tmpfs), staging, the previous manifests. The first row stores every page (new stores).',
       `A's dirty fraction as the scan saw it (written / tracked): ${dirtyNotes.join(', ') || 'n/a'}; adaptive arming disarms above ${DISARM_DIRTY_FRACTION}, re-arms below ${REARM_DIRTY_FRACTION}.`,
       `A's notes: ${notes.join(' | ') || '(none)'}`,
       `verification mode (every page hashed, pages called clean checked): ${info.verifyResult}`,

@@ -11,7 +11,7 @@
 //   1% dirty:  tick, A (store 1, tracking), B; tick, B, A
 //   restore:   A (default), B, A (--lazy), B — the job killed before each
 // Frozen time: crinc's record.freezeMs (CRIU's freezing + frozen time, its page stream to
-// crinc included, + crinc's post-dump work); bare: CRIU's own stats-dump. Peak RSS: this
+// crinc and crinc's work at the freeze included); bare: CRIU's own stats-dump. Peak RSS: this
 // process's VmHWM (crinc runs in it, with the tracker): an upper bound of crinc's.
 // Prints tables with targets and PASS/MISS; asserts nothing.
 import { spawnSync } from 'node:child_process';

@@ -1,9 +1,9 @@
 // The checkpoint pipeline: CRIU dump, its pages streamed straight into the ingest (the
 // job's files captured while frozen) → one commit. A failure at any step leaves the
 // store as it was; staging (CRIU's small images only) is removed.
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { dump } from '../criu/criu.js';
+import { CriuError, dump } from '../criu/criu.js';
 import { type DumpStats, readDumpStats } from '../criu/images.js';
 import type { CheckpointRecord, ChunkWriter, FileManifest, Repository } from '../store/repository.js';
 import type { StoreLock } from '../store/store-lock.js';
@@ -124,32 +124,26 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     ingest.progressTotal = residentBytes(pid);
     if (options.keepImagesDir) mkdirSync(options.keepImagesDir, { recursive: true, mode: 0o700 });
     const teeDir = options.keepImagesDir ? mkdtempSync(join(options.keepImagesDir, '.streaming-')) : undefined;
-    // The tracking scan belongs to the freeze: at CRIU's first open of a pagemap, or at
-    // post-dump if CRIU opened none.
-    const scanWhileFrozen = (): CleanPages => {
+    // crinc's work inside the freeze, at CRIU's first open of a pagemap: CRIU waits for
+    // the answer with the whole tree frozen. A failure there fails the dump (the job thaws).
+    const stagingPath = realpathSync(staging); // as /proc's fd links name it
+    const atFreeze = (): CleanPages => {
       faultPoint('checkpoint-while-frozen');
       takenAt = Date.now();
       frozen = tracking?.whileFrozen();
+      captured = captureJobFiles(pid, filesDir, previousFiles, stagingPath);
       return frozen?.clean ?? NO_CLEAN_PAGES;
     };
-    const stream = new DumpStream(ingest, imagesDir, scanWhileFrozen, teeDir);
+    const stream = new DumpStream(ingest, imagesDir, atFreeze, options.signal, teeDir);
     let committing = false;
     try {
-      const { frozenWorkMs } = await dump({
-        pid,
-        imagesDir,
-        workDir,
-        pages: stream,
-        whileFrozen: async () => {
-          options.signal?.throwIfAborted();
-          if (!stream.opened) scanWhileFrozen();
-          captured = captureJobFiles(pid, filesDir, previousFiles);
-        },
-      });
+      await dump({ pid, imagesDir, workDir, pages: stream });
+      // Every process's pagemap is opened, empty or not (criu/mem.c): a dump without one never froze anything crinc saw.
+      if (!stream.opened) throw new CriuError('criu dump sent no pagemap: crinc never saw the tree frozen, so it cannot tell what the checkpoint holds');
       faultPoint('checkpoint-after-dump');
       committing = true;
       const record = await commitImages(repo, {
-        jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs, verify, ingest, writer, stream,
+        jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, verify, ingest, writer, stream,
       });
       storeLock.release();
       tracking?.committed(record.pageIndex);
@@ -203,7 +197,6 @@ interface CommitInput {
   frozen: FrozenTracking | undefined;
   takenAt: number;
   started: number;
-  frozenWorkMs: number;
   verify: boolean;
   ingest: Ingest;
   writer: ChunkWriter;
@@ -212,7 +205,7 @@ interface CommitInput {
 
 /** The rest of the ingest (compression of new pages, small images, captured files), then the commit. */
 async function commitImages(repo: Repository, input: CommitInput): Promise<{ checkpoint: CheckpointRecord; pageIndex: PageIndex }> {
-  const { jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, frozenWorkMs, ingest, writer, stream } = input;
+  const { jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, ingest, writer, stream } = input;
   const verified = input.verify && frozen !== undefined;
   let images: FileManifest[];
   let jobFiles: FileManifest[];
@@ -245,9 +238,8 @@ async function commitImages(repo: Repository, input: CommitInput): Promise<{ che
       pagesHashed: ingest.stats.pagesHashed,
       pagesClean: ingest.stats.pagesClean,
       durationMs: performance.now() - started,
-      // CRIU's frozen time (its page stream to crinc included) ends before its post-dump
-      // action; crinc's own work there follows it.
-      freezeMs: (stats.freezingTimeUs + stats.frozenTimeUs) / 1000 + frozenWorkMs,
+      // CRIU's frozen time includes the page stream to crinc and crinc's work at the freeze.
+      freezeMs: (stats.freezingTimeUs + stats.frozenTimeUs) / 1000,
       note: notes.length ? notes.join('; ') : null,
     },
     [...images, ...jobFiles],

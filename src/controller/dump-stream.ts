@@ -2,7 +2,8 @@
 // in its image directory: pagemap-*.img files (small, written to staging) and, for each
 // pages-N.img, the id of every page (the pages themselves go straight into the ingest).
 // The first open comes once CRIU has frozen the whole tree (criu/cr-dump.c: collect_pstree
-// before any task's pages): the tracking scan runs there, before the first page is read.
+// before any task's pages): crinc's work inside the freeze (the tracking scan, the copy of
+// the job's files) runs there, before the first page is read.
 import { closeSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { PagemapImageBuilder, PE_PRESENT } from '../criu/images.js';
@@ -19,13 +20,15 @@ export class DumpStream implements DumpStreamSink {
   private nextPagesId = 1;
 
   /**
-   * @param whileFrozen gives the clean pages; called once, at the first open.
+   * @param atFreeze crinc's work inside the freeze; gives the clean pages. Called once, at the first open.
+   * @param signal cancels the dump at the next open or at the close: CRIU then fails it and thaws the job.
    * @param teeDir debug aid: also write each pages-N.img there as it arrives.
    */
   constructor(
     private readonly ingest: Ingest,
     private readonly imagesDir: string,
-    private readonly whileFrozen: () => CleanPages,
+    private readonly atFreeze: () => CleanPages,
+    private readonly signal?: AbortSignal,
     private readonly teeDir?: string,
   ) {}
 
@@ -35,7 +38,8 @@ export class DumpStream implements DumpStreamSink {
   }
 
   open(type: number, id: number): void {
-    this.clean ??= this.whileFrozen();
+    this.signal?.throwIfAborted();
+    this.clean ??= this.atFreeze();
     this.end();
     // Numbered as a local dump numbers them (criu/image.c: page_ids from 1, in open order).
     const pagesId = this.nextPagesId++;
@@ -57,6 +61,7 @@ export class DumpStream implements DumpStreamSink {
   }
 
   close(): void {
+    this.signal?.throwIfAborted();
     this.end();
   }
 

@@ -37,11 +37,13 @@ export interface CapturedFile extends FileFacts {
 
 /**
  * Runs while the job is frozen: lists the files open for writing and copies those whose
- * identity changed since the previous checkpoint into the staging directory.
+ * identity changed since the previous checkpoint into the staging directory. Files under
+ * crincDir are crinc's own: while CRIU dumps a process, its parasite in there holds
+ * CRIU's log open for writing.
  */
-export function captureJobFiles(rootPid: number, stagingDir: string, previous: Map<string, FileManifest>): CapturedFile[] {
+export function captureJobFiles(rootPid: number, stagingDir: string, previous: Map<string, FileManifest>, crincDir: string): CapturedFile[] {
   const out: CapturedFile[] = [];
-  const paths = filesOpenForWriting(processTree(rootPid)).filter((p) => !/^\/(proc|sys)\//.test(p));
+  const paths = filesOpenForWriting(processTree(rootPid)).filter((p) => !/^\/(proc|sys)\//.test(p) && !p.startsWith(`${crincDir}/`));
   mkdirSync(stagingDir, { recursive: true, mode: 0o700 });
   paths.forEach((path, i) => {
     const facts = fileFacts(path);

@@ -1,9 +1,8 @@
-// Running CRIU: version check, dump streaming its pages to crinc with a hook that runs
-// while the tree is frozen, and lazy restore fed by crinc's page server.
+// Running CRIU: version check, dump streaming its pages to crinc, and lazy restore fed by
+// crinc's page server.
 import { strict as assert } from 'node:assert';
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { closeSync, existsSync, linkSync, mkdirSync, openSync, readdirSync, readFileSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { join } from 'node:path';
@@ -22,8 +21,6 @@ const RESTORE_DONE_FD = 6;
 
 /** The oldest CRIU known to dump and restore on the kernels crinc targets (see README). */
 export const CRIU_MIN_VERSION = [4, 2] as const;
-/** Longest time crinc may keep the job frozen for its own work (file capture, dirty scan). */
-export const FROZEN_WORK_TIMEOUT_MS = 120_000;
 /** Lines of CRIU's log quoted in an error. */
 const LOG_TAIL_LINES = 8;
 
@@ -83,53 +80,27 @@ function logTail(path: string): string {
   return (errors.length ? errors : lines).slice(-LOG_TAIL_LINES).join('\n');
 }
 
-// CRIU runs the action script for every stage; crinc acts on post-dump only, when the
-// tree is still frozen. The script tells the controller through one FIFO and waits for
-// its answer on another; a non-zero exit makes CRIU fail the dump (the job goes on).
-// The controller may die meanwhile (SIGKILL): then a watcher stands in for it, reading
-// the notice and answering "fail", so CRIU thaws the job instead of waiting forever.
-// Every process the hook starts is waited for before it exits: an orphan would go to
-// the nearest subreaper (the daemon, a resuming crinc run), which does not reap
-// processes it did not start, and stay a zombie there. The watcher's wait is
-// interrupted by the hook's TERM at once, so stopping it adds nothing to the freeze.
-const HOOK_SCRIPT = `#!/bin/sh
-[ "$CRTOOLS_SCRIPT_ACTION" = post-dump ] || exit 0
-( tail --pid="$CRINC_HOOK_PID" -s 0.05 -f /dev/null & t=$!
-  trap 'kill $t 2>/dev/null; wait $t; exit 0' TERM
-  wait $t
-  exec 3<>"$CRINC_HOOK_NOTIFY" 4<>"$CRINC_HOOK_ACK"; echo fail >&4; sleep 1 ) &
-watcher=$!
-echo post-dump > "$CRINC_HOOK_NOTIFY" || exit 1
-read -r reply < "$CRINC_HOOK_ACK"
-kill "$watcher" 2>/dev/null
-wait "$watcher"
-[ "$reply" = ok ]
-`;
-
 export interface DumpRequest {
   pid: number;
   imagesDir: string;
   workDir: string;
-  /** Takes every page as CRIU streams it (the tree is frozen from the first open on). */
+  /**
+   * Takes every page as CRIU streams it. The tree is frozen from the first open on, and
+   * CRIU waits for each answer: crinc's work inside the freeze happens there.
+   */
   pages: DumpStreamSink;
-  /** Runs while the whole tree is frozen, after CRIU has sent the pages and written the images. */
-  whileFrozen: () => Promise<void>;
 }
 
 export interface DumpResult {
   logPath: string;
-  /** Time spent in whileFrozen, in milliseconds. */
-  frozenWorkMs: number;
 }
 
+/**
+ * `criu dump --leave-running`, its pages streamed to crinc. No action script: CRIU forks
+ * one for every stage (~15-40 ms of the freeze here at post-dump), and crinc has its
+ * moment inside the freeze at the stream's first open.
+ */
 export async function dump(req: DumpRequest): Promise<DumpResult> {
-  const hook = join(req.workDir, 'action-hook.sh');
-  const notify = join(req.workDir, 'hook-notify.fifo');
-  const ack = join(req.workDir, 'hook-ack.fifo');
-  writeFileSync(hook, HOOK_SCRIPT, { mode: 0o700 });
-  chmodSync(hook, 0o700);
-  makeFifo(notify, 0o600);
-  makeFifo(ack, 0o600);
   const logPath = join(req.workDir, 'dump.log');
 
   // The page stream: crinc keeps one end, CRIU inherits the other; nothing listens.
@@ -140,10 +111,10 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
     criu = spawn(
       'criu',
       ['dump', '-t', String(req.pid), '-D', req.imagesDir, '-W', req.workDir, '-o', 'dump.log', '-v4',
-        '--leave-running', '--page-server', '--ps-socket', String(CRIU_PS_FD), '--action-script', hook, ...COMMON_OPTIONS],
+        '--leave-running', '--page-server', '--ps-socket', String(CRIU_PS_FD), ...COMMON_OPTIONS],
       // Its own process group: a Ctrl-C at crinc's terminal must not kill CRIU mid-dump (the
-      // job would be left with CRIU's parasite in it); crinc cancels at the freeze instead.
-      { stdio: ['ignore', 'ignore', 'pipe', theirs], detached: true, env: { ...process.env, CRINC_HOOK_NOTIFY: notify, CRINC_HOOK_ACK: ack, CRINC_HOOK_PID: String(process.pid) } },
+      // job would be left with CRIU's parasite in it); crinc cancels at the stream instead.
+      { stdio: ['ignore', 'ignore', 'pipe', theirs], detached: true },
     );
   } catch (e) {
     closeSync(ours);
@@ -159,30 +130,9 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
     criu.on('close', (code) => resolve(code ?? -1));
   });
 
-  let frozenWorkMs = 0;
-  let frozenError: unknown;
-  const hookServed = (async () => {
-    // Opening a FIFO for reading waits for its writer: the hook, or us once CRIU exited.
-    const reader = await open(notify, 'r');
-    const message = (await reader.readFile('utf8')).trim();
-    await reader.close();
-    if (message !== 'post-dump') return;
-    const started = performance.now();
-    let reply = 'ok';
-    try {
-      await withTimeout(req.whileFrozen(), FROZEN_WORK_TIMEOUT_MS, 'work while the job is frozen');
-    } catch (e) {
-      frozenError = e;
-      reply = 'fail';
-    }
-    frozenWorkMs = performance.now() - started;
-    const writer = await open(ack, 'w');
-    await writer.write(`${reply}\n`);
-    await writer.close();
-  })();
-
   // Pages are read on this thread with blocking reads until CRIU closes the transfer; a
-  // failure closes crinc's end, so CRIU's next send fails, its dump fails and it thaws the job.
+  // failure (crinc's, or crinc killed) closes crinc's end, so CRIU's next send fails, its
+  // dump fails and it thaws the job.
   let streamError: unknown;
   try {
     await receiveDump(ours, req.pages);
@@ -193,16 +143,10 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
   }
 
   const code = await exited;
-  // If CRIU never ran the hook, release our reader: a read-write open of a FIFO never
-  // blocks, and closing it gives the waiting reader an empty message.
-  const unblock = await open(notify, 'r+');
-  await unblock.close();
-  await hookServed;
   // A stream cut short by CRIU is CRIU's failure; crinc's own failure (the store) comes first.
   if (streamError && !(streamError instanceof PageServerProtocolError && code !== 0)) throw streamError;
-  if (frozenError) throw frozenError;
   if (code !== 0) throw new CriuFailedError('dump', logPath, logTail(logPath) + (stderr ? `\n${stderr.trim()}` : ''));
-  return { logPath, frozenWorkMs };
+  return { logPath };
 }
 
 export interface LazyRestore {
@@ -493,14 +437,4 @@ function killQuietly(pid: number): void {
   } catch {
     // already gone
   }
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout;
-  return Promise.race([
-    p.finally(() => clearTimeout(timer)),
-    new Promise<T>((_, reject) => {
-      timer = setTimeout(() => reject(new CriuError(`${what} took longer than ${ms / 1000} s`)), ms);
-    }),
-  ]);
 }

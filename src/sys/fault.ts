@@ -7,7 +7,7 @@ export const FAULT_ENV = 'CRINC_FAULT';
 
 /** Every named point, where it sits, so that tests can walk them all. */
 export const FAULT_POINTS = {
-  /** The job is frozen under CRIU (its post-dump hook waits for crinc). */
+  /** The job is frozen under CRIU (it waits for crinc's answer to its first pagemap open). */
   'checkpoint-while-frozen': 'checkpoint',
   /** CRIU has written the images; nothing of the checkpoint is stored yet. */
   'checkpoint-after-dump': 'checkpoint',

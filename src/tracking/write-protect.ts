@@ -20,8 +20,8 @@
 // - arm() needs ptrace rights over the target and fails while anyone traces it, CRIU
 //   included: arm between checkpoints (or before the first dump), never inside the freeze.
 //   The target may be running, blocked in a syscall (restarted afterwards) or stopped.
-// - scan() and registerNew() need no ptrace: call them inside CRIU's freeze (its
-//   post-dump action runs with the tasks in tracing stop), registerNew() first.
+// - scan() and registerNew() need no ptrace: call them inside CRIU's freeze (from its
+//   first pagemap open to its post-dump action the tasks are seized), registerNew() first.
 // - Use the result as: pages in `tracked` − `dirty` are unchanged since the previous scan;
 //   everything else (dirty, new/moved/remapped VMAs, unarmable VMAs) must be read.
 // - Threads share one address space: one tracker per process covers them all.
