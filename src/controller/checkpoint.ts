@@ -122,6 +122,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     const ingest = new Ingest(codecs, repo, writer, verify && tracking !== undefined);
     ingest.onProgress = options.onProgress;
     ingest.progressTotal = residentBytes(pid);
+    if (reusesCleanPages) ingest.prepareIds(options.tracking!.baselinePageCounts());
     if (options.keepImagesDir) mkdirSync(options.keepImagesDir, { recursive: true, mode: 0o700 });
     const teeDir = options.keepImagesDir ? mkdtempSync(join(options.keepImagesDir, '.streaming-')) : undefined;
     // crinc's work inside the freeze, at CRIU's first open of a pagemap: CRIU waits for

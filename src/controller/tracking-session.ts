@@ -232,6 +232,13 @@ export class TrackingSession {
     };
   }
 
+  /** Page counts of the baseline's processes, by PID inside the image (none without a baseline). */
+  baselinePageCounts(): Map<number, number> {
+    const counts = new Map<number, number>();
+    if (this.hasBaseline) for (const [pid, pages] of this.baseline!) counts.set(pid, pages.addresses.length);
+    return counts;
+  }
+
   /** The checkpoint committed: it is the next baseline. Adapts arming, arms new processes. */
   committed(pages: PageIndex): void {
     const previous = this.baseline;
