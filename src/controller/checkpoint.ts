@@ -139,7 +139,8 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     let committing = false;
     try {
       await dump({ pid, imagesDir, workDir, pages: stream });
-      // Every process's pagemap is opened, empty or not (criu/mem.c): a dump without one never froze anything crinc saw.
+      // CRIU opens every process's pagemap, empty or not (criu/mem.c): without one, crinc
+      // never saw the tree frozen.
       if (!stream.opened) throw new CriuError('criu dump sent no pagemap: crinc never saw the tree frozen, so it cannot tell what the checkpoint holds');
       faultPoint('checkpoint-after-dump');
       committing = true;

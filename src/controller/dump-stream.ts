@@ -20,8 +20,10 @@ export class DumpStream implements DumpStreamSink {
   private nextPagesId = 1;
 
   /**
-   * @param atFreeze crinc's work inside the freeze; gives the clean pages. Called once, at the first open.
-   * @param signal cancels the dump at the next open or at the close: CRIU then fails it and thaws the job.
+   * @param atFreeze crinc's work inside the freeze; gives the clean pages. Called once,
+   *   at the first open.
+   * @param signal cancels the dump at the next open or at the close: CRIU then fails it
+   *   and thaws the job.
    * @param teeDir debug aid: also write each pages-N.img there as it arrives.
    */
   constructor(
