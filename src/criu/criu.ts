@@ -7,8 +7,8 @@ import { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { join } from 'node:path';
 import { faultPoint } from '../sys/fault.js';
-import { makeFifo, setReceiveTimeout, streamSocketPair, unreadBytes } from '../sys/libc.js';
-import { type DumpStreamSink, PAGE_STREAM_SILENCE_MS, PageServerProtocolError, type RestorePages, receiveDump, serveLazyPages } from './page-server.js';
+import { makeFifo, setReceiveTimeout, setSendBuffer, streamSocketPair, unreadBytes } from '../sys/libc.js';
+import { type DumpStreamSink, PAGE_STREAM_SEND_BUFFER_BYTES, PAGE_STREAM_SILENCE_MS, PageServerProtocolError, type RestorePages, receiveDump, serveLazyPages } from './page-server.js';
 import { CrincError } from '../errors.js';
 import { type CriuAction, explainCriuFailure } from './explain.js';
 
@@ -108,6 +108,7 @@ export async function dump(req: DumpRequest): Promise<DumpResult> {
   let criu: ChildProcess;
   try {
     setReceiveTimeout(ours, PAGE_STREAM_SILENCE_MS);
+    setSendBuffer(theirs, PAGE_STREAM_SEND_BUFFER_BYTES); // CRIU sends the pages
     criu = spawn(
       'criu',
       ['dump', '-t', String(req.pid), '-D', req.imagesDir, '-W', req.workDir, '-o', 'dump.log', '-v4',
@@ -304,6 +305,7 @@ export function startLazyRestore(req: { imagesDir: string; workDir: string }): L
   };
   let shell: ChildProcess;
   try {
+    setSendBuffer(ours, PAGE_STREAM_SEND_BUFFER_BYTES); // crinc sends the pages
     shell = spawn('sh', ['-c', LAZY_RESTORE_SCRIPT, 'sh', ...COMMON_OPTIONS], {
       // Its own process group: a Ctrl-C at crinc's terminal must not kill the restore midway
       // (crinc finishes it).

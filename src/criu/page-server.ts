@@ -34,6 +34,13 @@ export const PS_TYPE_SHMEM = 2;
  * most one splice moves (the default pipe-max-size, so that no limit needs raising).
  */
 const DISCARD_PIPE_BYTES = 1024 * 1024;
+/**
+ * Bytes a page stream's sender may have in flight (SO_SNDBUFFORCE; the default is ~208
+ * KiB): CRIU splices a 1 MiB pipe at a time, and with room for several the two sides
+ * wake each other far less. A 1%-dirty checkpoint of a 1 GiB job froze it ~0.3 s instead
+ * of ~0.45 s here.
+ */
+export const PAGE_STREAM_SEND_BUFFER_BYTES = 4 * 1024 * 1024;
 /** A dump whose stream stays silent this long is failed: CRIU has stopped sending. */
 export const PAGE_STREAM_SILENCE_MS = 120_000;
 

@@ -161,6 +161,18 @@ export function streamSocketPair(): [number, number] {
   return [fds[0]!, fds[1]!];
 }
 
+const SO_SNDBUFFORCE = 32;
+
+/**
+ * Sets the bytes a socket may hold in flight from its sender (SO_SNDBUFFORCE, root: past
+ * net.core.wmem_max). On AF_UNIX stream sockets the sender's buffer is the only one.
+ */
+export function setSendBuffer(fd: number, bytes: number): void {
+  const value = Buffer.alloc(4);
+  value.writeInt32LE(bytes, 0);
+  if ((setsockoptFn(fd, SOL_SOCKET, SO_SNDBUFFORCE, value, value.length) as number) !== 0) throw new SyscallError('setsockopt(SO_SNDBUFFORCE)', koffi.errno());
+}
+
 /** A blocking read on fd fails with EAGAIN after ms without data (SO_RCVTIMEO). */
 export function setReceiveTimeout(fd: number, ms: number): void {
   const tv = Buffer.alloc(16);
