@@ -259,3 +259,31 @@ describe('a forget killed before it deleted the checkpoint objects', () => {
     expectExport(sb, newest.id, kept);
   });
 });
+
+describe('a damaged part of an indirect manifest', () => {
+  const sb = new Sandbox();
+  afterAll(() => sb.cleanup());
+
+  it('is found when the manifest is read: export fails naming it, and it is quarantined', async () => {
+    const repo = openFilesStore(sb.store);
+    const codecs = await openCodecs(repo);
+    // 4097 blocks: parts of 4096 ids and of 1 id; the second (16 random bytes) is stored as it is and read straight into place.
+    const file = { path: '/indirect', data: Buffer.concat([Buffer.alloc(4096 * FILE_BLOCK_BYTES, 0), randomBytes(10)]) };
+    const cp = await commitFiles(repo, codecs, Date.now(), [file]);
+    const manifest = repo.db.prepare(`SELECT manifest FROM files WHERE path = '/indirect'`).pluck().get() as Buffer;
+    expect(manifest.length).toBe(2 * 16);
+    const part = manifest.subarray(16, 32);
+    await codecs.pool.close();
+    repo.close();
+    expectExport(sb, cp.id, [file]);
+
+    flipStoredByte(sb.store, part, 3);
+    const refused = sb.cli(['export', 'files', '--id', String(cp.id), '--to', join(sb.dir, 'refused')]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(`chunk ${part.toString('hex')}`);
+    expect(refused.stderr).not.toMatch(/a bug/);
+    const again = Repository.open(sb.store, { create: false });
+    expect(again.isQuarantined(part)).toBe(true);
+    again.close();
+  });
+});

@@ -38,7 +38,7 @@ import { type CommitRecord, LocalBackend, type StoreBackend } from './backend.js
 import { createFileDurable, removeFilesDurable, writeFileDurable } from './durable.js';
 import { WriterJournal } from './journal.js';
 import { decodePackIndex, decodeStoreObject, encodePackIndex, encodeStoreObject, STORE_OBJECT, type StoreIdentity } from './objects.js';
-import { ChunkIndex, type PlacedChunks, RunSegments } from './chunk-index.js';
+import { ChunkIndex, type ChunkLocation, type PlacedChunks, RunSegments } from './chunk-index.js';
 import { PackedChunks, PackWriter, packTablePath } from './pack.js';
 import { readPackTable } from './pack-table.js';
 import type { RetentionPolicy } from './retention-policy.js';
@@ -51,6 +51,8 @@ const OBJECTS_FORMAT_VERSION = 4;
 const CHUNK_RUNS_FORMAT_VERSION = 5;
 /** The id under which a checkpoint's damage that no single chunk explains is recorded (table damaged). */
 const NO_CHUNK = Buffer.alloc(0);
+/** Parts of an indirect manifest read at once (ranged GETs in flight on an S3 store). */
+const MANIFEST_PART_READS_IN_FLIGHT = 8;
 
 /** Where each of a list of chunks is: packs[packIndex[k]], at offset[k], and so on (every chunk found). */
 export type ChunkLocations = PlacedChunks;
@@ -708,27 +710,38 @@ export class Repository {
     this.chunkIndex.refresh();
     const place = this.chunkIndex.find(id);
     if (!place) throw new ChunkMissingError(idHex(id));
-    const row = this.chunkIndex.location(place, id);
-    const stored = Buffer.allocUnsafe(row.storedLength);
-    const got = await this.readPackInto(place.pack, row.offset, stored);
-    if (got !== row.storedLength) {
-      throw new ChunkCorruptError(idHex(id), place.pack, `pack is ${row.storedLength - got} bytes short`);
+    return this.readLocated(id, place.pack, this.chunkIndex.location(place, id), codec);
+  }
+
+  /**
+   * The chunk id at `at` in its pack, decompressed and checked against id. With `into`
+   * (its raw length), the chunk lands there: read straight into it when stored as it is.
+   */
+  private async readLocated(id: Uint8Array, pack: string, at: ChunkLocation, codec: ChunkCodec, into?: Uint8Array): Promise<Uint8Array> {
+    if (into && into.length !== at.rawLength) throw new ChunkCorruptError(idHex(id), pack, `the index gives ${at.rawLength} raw bytes, ${into.length} expected`);
+    const direct = into !== undefined && at.compression === Compression.None && at.storedLength === at.rawLength;
+    const stored = direct ? into : Buffer.allocUnsafe(at.storedLength);
+    const got = await this.readPackInto(pack, at.offset, stored);
+    if (got !== at.storedLength) {
+      throw new ChunkCorruptError(idHex(id), pack, `pack is ${at.storedLength - got} bytes short`);
     }
     let raw: Uint8Array;
-    if (row.compression === Compression.Lz4) {
+    if (at.compression === Compression.Lz4) {
       try {
-        raw = codec.decompress(stored, row.rawLength);
+        raw = codec.decompress(stored, at.rawLength);
       } catch (e) {
-        throw new ChunkCorruptError(idHex(id), place.pack, `does not decompress: ${(e as Error).message}`);
+        throw new ChunkCorruptError(idHex(id), pack, `does not decompress: ${(e as Error).message}`);
       }
     } else {
       raw = stored;
     }
     const actual = codec.chunkId(raw);
     if (Buffer.compare(actual, id) !== 0) {
-      throw new ChunkCorruptError(idHex(id), place.pack, `its content hashes to ${idHex(actual)}`);
+      throw new ChunkCorruptError(idHex(id), pack, `its content hashes to ${idHex(actual)}`);
     }
-    return raw;
+    if (!into) return raw;
+    if (!direct) into.set(raw);
+    return into;
   }
 
   newChunkWriter(codec: ChunkCodec): ChunkWriter {
@@ -922,24 +935,32 @@ export class Repository {
     })));
   }
 
-  /** A manifest's block ids: as stored, or, for an indirect one, read from its parts. */
+  /**
+   * A manifest's block ids: as stored, or, for an indirect one, read from its parts. The
+   * parts are located at once and each is read straight into its place in the result (a
+   * 1 GiB job's 64 parts, one by one, took ~60 ms of a restore's start here).
+   */
   async manifestIds(data: Uint8Array, indirect: boolean, codec: ChunkCodec): Promise<Uint8Array> {
     if (!indirect) return new Uint8Array(data);
-    const parts: Uint8Array[] = [];
-    let bytes = 0;
-    for (let i = 0; i < data.length / CHUNK_ID_BYTES; i++) {
-      const part = await this.readChunk(data.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), codec);
-      parts.push(part);
-      bytes += part.length;
+    try {
+      const where = this.locateChunks(data);
+      const ids = new Uint8Array(where.rawLength.reduce((sum, n) => sum + n, 0));
+      const reads: Promise<Uint8Array>[] = [];
+      let at = 0;
+      for (let k = 0; k < where.rawLength.length; k++) {
+        const into = ids.subarray(at, at + where.rawLength[k]!);
+        at += into.length;
+        const place = { offset: where.offset[k]!, storedLength: where.storedLength[k]!, rawLength: where.rawLength[k]!, compression: where.compression[k]! };
+        reads.push(this.readLocated(data.subarray(k * CHUNK_ID_BYTES, (k + 1) * CHUNK_ID_BYTES), where.packs[where.packIndex[k]!]!, place, codec, into));
+        // Reads go out a few at a time: on an S3 store each is a ranged GET.
+        if (reads.length === MANIFEST_PART_READS_IN_FLIGHT) await Promise.all(reads.splice(0));
+      }
+      await Promise.all(reads);
+      return ids;
+    } catch (e) {
+      this.noteReadFailure(e);
+      throw e;
     }
-    // One copy: a large job's ids are MiBs, and fresh memory costs a page fault per 4 KiB.
-    const ids = new Uint8Array(bytes);
-    let at = 0;
-    for (const part of parts) {
-      ids.set(part, at);
-      at += part.length;
-    }
-    return ids;
   }
 
   // ---- the index as a cache of the objects ----------------------------------------------
