@@ -9,9 +9,12 @@ import { Repository } from '../src/store/repository.js';
 export interface StageTimes {
   /**
    * Ingest.addPages + finishPages + imageDirectory: the streamed pages read off CRIU's
-   * socket (waits for CRIU included), hashed, stored; the small image files (ms).
+   * socket (waits for CRIU included), hashed, stored; the small image files (ms). A
+   * pre-copy's reads are in it too (precopyMs).
    */
   ingestMs: number;
+  /** A first checkpoint's pre-copy while the job runs, from TrackingSession.precopyTargets to usePrecopy (ms; 0: none). */
+  precopyMs: number;
   /** Repository.commitCheckpoint: manifests, pack finish + fsync, the SQLite transaction (ms). */
   commitMs: number;
   /** TrackingSession.whileFrozen: eBPF drain + PAGEMAP_SCAN, inside the freeze (ms). */
@@ -22,7 +25,7 @@ export interface StageTimes {
   dirtyFraction: number | null;
   notes: string[];
   /** Which stages could be timed (false: the method is gone, the value is 0). */
-  timed: { ingest: boolean; commit: boolean; scan: boolean; committed: boolean };
+  timed: { ingest: boolean; precopy: boolean; commit: boolean; scan: boolean; committed: boolean };
 }
 
 type AnyFn = (...args: unknown[]) => unknown;
@@ -36,12 +39,13 @@ export class StageTimers {
   private static empty(): StageTimes {
     return {
       ingestMs: 0,
+      precopyMs: 0,
       commitMs: 0,
       scanMs: 0,
       committedMs: 0,
       dirtyFraction: null,
       notes: [],
-      timed: { ingest: false, commit: false, scan: false, committed: false },
+      timed: { ingest: false, precopy: false, commit: false, scan: false, committed: false },
     };
   }
 
@@ -57,6 +61,9 @@ export class StageTimers {
       if (frozen) this.onFrozen?.(frozen);
     });
     this.wrap(TrackingSession.prototype, 'committed', 'committed', (ms) => (t().committedMs += ms));
+    let precopyStarted = 0;
+    this.wrap(TrackingSession.prototype, 'precopyTargets', 'precopy', () => (precopyStarted = performance.now()));
+    this.wrap(TrackingSession.prototype, 'usePrecopy', 'precopy', () => (t().precopyMs += performance.now() - precopyStarted));
   }
 
   /** Starts a new measurement; returns the previous one. */

@@ -52,6 +52,9 @@ describe(`a job using ${Math.round(MEM_FRACTION * 100)}% of the machine's memory
     const full = await checkpoint();
     expect(full.mode).toBe('full');
     expect(full.pagesTotal).toBeGreaterThanOrEqual((regionMib * MIB) / 4096);
+    // Pre-copied while the job ran (it writes nothing until told): the freeze read next to nothing.
+    expect(full.note).toMatch(/pages pre-copied in/);
+    expect(full.pagesClean).toBeGreaterThan(full.pagesTotal * 0.9);
     expect(alive(pid)).toBe(true);
     process.kill(pid, 'SIGUSR2');
     await waitFor(() => /^tick 1 at/m.test(sb.jobLog('huge')), 'tick 1');
@@ -61,6 +64,7 @@ describe(`a job using ${Math.round(MEM_FRACTION * 100)}% of the machine's memory
     expect(alive(pid)).toBe(true);
     // The controller took both checkpoints: its own high-water mark.
     console.log(`peak RSS of crinc run after two checkpoints: ${(vmHwmKib(controller.pid!) / 1024).toFixed(0)} MiB`);
+    console.log(`frozen: ${full.freezeMs.toFixed(0)} ms (full, pre-copied in its ${(full.durationMs / 1000).toFixed(1)} s), ${incremental.freezeMs.toFixed(0)} ms (incremental)`);
 
     await killAndWait(pid);
     await waitFor(() => controller.exitCode !== null || controller.signalCode !== null, 'crinc run to end with its job', 60_000);

@@ -15,6 +15,7 @@ import { DumpStream } from './dump-stream.js';
 import { type CleanPages, Ingest, MIN_COMPRESSION_SAVINGS, NO_CLEAN_PAGES, type PageIndex, type ProgressCallback, TrackingMissError } from './ingest.js';
 import type { FrozenTracking, TrackingSession } from './tracking-session.js';
 import { type CapturedFile, captureJobFiles, jobFileManifests } from './job-files.js';
+import { type Precopied, precopy } from './precopy.js';
 import { isRunning, processTree } from './procfs.js';
 import { applyStoredRetention } from './retention.js';
 
@@ -128,16 +129,21 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     // crinc's work inside the freeze, at CRIU's first open of a pagemap: CRIU waits for
     // the answer with the whole tree frozen. A failure there fails the dump (the job thaws).
     const stagingPath = realpathSync(staging); // as /proc's fd links name it
+    let precopied: Precopied | undefined;
     const atFreeze = (): CleanPages => {
       faultPoint('checkpoint-while-frozen');
       takenAt = Date.now();
       frozen = tracking?.whileFrozen();
+      if (frozen && precopied) frozen.notes.push(precopyNote(precopied));
       captured = captureJobFiles(pid, filesDir, previousFiles, stagingPath);
       return frozen?.clean ?? NO_CLEAN_PAGES;
     };
     const stream = new DumpStream(ingest, imagesDir, atFreeze, options.signal, teeDir);
     let committing = false;
     try {
+      // A first checkpoint with tracking armed reads the job's memory while it runs: the freeze then reads only what changed.
+      precopied = tracking ? await precopy(tracking, codecs, repo, writer, options.signal, options.onProgress) : undefined;
+      if (precopied) ingest.prepareIds(new Map([...precopied.pages].map(([nsPid, pages]) => [nsPid, pages.addresses.length])));
       await dump({ pid, imagesDir, workDir, pages: stream });
       // CRIU opens every process's pagemap, empty or not (criu/mem.c): without one, crinc
       // never saw the tree frozen.
@@ -164,7 +170,8 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
         writer.abandon();
       }
       // The scan (if it ran) cleared the written bits: only a full checkpoint is sound next.
-      if (frozen) tracking?.failed();
+      // A pre-copy's chunks were abandoned with the writer: its ids must not be reused.
+      if (frozen || precopied) tracking?.failed();
       throw e;
     } finally {
       if (teeDir) rmSync(teeDir, { recursive: true, force: true });
@@ -174,6 +181,11 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     storeLock?.release();
     lock.release();
   }
+}
+
+function precopyNote(p: Precopied): string {
+  const skipped = p.skipped.length > 0 ? ` (not process${p.skipped.length > 1 ? 'es' : ''} ${p.skipped.join(', ')}, changed under the read)` : '';
+  return `${p.pageCount} pages pre-copied in ${(p.ms / 1000).toFixed(1)} s while the job ran${skipped}`;
 }
 
 /** The job's resident memory, the size the page stream will have (for a progress line). */
@@ -233,7 +245,8 @@ async function commitImages(repo: Repository, input: CommitInput): Promise<{ che
       job: jobName,
       kind: 'checkpoint',
       takenAt,
-      mode: clean === NO_CLEAN_PAGES ? 'full' : 'incremental',
+      // Pages reused from a pre-copy were read by this checkpoint too: it is a full one.
+      mode: clean !== NO_CLEAN_PAGES && frozen?.reference === 'checkpoint' ? 'incremental' : 'full',
       rootPid: pid,
       imageBytes: ingest.stats.imageBytes,
       pagesTotal: ingest.stats.pagesTotal,

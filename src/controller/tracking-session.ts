@@ -42,6 +42,8 @@ interface TrackedProcess {
 /** What the freeze-time part of a checkpoint learned, until the checkpoint commits or fails. */
 export interface FrozenTracking {
   clean: CleanPages;
+  /** What the clean pages' ids come from: the previous checkpoint, a pre-copy of this one, or nothing (none clean). */
+  reference: 'checkpoint' | 'precopy' | null;
   /** Why pages were not reused, one line per reason (empty when all tracking held). */
   notes: string[];
   dirtyFraction: number | null;
@@ -96,9 +98,24 @@ export function namespacePid(hostPid: number): number {
   return Number(pids[pids.length - 1]);
 }
 
+/** One process a pre-copy may read while the job runs (TrackingSession.precopyTargets). */
+export interface PrecopyTarget {
+  hostPid: number;
+  /** Its PID inside the image. */
+  nsPid: number;
+  /** The pages that hold private data now, at ascending addresses. */
+  ranges: Range[];
+  /** Fills `into` with its memory from vaddr on; throws a WriteTrackingError when that is no longer mapped. */
+  read(vaddr: number, into: Uint8Array): void;
+  /** Its tracker's scans before the pre-copy: the freeze's scan must be the next one. */
+  scansBefore: number;
+}
+
 export class TrackingSession {
   private readonly processes = new Map<number, TrackedProcess>();
   private baseline: PageIndex | null = null;
+  /** Pages read by a pre-copy since the previous scan: the next freeze's reference when there is no baseline. */
+  private precopy: { pages: PageIndex; scansBefore: Map<number, number> } | null = null;
   private activity = emptyActivity();
   private disarmed = false;
   private pendingFrozen: { dirtyFraction: number | null } | null = null;
@@ -164,10 +181,51 @@ export class TrackingSession {
   }
 
   /**
+   * The processes a pre-copy may read now, while the job runs, when the next checkpoint
+   * has no baseline to reuse pages from (a job's first checkpoint) and tracking is armed.
+   * Each is scanned first, running: the scan only forgets what was written so far (no
+   * write is lost: each page is reported and protected again at once). A page the
+   * freeze's scan then reports clean was not written since, so what the pre-copy reads
+   * after this is what it holds at the freeze.
+   */
+  precopyTargets(): PrecopyTarget[] {
+    this.precopy = null;
+    if (this.baseline !== null || this.disarmed) return [];
+    const targets: PrecopyTarget[] = [];
+    for (const p of this.processes.values()) {
+      const tracker = p.tracker;
+      if (!tracker) continue;
+      try {
+        tracker.forgetWritten();
+        targets.push({ hostPid: p.hostPid, nsPid: p.nsPid, ranges: tracker.privatePages(), read: (vaddr, into) => tracker.readMemory(vaddr, into), scansBefore: tracker.scanCount });
+      } catch (e) {
+        if (e instanceof TrackingLostError) {
+          // A scan cut short may have protected pages it did not report: this tracker can no longer tell.
+          tracker.close();
+          p.tracker = null;
+          p.problem = e.message;
+          continue;
+        }
+        // Ended since: nothing to read.
+        if (!isGone(e)) throw e;
+      }
+    }
+    return targets;
+  }
+
+  /** The pages a pre-copy read (by PID inside the image), and each process's scans before it. */
+  usePrecopy(pages: PageIndex, scansBefore: Map<number, number>): void {
+    this.precopy = { pages, scansBefore };
+  }
+
+  /**
    * While the job is frozen for a checkpoint: drain eBPF, register new VMAs and scan
    * every tracked process. Returns what the ingest may reuse.
    */
   whileFrozen(): FrozenTracking {
+    // A pre-copy is for this freeze only, and only stands in for a missing baseline.
+    const precopy = this.baseline === null ? this.precopy : null;
+    this.precopy = null;
     this.absorb(this.bpf.drain());
     const a = this.activity;
     const notes: string[] = [];
@@ -193,13 +251,22 @@ export class TrackingSession {
       try {
         p.tracker.registerNew();
         const scan = p.tracker.scan();
-        if (scan.sequence < 2) {
+        // Nothing scanned between the pre-copy's read and now: clean means unchanged since read.
+        const sincePrecopy = precopy !== null && precopy.scansBefore.get(p.nsPid) === scan.sequence - 1;
+        if (scan.sequence < 2 && !sincePrecopy) {
           // Relative to the arming, not to a checkpoint: no clean pages, no dirty rate.
           notes.push(`process ${pid}: tracking starts at this checkpoint`);
           continue;
         }
-        trackedPages += pageCount(scan.tracked);
-        dirtyPages += pageCount(scan.dirty);
+        // The dirty rate is that of an interval between checkpoints, not of a pre-copy's few seconds.
+        if (!sincePrecopy) {
+          trackedPages += pageCount(scan.tracked);
+          dirtyPages += pageCount(scan.dirty);
+        }
+        if (precopy !== null && !sincePrecopy) {
+          notes.push(`process ${pid} was not pre-copied: all its pages hashed`);
+          continue;
+        }
         const changed = a.changedRanges.get(pid) ?? [];
         cleanByNsPid.set(p.nsPid, subtract(subtract(scan.tracked, scan.dirty), changed));
       } catch (e) {
@@ -211,9 +278,10 @@ export class TrackingSession {
       }
     }
     if (!a.complete) notes.push(`tracking incomplete: ${a.incompleteBecause.join('; ')}`);
-    const baseline = this.baseline;
-    const usable = baseline !== null && a.complete && !this.disarmed;
-    if (baseline === null) notes.push('no baseline: the previous checkpoint was not taken by this controller');
+    const reference = this.baseline ?? precopy?.pages ?? null;
+    const usable = reference !== null && a.complete && !this.disarmed;
+    if (this.baseline === null && precopy !== null) notes.push('pre-copied while the job ran: pages not written since were not read again');
+    else if (this.baseline === null) notes.push('no baseline: the previous checkpoint was not taken by this controller');
     if (this.disarmed) notes.push('tracking disarmed (most pages written every interval)');
     const dirtyFraction = trackedPages > 0 ? dirtyPages / trackedPages : null;
     this.pendingFrozen = { dirtyFraction };
@@ -222,11 +290,12 @@ export class TrackingSession {
         ? {
             forProcess(nsPid: number) {
               const clean = cleanByNsPid.get(nsPid);
-              const pages = baseline.get(nsPid);
+              const pages = reference.get(nsPid);
               return clean && pages ? { clean, baseline: pages } : undefined;
             },
           }
         : NO_CLEAN_PAGES,
+      reference: usable ? (this.baseline !== null ? 'checkpoint' : 'precopy') : null,
       notes,
       dirtyFraction,
     };
@@ -243,6 +312,7 @@ export class TrackingSession {
   committed(pages: PageIndex): void {
     const previous = this.baseline;
     this.baseline = pages;
+    this.precopy = null;
     this.activity = emptyActivity();
     const fraction = this.pendingFrozen?.dirtyFraction ?? null;
     this.pendingFrozen = null;
@@ -257,6 +327,7 @@ export class TrackingSession {
   /** The checkpoint failed after the scan cleared the written bits: the next must be full. */
   failed(): void {
     this.baseline = null;
+    this.precopy = null;
     this.pendingFrozen = null;
   }
 

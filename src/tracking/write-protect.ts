@@ -110,6 +110,18 @@ export class TrackingLostError extends WriteTrackingError {
   }
 }
 
+/** Memory of a running process could not be read: the range was unmapped meanwhile, or the process ended. */
+export class MemoryUnreadableError extends WriteTrackingError {
+  override name = 'MemoryUnreadableError';
+  constructor(
+    readonly pid: number,
+    readonly vaddr: number,
+    reason: string,
+  ) {
+    super(`memory of process ${pid} at 0x${vaddr.toString(16)} could not be read: ${reason}`);
+  }
+}
+
 /** The kernel lacks what tracking needs (userfaultfd async WP, PAGEMAP_SCAN). */
 export class WriteTrackingUnsupportedError extends WriteTrackingError {
   override name = 'WriteTrackingUnsupportedError';
@@ -370,6 +382,47 @@ export class WriteTracker {
   /** Registered ranges as of the latest scan, arm or registerNew. */
   armedRanges(): Range[] {
     return union(this.armedAtScan, this.registeredSinceScan);
+  }
+
+  /**
+   * A scan of the running process whose result is dropped: from here on, scan() reports
+   * only what is written after this (a pre-copy reads the memory next). No write gets
+   * lost, as each page is reported and protected again at once; only the layout may move
+   * under the walk, which the next scan, frozen, accounts for.
+   */
+  forgetWritten(): void {
+    this.scan();
+  }
+
+  /** Scans taken so far: the next scan's sequence is this plus one. */
+  get scanCount(): number {
+    return this.scans;
+  }
+
+  /**
+   * Pages that hold private data now (what CRIU would dump), in the registered VMAs. Read
+   * while the process runs, for a pre-copy: its layout may move on meanwhile, and the next
+   * scan tells which pages stayed as they were.
+   */
+  privatePages(): Range[] {
+    this.assertAlive();
+    return this.queryPopulated(this.queryRegistered());
+  }
+
+  /** Fills `into` with the process's memory from vaddr on (through /proc/PID/mem, bound to this address space). */
+  readMemory(vaddr: number, into: Uint8Array): void {
+    let done = 0;
+    while (done < into.length) {
+      let n: number;
+      try {
+        n = readSync(this.memFd, into, done, into.length - done, vaddr + done);
+      } catch (e) {
+        // EIO: not mapped (any more); ESRCH: the process is gone.
+        throw new MemoryUnreadableError(this.pid, vaddr + done, (e as NodeJS.ErrnoException).code ?? String(e));
+      }
+      if (n === 0) throw new MemoryUnreadableError(this.pid, vaddr + done, 'the address space ended');
+      done += n;
+    }
   }
 
   /** Writable private VMAs that could not be registered at the latest attempt, and why. */
