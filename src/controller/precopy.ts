@@ -2,9 +2,10 @@
 // runs, so that the freeze reads only what changed since. Without it, every page of a
 // first checkpoint crosses the page stream, is hashed and is written into a pack while
 // the job is frozen (~3× a bare `criu dump` per GiB here). Sound by the tracking rule:
-// tracking is armed before the pre-copy reads, and a page the freeze's scan reports clean
-// was not written since the scan (or arming) before that read, so what was read is what
-// the page holds at the freeze. CRIU's pre-dump does the same with soft-dirty bits.
+// each process is scanned, running, just before its pages are read (which only forgets
+// what was written so far), and a page the freeze's scan reports clean was not written
+// since, so what was read is what the page holds at the freeze. CRIU's pre-dump does the
+// same with soft-dirty bits.
 import type { PageSource } from '../criu/page-server.js';
 import { PAGE_BYTES } from '../store/format.js';
 import type { ChunkWriter, Repository } from '../store/repository.js';
