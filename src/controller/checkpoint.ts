@@ -123,7 +123,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     const ingest = new Ingest(codecs, repo, writer, verify && tracking !== undefined);
     ingest.onProgress = options.onProgress;
     ingest.progressTotal = residentBytes(pid);
-    if (reusesCleanPages) ingest.prepareIds(options.tracking!.baselinePageCounts());
+    if (reusesCleanPages) ingest.prepareIds(options.tracking!.baselinePages());
     if (options.keepImagesDir) mkdirSync(options.keepImagesDir, { recursive: true, mode: 0o700 });
     const teeDir = options.keepImagesDir ? mkdtempSync(join(options.keepImagesDir, '.streaming-')) : undefined;
     // crinc's work inside the freeze, at CRIU's first open of a pagemap: CRIU waits for
@@ -143,7 +143,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     try {
       // A first checkpoint with tracking armed reads the job's memory while it runs: the freeze then reads only what changed.
       precopied = tracking ? await precopy(tracking, codecs, repo, writer, options.signal, options.onProgress) : undefined;
-      if (precopied) ingest.prepareIds(new Map([...precopied.pages].map(([nsPid, pages]) => [nsPid, pages.addresses.length])));
+      if (precopied) ingest.prepareIds(precopied.pages);
       await dump({ pid, imagesDir, workDir, pages: stream });
       // CRIU opens every process's pagemap, empty or not (criu/mem.c): without one, crinc
       // never saw the tree frozen.

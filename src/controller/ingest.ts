@@ -122,7 +122,7 @@ export class PageStream {
   ids: Uint8Array;
   private readonly addresses = new PageRuns();
 
-  /** @param prepared room for the ids allocated before the freeze (Ingest.prepareIds), used if large enough. */
+  /** @param prepared room for the ids allocated before the freeze (Ingest.prepareIds), sized as below from the same pages. */
   constructor(
     readonly name: string,
     readonly pid: number | null,
@@ -131,7 +131,7 @@ export class PageStream {
   ) {
     // As many pages as the baseline had: an incremental checkpoint's ids need not grow.
     const expected = cursor ? baselineRoom(cursor.baseline.addresses.length) : STREAM_INITIAL_PAGES;
-    this.ids = prepared && prepared.length >= expected * CHUNK_ID_BYTES ? prepared : new Uint8Array(expected * CHUNK_ID_BYTES);
+    this.ids = prepared ?? new Uint8Array(expected * CHUNK_ID_BYTES);
   }
 
   /** Appends a run of pages; returns the index of its first page (its ids are filled in later). */
@@ -276,13 +276,13 @@ export class Ingest {
   }
 
   /**
-   * Allocates, and writes to, the ids' room of each process whose baseline page count is
-   * given (by its PID inside the image), before the freeze: fresh memory costs a page
-   * fault per 4 KiB (15-30 µs here), ~15 ms per GiB of job that would otherwise fall
-   * inside it.
+   * Allocates, and writes to, the ids' room of each process of the pages clean pages will
+   * be reused from (the baseline or a pre-copy, by PID inside the image), before the
+   * freeze: fresh memory costs a page fault per 4 KiB (15-30 µs here), ~15 ms per GiB of
+   * job that would otherwise fall inside it.
    */
-  prepareIds(baselinePages: ReadonlyMap<number, number>): void {
-    for (const [pid, pages] of baselinePages) this.preparedIds.set(pid, new Uint8Array(baselineRoom(pages) * CHUNK_ID_BYTES).fill(0));
+  prepareIds(reference: PageIndex): void {
+    for (const [pid, pages] of reference) this.preparedIds.set(pid, new Uint8Array(baselineRoom(pages.addresses.length) * CHUNK_ID_BYTES).fill(0));
   }
 
   /**

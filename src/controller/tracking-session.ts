@@ -196,8 +196,8 @@ export class TrackingSession {
       const tracker = p.tracker;
       if (!tracker) continue;
       try {
-        tracker.forgetWritten();
-        targets.push({ hostPid: p.hostPid, nsPid: p.nsPid, ranges: tracker.privatePages(), read: (vaddr, into) => tracker.readMemory(vaddr, into), scansBefore: tracker.scanCount });
+        const ranges = tracker.forgetWritten();
+        targets.push({ hostPid: p.hostPid, nsPid: p.nsPid, ranges, read: (vaddr, into) => tracker.readMemory(vaddr, into), scansBefore: tracker.scanCount });
       } catch (e) {
         if (e instanceof TrackingLostError) {
           // A scan cut short may have protected pages it did not report: this tracker can no longer tell.
@@ -301,11 +301,9 @@ export class TrackingSession {
     };
   }
 
-  /** Page counts of the baseline's processes, by PID inside the image (none without a baseline). */
-  baselinePageCounts(): Map<number, number> {
-    const counts = new Map<number, number>();
-    if (this.hasBaseline) for (const [pid, pages] of this.baseline!) counts.set(pid, pages.addresses.length);
-    return counts;
+  /** The baseline's pages, by PID inside the image (none without a baseline). */
+  baselinePages(): PageIndex {
+    return this.hasBaseline ? this.baseline! : new Map();
   }
 
   /** The checkpoint committed: it is the next baseline. Adapts arming, arms new processes. */

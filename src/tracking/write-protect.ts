@@ -385,28 +385,20 @@ export class WriteTracker {
   }
 
   /**
-   * A scan of the running process whose result is dropped: from here on, scan() reports
-   * only what is written after this (a pre-copy reads the memory next). No write gets
-   * lost, as each page is reported and protected again at once; only the layout may move
-   * under the walk, which the next scan, frozen, accounts for.
+   * A scan of the running process whose written pages are dropped: from here on, scan()
+   * reports only what is written after this (a pre-copy reads the memory next). No write
+   * gets lost, as each page is reported and protected again at once; only the layout may
+   * move under the walk, which the next scan, frozen, accounts for. Returns the pages that
+   * hold private data (what CRIU would dump) in the registered VMAs, as the scan found them.
    */
-  forgetWritten(): void {
+  forgetWritten(): Range[] {
     this.scan();
+    return this.populatedAtScan;
   }
 
   /** Scans taken so far: the next scan's sequence is this plus one. */
   get scanCount(): number {
     return this.scans;
-  }
-
-  /**
-   * Pages that hold private data now (what CRIU would dump), in the registered VMAs. Read
-   * while the process runs, for a pre-copy: its layout may move on meanwhile, and the next
-   * scan tells which pages stayed as they were.
-   */
-  privatePages(): Range[] {
-    this.assertAlive();
-    return this.queryPopulated(this.queryRegistered());
   }
 
   /** Fills `into` with the process's memory from vaddr on (through /proc/PID/mem, bound to this address space). */
