@@ -31,6 +31,7 @@ import {
   RunWriter,
   sortedOrder,
   sortIds,
+  WordScratch,
 } from './index-run.js';
 import { encodePackIndex } from './objects.js';
 import { type PackedChunks, packTablePath } from './pack.js';
@@ -98,6 +99,10 @@ export class ChunkIndex {
   private known = new IdSet();
   /** findMany's walks read spans into this one buffer (it runs to the end synchronously). */
   private readonly walkSpan = newRunSpan();
+  /** findMany's sort, its lists of ids not yet found and their tails, kept between calls (WordScratch). */
+  private readonly sortScratch = new WordScratch();
+  private readonly leftScratch = new WordScratch();
+  private readonly tailScratch = new WordScratch();
   readonly runsDir: string;
 
   constructor(
@@ -205,8 +210,12 @@ export class ChunkIndex {
     const ordinal = new Int32Array(count);
     const packs: string[] = [];
     const packNumbers = new Map<string, number>();
-    const sorted = sortIds(ids, count);
+    const sorted = sortIds(ids, count, CHUNK_ID_BYTES, this.sortScratch);
     let wanted = sorted.order;
+    // Two pairs of lists (ids left, their prefixes), one per run in turn: a run's left
+    // ones are the next run's wanted.
+    const lists = this.leftScratch.take(count, 4);
+    let turn = 0;
     // wantedPrefixes[j] is idPrefix of wanted[j]: most comparisons end at these four bytes.
     let wantedPrefixes = sorted.prefixes;
     let idWords: Uint32Array | undefined;
@@ -224,72 +233,16 @@ export class ChunkIndex {
         packIndex[k] = numberOf[pack]!;
         ordinal[k] = ord;
       };
-      const left = new Uint32Array(wanted.length);
-      const leftPrefixes = new Uint32Array(wanted.length);
+      const left = lists[2 * turn]!;
+      const leftPrefixes = lists[2 * turn + 1]!;
+      turn ^= 1;
       let leftCount = 0;
       const blocks = Math.ceil(run.reader.entries / RUN_BLOCK_ENTRIES);
       if (wanted.length >= blocks * WALK_SHARE) {
-        // A merge join of two sorted lists: a tight step through each loaded span, a
-        // gallop on whichever side lags further.
-        const cursor = new RunCursor(run.reader, 0, this.walkSpan);
-        const n = wanted.length;
         idWords ??= wordsOf(ids);
-        let j = 0;
-        while (j < n && cursor.load()) {
-          const span = cursor.span;
-          let at = cursor.at;
-          const end = at + cursor.loadedAhead * RUN_ENTRY_BYTES;
-          let skipped = 0;
-          let seek = false;
-          while (at < end && j < n) {
-            const k = wanted[j]!;
-            const prefix = wantedPrefixes[j]!;
-            const entryPrefix = idPrefix(span, at);
-            let c = entryPrefix - prefix;
-            // Equal prefixes: the rest as three words (the id found, nearly always), in byte order only when they differ.
-            if (c === 0 && !(span.readUInt32LE(at + 4) === idWords[k * 4 + 1] && span.readUInt32LE(at + 8) === idWords[k * 4 + 2] && span.readUInt32LE(at + 12) === idWords[k * 4 + 3])) {
-              c = compareIds(span, at, ids, k * CHUNK_ID_BYTES);
-            }
-            if (c < 0) {
-              // An entry not wanted: step over a few, then let the cursor jump.
-              at += RUN_ENTRY_BYTES;
-              if (++skipped > WALK_STEPS_BEFORE_SEEK) {
-                seek = true;
-                break;
-              }
-            } else if (c > 0) {
-              const from = j;
-              j = gallopTo(ids, wanted, wantedPrefixes, j, span, at, entryPrefix);
-              for (let x = from; x < j; x++) {
-                left[leftCount] = wanted[x]!;
-                leftPrefixes[leftCount++] = wantedPrefixes[x]!;
-              }
-            } else {
-              skipped = 0;
-              const pack = entryPack(span, at);
-              const ord = entryOrdinal(span, at);
-              const alive = run.alive[pack] === 1;
-              // Every repeat of the id among the wanted.
-              do {
-                if (alive) {
-                  place(wanted[j]!, pack, ord);
-                } else {
-                  left[leftCount] = wanted[j]!;
-                  leftPrefixes[leftCount++] = prefix;
-                }
-                j++;
-              } while (j < n && wantedPrefixes[j] === prefix && compareIds(ids, wanted[j]! * CHUNK_ID_BYTES, ids, k * CHUNK_ID_BYTES) === 0);
-              at += RUN_ENTRY_BYTES;
-            }
-          }
-          if (at < end) cursor.moveToLoaded(at);
-          else cursor.position += cursor.loadedAhead; // past the span: load() reads the next
-          if (seek && j < n) cursor.seek(ids, wanted[j]! * CHUNK_ID_BYTES);
-        }
-        for (; j < n; j++) {
-          left[leftCount] = wanted[j]!;
-          leftPrefixes[leftCount++] = wantedPrefixes[j]!;
-        }
+        const tailWords = this.tailScratch.take(wanted.length * 3, 1)[0]!;
+        const tails = new Int32Array(tailWords.buffer, tailWords.byteOffset, tailWords.length);
+        leftCount = walkRun(run, this.walkSpan, ids, idWords, wanted, wantedPrefixes, tails, left, leftPrefixes, place);
       } else {
         for (let x = 0; x < wanted.length; x++) {
           const k = wanted[x]!;
@@ -671,8 +624,107 @@ export class RunSegments {
   }
 }
 
+/**
+ * The merge join of one run with the wanted ids (sorted; their prefixes, and their tails
+ * filled here in walk order), a tight step through each loaded span and a gallop on
+ * whichever side lags further: each id found in a listed pack goes to place(), the others
+ * to left and leftPrefixes, for the next run. Returns how many were left. A function of
+ * its own: V8 compiles a function anew each time its feedback changes, which took
+ * findMany's whole body 50-85 ms here, while the walk ran unoptimized.
+ */
+function walkRun(
+  run: OpenRun,
+  walkSpan: Buffer,
+  ids: Uint8Array,
+  idWords: Uint32Array,
+  wanted: Uint32Array,
+  wantedPrefixes: Uint32Array,
+  tails: Int32Array,
+  left: Uint32Array,
+  leftPrefixes: Uint32Array,
+  place: (k: number, pack: number, ord: number) => void,
+): number {
+  let leftCount = 0;
+  const cursor = new RunCursor(run.reader, 0, walkSpan);
+  const n = wanted.length;
+  // The wanted ids' last twelve bytes in walk order: read in step with the walk, where
+  // reading them by index would miss the cache at every id.
+  for (let x = 0; x < n; x++) {
+    const w = wanted[x]! * 4;
+    tails[x * 3] = idWords[w + 1]! | 0;
+    tails[x * 3 + 1] = idWords[w + 2]! | 0;
+    tails[x * 3 + 2] = idWords[w + 3]! | 0;
+  }
+  let j = 0;
+  while (j < n && cursor.load()) {
+    const span = cursor.span;
+    let at = cursor.at;
+    const end = at + cursor.loadedAhead * RUN_ENTRY_BYTES;
+    let skipped = 0;
+    let seek = false;
+    while (at < end && j < n) {
+      const k = wanted[j]!;
+      const prefix = wantedPrefixes[j]!;
+      const entryPrefix = idPrefix(span, at);
+      let c = entryPrefix - prefix;
+      // Equal prefixes: the rest as three words (the id found, nearly always), in byte order only when they differ.
+      if (c === 0 && !(i32At(span, at + 4) === tails[j * 3] && i32At(span, at + 8) === tails[j * 3 + 1] && i32At(span, at + 12) === tails[j * 3 + 2])) {
+        c = compareIds(span, at, ids, k * CHUNK_ID_BYTES);
+      }
+      if (c < 0) {
+        // An entry not wanted: step over a few, then let the cursor jump.
+        at += RUN_ENTRY_BYTES;
+        if (++skipped > WALK_STEPS_BEFORE_SEEK) {
+          seek = true;
+          break;
+        }
+      } else if (c > 0) {
+        const from = j;
+        j = gallopTo(ids, wanted, wantedPrefixes, j, span, at, entryPrefix);
+        for (let x = from; x < j; x++) {
+          left[leftCount] = wanted[x]!;
+          leftPrefixes[leftCount++] = wantedPrefixes[x]!;
+        }
+      } else {
+        skipped = 0;
+        const pack = entryPack(span, at);
+        const ord = entryOrdinal(span, at);
+        const alive = run.alive[pack] === 1;
+        // Every repeat of the id among the wanted.
+        do {
+          if (alive) {
+            place(wanted[j]!, pack, ord);
+          } else {
+            left[leftCount] = wanted[j]!;
+            leftPrefixes[leftCount++] = prefix;
+          }
+          j++;
+        } while (j < n && wantedPrefixes[j] === prefix && compareIds(ids, wanted[j]! * CHUNK_ID_BYTES, ids, k * CHUNK_ID_BYTES) === 0);
+        at += RUN_ENTRY_BYTES;
+      }
+    }
+    if (at < end) cursor.moveToLoaded(at);
+    else cursor.position += cursor.loadedAhead; // past the span: load() reads the next
+    if (seek && j < n) cursor.seek(ids, wanted[j]! * CHUNK_ID_BYTES);
+  }
+  for (; j < n; j++) {
+    left[leftCount] = wanted[j]!;
+    leftPrefixes[leftCount++] = wantedPrefixes[j]!;
+  }
+  return leftCount;
+}
+
 /** A concurrent merge took some of the runs this one read: its result is dropped. */
 class RunsChangedError extends Error {}
+
+/**
+ * The little-endian word at b[at..] as an int32 (a run entry's words are not aligned):
+ * inlined where Buffer.readUInt32LE is a call, and a small integer to V8 where a u32 of
+ * 2^31 or more is a heap number (a deoptimization on first sight).
+ */
+function i32At(b: Uint8Array, at: number): number {
+  return b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24);
+}
 
 /** The bytes as u32 words (a copy when they do not start on a 4-byte boundary). */
 function wordsOf(b: Uint8Array): Uint32Array {
