@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { CriuError, dump } from '../criu/criu.js';
 import { type DumpStats, readDumpStats } from '../criu/images.js';
 import type { CheckpointRecord, ChunkWriter, FileManifest, Repository } from '../store/repository.js';
+import { PAGE_BYTES } from '../store/format.js';
 import type { StoreLock } from '../store/store-lock.js';
 import { faultPoint } from '../sys/fault.js';
 import { isGone } from '../sys/proc.js';
@@ -118,11 +119,13 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     let frozen: FrozenTracking | undefined;
     const { tracking } = options;
     const verify = Boolean(options.verifyTracking);
-    const writer = repo.newChunkWriter(codecs.chunks);
+    const resident = residentBytes(pid);
+    // Without clean pages to reuse, most of the job's pages may be new.
+    const writer = repo.newChunkWriter(codecs.chunks, reusesCleanPages ? 0 : resident / PAGE_BYTES);
     // Verification needs tracking: whether it runs is known only once the tree is frozen.
     const ingest = new Ingest(codecs, repo, writer, verify && tracking !== undefined);
     ingest.onProgress = options.onProgress;
-    ingest.progressTotal = residentBytes(pid);
+    ingest.progressTotal = resident;
     if (reusesCleanPages) ingest.prepareIds(options.tracking!.baselinePages());
     if (options.keepImagesDir) mkdirSync(options.keepImagesDir, { recursive: true, mode: 0o700 });
     const teeDir = options.keepImagesDir ? mkdtempSync(join(options.keepImagesDir, '.streaming-')) : undefined;

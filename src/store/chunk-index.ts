@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { tryLockExclusive } from '../sys/libc.js';
 import { writeFileDurable } from './durable.js';
 import { PackMissingError, StoreError } from './errors.js';
-import { CHUNK_ID_BYTES, LOCKS_DIR, PACK_INDEX_ENTRY_BYTES, PACK_INDEX_HEADER_BYTES } from './format.js';
+import { CHUNK_ID_BYTES, copyId, LOCKS_DIR, PACK_INDEX_ENTRY_BYTES, PACK_INDEX_HEADER_BYTES } from './format.js';
 import { IdSet } from './id-set.js';
 import {
   compareIds,
@@ -603,7 +603,7 @@ export class RunSegments {
   add(id: Uint8Array, o: number, pack: string, ordinal: number): void {
     if (ordinal > MAX_ORDINAL) throw new StoreError(`pack ${pack} holds more chunks than a chunk index entry can place`);
     if (this.packs[this.packs.length - 1] !== pack) this.packs.push(pack);
-    this.ids.set(id.subarray(o, o + CHUNK_ID_BYTES), this.count * CHUNK_ID_BYTES);
+    copyId(id, o, this.ids, this.count * CHUNK_ID_BYTES);
     this.packOf[this.count] = this.packs.length - 1;
     this.ordinals[this.count] = ordinal;
     if (++this.count === SEGMENT_ENTRIES) this.flush();

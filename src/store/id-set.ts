@@ -2,7 +2,7 @@
 // bytes per id and no object per id, where a Set of hex strings costs ~100 and a string
 // allocation per lookup. Ids are uniformly random (keyed XXH3), so their first four
 // bytes are the hash.
-import { CHUNK_ID_BYTES } from './format.js';
+import { CHUNK_ID_BYTES, copyId } from './format.js';
 
 const INITIAL_SLOTS = 1 << 12;
 /**
@@ -46,18 +46,19 @@ export class IdSet {
 
   /** Adds the id at id[offset..offset+16); false when it was there already. */
   add(id: Uint8Array, offset = 0): boolean {
-    if (this.find(id, offset) >= 0) return false;
     if ((this.count + 1) > this.slots.length * MAX_LOAD) this.grow();
+    // One probe finds the id or the empty slot it goes to.
+    const mask = this.slots.length - 1;
+    let s = this.hashOf(id, offset) & mask;
+    for (; this.slots[s] !== 0; s = (s + 1) & mask) if (this.equalAt(this.slots[s]! - 1, id, offset)) return false;
     if ((this.count + 1) * CHUNK_ID_BYTES > this.ids.length) {
       const bigger = new Uint8Array(Math.ceil((this.ids.length * IDS_GROWTH) / CHUNK_ID_BYTES) * CHUNK_ID_BYTES);
       bigger.set(this.ids);
       this.ids = bigger;
     }
     // A byte loop: a subarray per id would cost an allocation (a full checkpoint adds 262,144 per GiB).
-    const at = this.count * CHUNK_ID_BYTES;
-    for (let i = 0; i < CHUNK_ID_BYTES; i++) this.ids[at + i] = id[offset + i]!;
-    this.count++;
-    this.insertSlot(this.count - 1);
+    copyId(id, offset, this.ids, this.count * CHUNK_ID_BYTES);
+    this.slots[s] = ++this.count;
     return true;
   }
 
@@ -65,20 +66,18 @@ export class IdSet {
     return (bytes[offset]! | (bytes[offset + 1]! << 8) | (bytes[offset + 2]! << 16) | (bytes[offset + 3]! << 24)) >>> 0;
   }
 
+  private equalAt(index: number, id: Uint8Array, offset: number): boolean {
+    const at = index * CHUNK_ID_BYTES;
+    for (let i = 0; i < CHUNK_ID_BYTES; i++) if (this.ids[at + i] !== id[offset + i]) return false;
+    return true;
+  }
+
   private find(id: Uint8Array, offset: number): number {
     const mask = this.slots.length - 1;
     for (let s = this.hashOf(id, offset) & mask; ; s = (s + 1) & mask) {
       const entry = this.slots[s]!;
       if (entry === 0) return -1;
-      const at = (entry - 1) * CHUNK_ID_BYTES;
-      let same = true;
-      for (let i = 0; i < CHUNK_ID_BYTES; i++) {
-        if (this.ids[at + i] !== id[offset + i]) {
-          same = false;
-          break;
-        }
-      }
-      if (same) return entry - 1;
+      if (this.equalAt(entry - 1, id, offset)) return entry - 1;
     }
   }
 

@@ -23,6 +23,8 @@ import {
   PACK_SUFFIX,
   PACKS_DIR,
   STORE_FORMAT_VERSION,
+  copyId,
+  putU32LE,
   writePackIndexEntry,
   writePackIndexHeader,
 } from './format.js';
@@ -143,10 +145,10 @@ export class PackWriter {
     if (this.buffered + BLOB_HEADER_BYTES > this.buffer.length) this.flush();
     // The blob header goes straight into the write buffer.
     const h = this.buffered;
-    this.buffer.set(id, h);
-    this.buffer.writeUInt32LE(rawLength, h + 16);
-    this.buffer.writeUInt32LE(data.length, h + 20);
-    this.buffer.writeUInt32LE(compression, h + 24); // compression u8 + 3 reserved zero bytes
+    copyId(id, 0, this.buffer, h);
+    putU32LE(this.buffer, h + 16, rawLength);
+    putU32LE(this.buffer, h + 20, data.length);
+    putU32LE(this.buffer, h + 24, compression); // compression u8 + 3 reserved zero bytes
     this.buffered += BLOB_HEADER_BYTES;
     this.size += BLOB_HEADER_BYTES;
     if (this.tableBuffered + PACK_INDEX_ENTRY_BYTES > this.tableBuffer.length) this.flushTable();

@@ -744,8 +744,9 @@ export class Repository {
     return into;
   }
 
-  newChunkWriter(codec: ChunkCodec): ChunkWriter {
-    return new ChunkWriter(this, codec);
+  /** @param expectedChunks new chunks the writer will likely get: its set of them is sized for that at once. */
+  newChunkWriter(codec: ChunkCodec, expectedChunks = 0): ChunkWriter {
+    return new ChunkWriter(this, codec, expectedChunks);
   }
 
   // ---- checkpoints ------------------------------------------------------------------
@@ -1107,16 +1108,22 @@ export class ChunkWriter {
   private readonly finished: PackWriter[] = [];
   private current: PackWriter | undefined;
   /** Ids written by this writer, so a chunk seen twice in one checkpoint is stored once. */
-  private readonly pending = new IdSet();
+  private readonly pending: IdSet;
   /** Names this writer's packs before they exist, so crash recovery can remove them if it dies uncommitted. */
   private readonly journal: WriterJournal;
   /** The chunk index entries of the new chunks, written as runs while the writer fills. */
   private readonly segments: RunSegments;
 
+  /**
+   * @param expectedChunks sizes the set of ids written: growing it rehashes every id so far
+   *   into fresh memory (~70 ms of a 1 GiB all-new checkpoint here, inside the freeze).
+   */
   constructor(
     private readonly repo: Repository,
     private readonly codec: ChunkCodec,
+    expectedChunks = 0,
   ) {
+    this.pending = new IdSet(expectedChunks);
     this.journal = new WriterJournal(repo.dir);
     this.segments = new RunSegments(repo.chunkIndex);
   }
