@@ -14,12 +14,10 @@ import { xxhash32 } from 'hash-wasm';
 import { compress as referenceCompress, decompress as referenceDecompress } from 'lz4-wasm-nodejs';
 import { describe, expect, it } from 'vitest';
 
-import { ChunkBatch } from '../src/codec/chunk-batch.js';
 import { CorruptChunkError } from '../src/codec/errors.js';
 import { compressChunk, decompressChunk } from '../src/codec/lz4.js';
-import { MAX_BATCH_CHUNKS } from '../src/codec/limits.js';
-import { LENGTH_PREFIX_BYTES, PAGE_SIZE, PageCodec } from '../src/codec/page-codec.js';
-import { SAMPLE_PAGE_KINDS, samplePage, samplePages } from '../src/codec/sample-pages.js';
+import { LENGTH_PREFIX_BYTES, PAGE_SIZE } from '../src/codec/page-codec.js';
+import { samplePage, samplePages } from '../src/codec/sample-pages.js';
 
 const hex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex');
 const FILE_BLOCK_BYTES = 64 * 1024;

@@ -1,6 +1,5 @@
 // Helpers for tests that drive the real `crinc` command line (built into dist/ by
 // `npm test`'s set-up), real CRIU and real processes.
-import Database from 'better-sqlite3';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';

@@ -85,7 +85,7 @@ describe('verify --read-data, quarantine and healing, scrub', () => {
   const files: StoredFile[] = [
     ...SIZES.map((n) => ({ path: `/random-${n}`, data: randomBytes(n) })),
     ...SIZES.map((n) => ({ path: `/compressible-${n}`, data: compressible(n) })),
-    { path: '/many-blocks', data: Buffer.concat(Array.from({ length: 300 }, (_, i) => compressible(FILE_BLOCK_BYTES))) },
+    { path: '/many-blocks', data: Buffer.concat(Array.from({ length: 300 }, () => compressible(FILE_BLOCK_BYTES))) },
     { path: '/indirect', data: Buffer.concat([Buffer.alloc(4096 * FILE_BLOCK_BYTES, 0), compressible(10)]) },
   ];
   let first: CheckpointRecord;

@@ -213,7 +213,7 @@ describe('crinc killed before criu restore runs', () => {
   it.each([
     ['restore-staging', 'both CRIUs wait at their gates'],
     ['restore-daemon-ready', 'the daemon listens, the restore waits at its gate'],
-  ] as const)('killed at %s (%s): leaves no CRIU waiting for it; a second restore works', async (point) => {
+  ] as const)('killed at %s (%s): leaves no CRIU waiting for it; a second restore works', async (point, _gates) => {
     const job = `early-${point}`;
     const { pid } = await sb.run(job, [COUNTER, '--region-mib', '8', '--tick-ms', '0'], ['--interval', '1h']);
     await waitFor(() => /^start pid/m.test(sb.jobLog(job)), 'the job to start');

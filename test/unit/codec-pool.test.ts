@@ -9,11 +9,11 @@ import type { Worker } from 'node:worker_threads';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { BatchPhase, ChunkBatch } from '../src/codec/chunk-batch.js';
-import { CodecWorkerError, CorruptChunkError } from '../src/codec/errors.js';
-import { PAGE_SIZE, PageCodec, PageFlag, generateSecret } from '../src/codec/page-codec.js';
-import { CodecPool, POOL_BATCHES_PER_WORKER, POOL_BATCH_CHUNKS } from '../src/codec/pool.js';
-import { samplePages } from '../src/codec/sample-pages.js';
+import { BatchPhase, ChunkBatch } from '../../src/codec/chunk-batch.js';
+import { CodecWorkerError, CorruptChunkError } from '../../src/codec/errors.js';
+import { PAGE_SIZE, PageCodec, PageFlag, generateSecret } from '../../src/codec/page-codec.js';
+import { CodecPool, POOL_BATCHES_PER_WORKER, POOL_BATCH_CHUNKS } from '../../src/codec/pool.js';
+import { samplePages } from '../../src/codec/sample-pages.js';
 
 const hex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex');
 

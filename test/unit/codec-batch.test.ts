@@ -7,12 +7,12 @@ import { randomBytes } from 'node:crypto';
 
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { BatchPhase, ChunkBatch, ChunkCompression } from '../src/codec/chunk-batch.js';
-import { CodecInputError, CorruptChunkError } from '../src/codec/errors.js';
-import { decompressChunk } from '../src/codec/lz4.js';
-import { MAX_BATCH_BYTES, MAX_BATCH_CHUNKS } from '../src/codec/limits.js';
-import { CHUNK_ID_BYTES, PAGE_SIZE, PageCodec, PageFlag, generateSecret } from '../src/codec/page-codec.js';
-import { samplePages } from '../src/codec/sample-pages.js';
+import { BatchPhase, ChunkBatch, ChunkCompression } from '../../src/codec/chunk-batch.js';
+import { CodecInputError, CorruptChunkError } from '../../src/codec/errors.js';
+import { decompressChunk } from '../../src/codec/lz4.js';
+import { MAX_BATCH_BYTES, MAX_BATCH_CHUNKS } from '../../src/codec/limits.js';
+import { CHUNK_ID_BYTES, PAGE_SIZE, PageCodec, PageFlag, generateSecret } from '../../src/codec/page-codec.js';
+import { samplePages } from '../../src/codec/sample-pages.js';
 
 const hex = (bytes: Uint8Array): string => Buffer.from(bytes).toString('hex');
 

@@ -4,12 +4,12 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { openCodecs } from '../src/controller/codecs.js';
-import { CHUNK_INDEX_DIR } from '../src/store/chunk-index.js';
-import { StoreFormatError } from '../src/store/errors.js';
-import { FILE_BLOCK_BYTES } from '../src/store/format.js';
-import { encodeStoreObject, PACK_INDEX_SUFFIX, packKey } from '../src/store/objects.js';
-import { Repository } from '../src/store/repository.js';
+import { openCodecs } from '../../src/controller/codecs.js';
+import { CHUNK_INDEX_DIR } from '../../src/store/chunk-index.js';
+import { StoreFormatError } from '../../src/store/errors.js';
+import { FILE_BLOCK_BYTES } from '../../src/store/format.js';
+import { encodeStoreObject, PACK_INDEX_SUFFIX, packKey } from '../../src/store/objects.js';
+import { Repository } from '../../src/store/repository.js';
 
 describe('store format versions', () => {
   const dir = mkdtempSync('/tmp/crinc-format-');

@@ -1,6 +1,6 @@
 // The service's log lines: JSON objects when stderr is not a terminal, readable lines on one.
 import { describe, expect, it } from 'vitest';
-import { Logger } from '../src/controller/log.js';
+import { Logger } from '../../src/controller/log.js';
 
 describe('Logger', () => {
   it('writes one JSON object per event: time, level, job, msg, fields', () => {

@@ -5,11 +5,11 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CHUNK_ID_BYTES, Compression, PACK_INDEX_SUFFIX } from '../src/store/format.js';
-import { WriterJournal } from '../src/store/journal.js';
-import { decodePackIndex, encodePackIndex } from '../src/store/objects.js';
-import { packPath, packTablePath, PackWriter } from '../src/store/pack.js';
-import { readPackTable } from '../src/store/pack-table.js';
+import { CHUNK_ID_BYTES, Compression, PACK_INDEX_SUFFIX } from '../../src/store/format.js';
+import { WriterJournal } from '../../src/store/journal.js';
+import { decodePackIndex, encodePackIndex } from '../../src/store/objects.js';
+import { packPath, packTablePath, PackWriter } from '../../src/store/pack.js';
+import { readPackTable } from '../../src/store/pack-table.js';
 
 describe('a pack writer', () => {
   const dir = mkdtempSync('/tmp/crinc-pack-writer-');

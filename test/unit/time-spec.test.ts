@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseDuration, parseTimeSpec, TimeSpecError } from '../src/controller/time-spec.js';
+import { parseDuration, parseTimeSpec, TimeSpecError } from '../../src/controller/time-spec.js';
 
 describe('times and durations on the command line', () => {
   const now = Date.parse('2026-11-28T12:00:00Z');

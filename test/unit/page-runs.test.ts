@@ -1,8 +1,8 @@
 // PageRuns (src/controller/page-runs.ts): page addresses kept as runs, read through a
 // cursor; checked against the plain list of addresses they stand for.
 import { describe, expect, it } from 'vitest';
-import { PageRuns } from '../src/controller/page-runs.js';
-import { PAGE_BYTES } from '../src/store/format.js';
+import { PageRuns } from '../../src/controller/page-runs.js';
+import { PAGE_BYTES } from '../../src/store/format.js';
 
 describe('page runs', () => {
   // Adjacent runs (merged), gaps, single pages, a high address.

@@ -1,7 +1,7 @@
 // The progress line: drawn only on a terminal, only for work that lasts, cleared at the end.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
-import { PROGRESS_DELAY_MS, terminalProgress } from '../src/cli/progress.js';
+import { PROGRESS_DELAY_MS, terminalProgress } from '../../src/cli/progress.js';
 
 /** A stand-in for process.stdout that records what is written (a real terminal cannot be read back). */
 function stream(isTTY: boolean): { out: NodeJS.WriteStream; written: string[] } {
