@@ -103,6 +103,9 @@ export class ChunkIndex {
   private readonly sortScratch = new WordScratch();
   private readonly leftScratch = new WordScratch();
   private readonly tailScratch = new WordScratch();
+  /** writeRun's sort and write buffer, kept between runs (a checkpoint writes one per SEGMENT_ENTRIES new chunks). */
+  private readonly writeSortScratch = new WordScratch();
+  private writeSpan: Buffer | undefined;
   readonly runsDir: string;
 
   constructor(
@@ -379,8 +382,9 @@ export class ChunkIndex {
    */
   writeRun(name: string, packs: string[], ids: Uint8Array, packOf: Uint32Array, ordinals: Uint32Array, count: number): { name: string; entries: number } {
     mkdirSync(this.runsDir, { recursive: true, mode: 0o700 });
-    const order = sortedOrder(ids, count);
-    const writer = new RunWriter(join(this.runsDir, name), packs, count);
+    const order = sortedOrder(ids, count, CHUNK_ID_BYTES, this.writeSortScratch);
+    this.writeSpan ??= newRunSpan();
+    const writer = new RunWriter(join(this.runsDir, name), packs, count, this.writeSpan);
     try {
       let previous = -1;
       for (const i of order) {

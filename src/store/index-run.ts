@@ -78,8 +78,8 @@ export function compareIds(a: Uint8Array, ao: number, b: Uint8Array, bo: number)
  * on their first four bytes (three 11-bit passes: the counts stay in cache), then the
  * rare ties sorted in full.
  */
-export function sortedOrder(bytes: Uint8Array, count: number, stride = CHUNK_ID_BYTES): Uint32Array {
-  return sortIds(bytes, count, stride).order;
+export function sortedOrder(bytes: Uint8Array, count: number, stride = CHUNK_ID_BYTES, scratch = new WordScratch()): Uint32Array {
+  return sortIds(bytes, count, stride, scratch).order;
 }
 
 /** A WordScratch keeps at most this many words (16 MiB): a rare huge lookup does not pin its memory. */
@@ -172,7 +172,6 @@ export function packNameBytes(name: string): Buffer {
  */
 export class RunWriter {
   private readonly fd: number;
-  private readonly buffer = newRunSpan();
   private buffered = 0;
   private entries = 0;
   private readonly fences: number[] = [];
@@ -180,10 +179,12 @@ export class RunWriter {
   private readonly last = new Uint8Array(CHUNK_ID_BYTES);
   private position: number;
 
+  /** @param buffer where entries gather before they are written (newRunSpan(); a caller may keep one for its runs, one at a time). */
   constructor(
     private readonly path: string,
     private readonly packNames: string[],
     maxEntries: number,
+    private readonly buffer = newRunSpan(),
   ) {
     this.fd = openSync(path + PARTIAL, 'w', 0o600);
     if (packNames.length > MAX_RUN_PACKS) throw new Error(`a chunk index run cannot list ${packNames.length} packs`);
