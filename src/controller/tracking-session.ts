@@ -1,7 +1,8 @@
 // Dirty tracking of one job for its controller: eBPF (layout, fd, file and fork events,
 // fault counts) plus userfaultfd write protection per process. At each checkpoint,
 // while the job is frozen, it tells the ingest which pages are proven clean since the
-// previous committed checkpoint — and nothing else (DESIGN.md, "The rule"):
+// previous committed checkpoint — and nothing else. The rule that keeps incremental
+// checkpoints exact:
 //   a page is clean only if its process was tracked without a break since that
 //   checkpoint, its VMA was registered for the whole interval, the kernel reports it
 //   neither written nor zapped, no eBPF layout event touched it, nothing was lost, and

@@ -1,6 +1,7 @@
 // ioctl(PAGEMAP_SCAN) on /proc/PID/pagemap (kernel 6.7+): walks a process's page tables
 // and returns runs of pages whose categories match, optionally write-protecting the
 // matching pages in the same walk (get-and-clear of the "written" state).
+import { constants as osConstants } from 'node:os';
 import { bufferAddress, ioctlBuffer, lastErrno, SyscallError } from '../sys/libc.js';
 import { PAGE_REGION_STRUCT, PAGE_SIZE, PAGEMAP_SCAN, PM_SCAN_ARG_STRUCT, PmScanFlag } from './uffd-abi.js';
 import type { Range } from './page-ranges.js';
@@ -12,8 +13,7 @@ import type { Range } from './page-ranges.js';
  */
 export const SCAN_VEC_ENTRIES = 4096;
 
-const EPERM = 1;
-const ENOTTY = 25;
+const { EPERM, ENOTTY } = osConstants.errno;
 
 export interface ScanQuery {
   flags: number;

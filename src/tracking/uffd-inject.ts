@@ -18,6 +18,7 @@
 // on the way out of the stop (CRIU's compel does the same).
 import { hasExited } from '../sys/proc.js';
 import { readFileSync, openSync, readSync, closeSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { lastErrno, ptraceRaw, waitpidRaw, WNOHANG } from '../sys/libc.js';
 import {
   KERNEL_SIGSET_BYTES,
@@ -37,13 +38,12 @@ export const INJECTION_STOP_TIMEOUT_MS = 5000;
 /** Largest executable mapping searched for a `syscall` instruction when [vdso] has none. */
 const MAX_SEARCHED_MAPPING_BYTES = 64 << 20;
 
-const SIGTRAP = 5;
-/** SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU: cannot all be blocked, and must not be lost. */
-const STOP_SIGNALS = new Set([19, 20, 21, 22]);
+const { SIGTRAP, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU } = osConstants.signals;
+/** Cannot all be blocked, and must not be lost. */
+const STOP_SIGNALS = new Set<number>([SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU]);
 /** PTRACE_O_TRACESYSGOOD marks syscall stops with this bit on SIGTRAP. */
 const SYSCALL_STOP_SIGNAL = SIGTRAP | 0x80;
-const ESRCH = 3;
-const EPERM = 1;
+const { ESRCH, EPERM } = osConstants.errno;
 
 export class SyscallInjectionError extends Error {
   override name = 'SyscallInjectionError';

@@ -38,6 +38,7 @@
 //   update of the thread's TLS page on resume shows up as one written page per thread.
 import { hasExited } from '../sys/proc.js';
 import { closeSync, fstatSync, openSync, readFileSync, readlinkSync, readSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { ioctlBuffer, lastErrno, syscallRaw, SyscallError } from '../sys/libc.js';
 import { injectSyscalls } from './uffd-inject.js';
 import { PagemapScanner, WpAsyncCheckError, type PageRegion, type ScanQuery } from './pagemap-scan.js';
@@ -84,10 +85,7 @@ const OPTIONAL_FEATURES = UffdFeature.WP_HUGETLBFS_SHMEM;
 /** Kernel-special mappings that are never the process's data. */
 const SPECIAL_MAPPINGS = new Set(['[vsyscall]', '[vvar]', '[vvar_vclock]', '[vdso]', '[uprobes]']);
 
-const EPERM = 1;
-const ESRCH = 3;
-const EBUSY = 16;
-const EINVAL = 22;
+const { EPERM, ESRCH, EBUSY, EINVAL } = osConstants.errno;
 
 // ---- errors --------------------------------------------------------------------------
 
