@@ -218,7 +218,7 @@ class LazyPageSource implements RestorePages {
     const located: ChunkLocations = {
       packs: window.where.packs,
       packIndex: new Int32Array(wanted.length),
-      offset: new Float64Array(wanted.length),
+      offset: new Uint32Array(wanted.length),
       storedLength: new Uint32Array(wanted.length),
       rawLength: new Uint32Array(wanted.length),
       compression: new Uint8Array(wanted.length),

@@ -75,7 +75,8 @@ export interface ChunkPlace {
 export interface PlacedChunks {
   packs: string[];
   packIndex: Int32Array;
-  offset: Float64Array;
+  /** u32, as in the pack's chunk table. */
+  offset: Uint32Array;
   storedLength: Uint32Array;
   rawLength: Uint32Array;
   compression: Uint8Array;
@@ -103,6 +104,7 @@ export class ChunkIndex {
   private readonly sortScratch = new WordScratch();
   private readonly leftScratch = new WordScratch();
   private readonly tailScratch = new WordScratch();
+  private readonly ordinalScratch = new WordScratch();
   /** writeRun's sort and write buffer, kept between runs (a checkpoint writes one per SEGMENT_ENTRIES new chunks). */
   private readonly writeSortScratch = new WordScratch();
   private writeSpan: Buffer | undefined;
@@ -207,10 +209,10 @@ export class ChunkIndex {
   /**
    * Places of `count` ids (repeats allowed); packIndex[k] indexes `packs`, -1 when the
    * index has no place for ids[k]. Runs where many ids are wanted are walked in id order.
+   * ordinal[k] is set where packIndex[k] is not -1 (and left as it was elsewhere).
    */
-  findMany(ids: Uint8Array, count: number): { packs: string[]; packIndex: Int32Array; ordinal: Int32Array } {
+  findMany(ids: Uint8Array, count: number, ordinal: Int32Array = new Int32Array(count)): { packs: string[]; packIndex: Int32Array; ordinal: Int32Array } {
     const packIndex = new Int32Array(count).fill(-1);
-    const ordinal = new Int32Array(count);
     const packs: string[] = [];
     const packNumbers = new Map<string, number>();
     const sorted = sortIds(ids, count, CHUNK_ID_BYTES, this.sortScratch);
@@ -272,11 +274,13 @@ export class ChunkIndex {
 
   /** findMany, with each found chunk's offset, lengths and compression from its pack's chunk table. */
   locateMany(ids: Uint8Array, count: number): PlacedChunks {
-    const found = this.findMany(ids, count);
+    // The ordinals are needed only here: into kept memory (fresh memory faults per 4 KiB).
+    const ordinalWords = this.ordinalScratch.take(count, 1)[0]!;
+    const found = this.findMany(ids, count, new Int32Array(ordinalWords.buffer, ordinalWords.byteOffset, count));
     const out: PlacedChunks = {
       packs: found.packs,
       packIndex: found.packIndex,
-      offset: new Float64Array(count),
+      offset: new Uint32Array(count),
       storedLength: new Uint32Array(count),
       rawLength: new Uint32Array(count),
       compression: new Uint8Array(count),
