@@ -51,8 +51,10 @@ function openStore(dir: string): Repository {
 
 /** Commits `count` new chunks as one checkpoint; returns the milliseconds of commitCheckpoint. */
 async function commitNew(repo: Repository, codec: ChunkCodec, ids: Uint8Array): Promise<number> {
-  const writer = repo.newChunkWriter(codec);
   const n = ids.length / CHUNK_ID_BYTES;
+  // Sized for its chunks, as takeCheckpoint sizes a writer from the job's memory when no
+  // clean pages can be reused (src/controller/checkpoint.ts).
+  const writer = repo.newChunkWriter(codec, n);
   for (let i = 0; i < n; i++) writer.putStored(ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), STORED, PAGE_BYTES, Compression.Lz4);
   const t = performance.now();
   await repo.commitCheckpoint(

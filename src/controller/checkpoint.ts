@@ -121,7 +121,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     const verify = Boolean(options.verifyTracking);
     const resident = residentBytes(pid);
     // Without clean pages to reuse, most of the job's pages may be new.
-    const writer = repo.newChunkWriter(codecs.chunks, reusesCleanPages ? 0 : resident / PAGE_BYTES);
+    const writer = repo.newChunkWriter(codecs.chunks, reusesCleanPages ? 0 : Math.ceil(resident / PAGE_BYTES));
     // Verification needs tracking: whether it runs is known only once the tree is frozen.
     const ingest = new Ingest(codecs, repo, writer, verify && tracking !== undefined);
     ingest.onProgress = options.onProgress;

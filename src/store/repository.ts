@@ -1123,7 +1123,9 @@ export class ChunkWriter {
     private readonly codec: ChunkCodec,
     expectedChunks = 0,
   ) {
-    this.pending = new IdSet(expectedChunks);
+    // With a sixteenth more room: the manifests' parts come at the commit, where a growth
+    // (a rehash of every id so far) would be timed too.
+    this.pending = new IdSet(expectedChunks + (expectedChunks >>> 4));
     this.journal = new WriterJournal(repo.dir);
     this.segments = new RunSegments(repo.chunkIndex);
   }
