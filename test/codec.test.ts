@@ -334,7 +334,7 @@ describe('lz4 chunks', () => {
     const compressed = compressChunk(raw);
     for (let offset = 0; offset < compressed.length; offset++) {
       const damaged = compressed.slice();
-      damaged[offset] ^= 1 << (offset % 8);
+      damaged[offset]! ^= 1 << (offset % 8);
       let decoded: Uint8Array | undefined;
       try {
         decoded = decompressChunk(damaged, raw.length);
