@@ -350,7 +350,7 @@ function report(
     const labels = [...new Set([...rowsA, ...rowsB].map((r) => r.label))];
     const get = (rows: ProfileRow[], label: string): ProfileRow | undefined => rows.find((r) => r.label === label);
     const cell = (r: ProfileRow | undefined): string => (r && r.ms >= 0.05 ? r.ms.toFixed(1) : '-');
-    const calls = (r: ProfileRow | undefined): string => (r && r.calls ? String(r.calls) : '-');
+    const calls = (r: ProfileRow | undefined): string => (r?.calls ? String(r.calls) : '-');
     const prows = labels
       .map((label) => ({ label, ra: get(rowsA, label), rb: get(rowsB, label) }))
       .sort((x, y) => Math.max(y.ra?.ms ?? 0, y.rb?.ms ?? 0) - Math.max(x.ra?.ms ?? 0, x.rb?.ms ?? 0))

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PE_PRESENT, readPagemap } from '../src/criu/images.js';
 import type { PageSource } from '../src/criu/page-server.js';
-import { PageCodec } from '../src/codec/page-codec.js';
+import type { PageCodec } from '../src/codec/page-codec.js';
 import { openCodecs } from '../src/controller/codecs.js';
 import { Ingest, NO_CLEAN_PAGES, type StreamedPagesFile } from '../src/controller/ingest.js';
 import { materializeImages } from '../src/controller/materialize.js';

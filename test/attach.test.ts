@@ -72,7 +72,9 @@ describe('crinc attach', () => {
     expect(lastSaved).toBeGreaterThanOrEqual(before);
     expect(lastSaved).toBeLessThanOrEqual(after);
     expect(all[resumedAt]!.tick).toBe(lastSaved + 1);
-    all.forEach((t, i) => expect(t.tick).toBe(i + 1));
+    all.forEach((t, i) => {
+      expect(t.tick).toBe(i + 1);
+    });
     // Its memory came back intact.
     process.kill(r.pid, 'SIGUSR1');
     const verdict = await waitFor(() => /^verify (ok|FAIL).*$/m.exec(readFileSync(log, 'utf8'))?.[0], 'the counter to verify its memory');

@@ -33,14 +33,18 @@ describe('the chunk index', () => {
     const name = randomBytes(16).toString('hex');
     const chunks = new PackedChunks();
     const ids = [...reuse, ...Array.from({ length: count }, () => new Uint8Array(randomBytes(CHUNK_ID_BYTES)))];
-    ids.forEach((id, i) => chunks.push(id, 16 + i * 100, 64, 4096, 1));
+    ids.forEach((id, i) => {
+      chunks.push(id, 16 + i * 100, 64, 4096, 1);
+    });
     writeFileDurable(join(dir, packKey(name, PACK_INDEX_SUFFIX)), encodePackIndex(chunks, 16 + ids.length * 100 + 16));
     const run = index.writePackRun(name, chunks);
     db.transaction(() => {
       db.prepare('INSERT INTO packs (name, bytes, created_at) VALUES (?, 1, 0)').run(name);
       index.register([run]);
     })();
-    ids.forEach((id, i) => model.set(hex(id), { pack: name, ordinal: i, offset: 16 + i * 100 }));
+    ids.forEach((id, i) => {
+      model.set(hex(id), { pack: name, ordinal: i, offset: 16 + i * 100 });
+    });
     return { name, ids };
   }
 
@@ -162,7 +166,9 @@ describe('the chunk index', () => {
     const { name, ids } = addPack(10);
     // The pack's table rewritten in another order: the index's ordinals no longer match.
     const chunks = new PackedChunks();
-    [...ids].reverse().forEach((id, i) => chunks.push(id, 16 + i * 100, 64, 4096, 1));
+    [...ids].reverse().forEach((id, i) => {
+      chunks.push(id, 16 + i * 100, 64, 4096, 1);
+    });
     writeFileDurable(join(dir, packKey(name, PACK_INDEX_SUFFIX)), encodePackIndex(chunks, 16 + ids.length * 100 + 16));
     index.close();
     index.refresh();

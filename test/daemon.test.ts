@@ -196,7 +196,9 @@ describe('crinc daemon', () => {
     await waitFor(() => checkpointsOf(sb, 'slow').some((c) => Date.parse(c.takenAt) > restoredAt), 'a checkpoint of the restored job', 30_000);
     // It goes on from the checkpoint: its log was rolled back to it, and the ticks follow on without a gap.
     await waitFor(() => ticks(sb.jobLog('slow')).some((t) => t.at > restoredAt), 'the restored job to tick');
-    ticks(sb.jobLog('slow')).forEach((t, i) => expect(t.tick).toBe(i + 1));
+    ticks(sb.jobLog('slow')).forEach((t, i) => {
+      expect(t.tick).toBe(i + 1);
+    });
     // The restored process is the daemon's child now: the daemon reaps it and knows how it ended.
     process.kill(r.pid, 'SIGKILL');
     await waitFor(() => row(sb, 'slow').state === 'exited', 'the daemon to reap the restored job');
@@ -216,7 +218,9 @@ describe('crinc daemon', () => {
     expect(row(sb, 'slow')).toMatchObject({ pid, state: 'running', managed: { origin: 'run', intervalMs: 3000, ended: null } });
     // One history: the log rolled back to the checkpoint, new ticks follow without a gap.
     await waitFor(() => ticks(sb.jobLog('slow')).some((t) => t.at > resumedAt), 'the resumed job to tick');
-    ticks(sb.jobLog('slow')).forEach((t, i) => expect(t.tick).toBe(i + 1));
+    ticks(sb.jobLog('slow')).forEach((t, i) => {
+      expect(t.tick).toBe(i + 1);
+    });
     await waitFor(() => checkpointsOf(sb, 'slow').some((c) => Date.parse(c.takenAt) > resumedAt), 'a checkpoint of the resumed job', 30_000);
     process.kill(pid, 'SIGKILL');
     await waitFor(() => row(sb, 'slow').state === 'exited', 'the daemon to reap the resumed job');

@@ -69,7 +69,9 @@ describe('checkpoint a running job, kill it, restore it --at a time', () => {
     expect(lastSaved).toBeLessThan(third.before);
     expect(log[resumedAt]!.tick).toBe(lastSaved + 1);
     // No gap and no repeat anywhere: the log file and the process agree.
-    log.forEach((t, i) => expect(t.tick).toBe(i + 1));
+    log.forEach((t, i) => {
+      expect(t.tick).toBe(i + 1);
+    });
 
     // It keeps running, and its 24 MiB region checks out against its counter.
     const n = lastTick(sb.jobLog('counter'));

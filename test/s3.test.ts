@@ -143,7 +143,9 @@ describe('a job checkpointed to S3, restored from a wiped local cache', () => {
     expect(lastSaved).toBeGreaterThanOrEqual(first.before);
     expect(lastSaved).toBeLessThanOrEqual(first.after);
     expect(log[resumedAt]!.tick).toBe(lastSaved + 1);
-    log.forEach((t, i) => expect(t.tick).toBe(i + 1));
+    log.forEach((t, i) => {
+      expect(t.tick).toBe(i + 1);
+    });
     process.kill(r.pid, 'SIGUSR1');
     const verdict = await waitFor(() => /^verify (ok|FAIL).*$/m.exec(sb.jobLog('counter'))?.[0], 'the job to verify its memory');
     expect(verdict).toMatch(/^verify ok tick \d+$/);

@@ -2,7 +2,7 @@
 // crinc's command line: thin commands over the controller.
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { spawn } from 'node:child_process';
-import { accessSync, appendFileSync, closeSync, constants as fsConstants, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, appendFileSync, closeSync, constants as fsConstants, readFileSync, type Stats, statSync, writeFileSync } from 'node:fs';
 import { asOperatingError } from '../errors.js';
 import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -201,7 +201,7 @@ let openedStore: string | undefined;
 
 /** A store path that exists must be a directory (a file there is no store, nor "no store"). */
 function requireStoreDirectory(dir: string): void {
-  let st;
+  let st: Stats;
   try {
     st = statSync(dir);
   } catch (e) {

@@ -3,7 +3,7 @@
  * (src/codec/codec-worker.ts). A batch's ArrayBuffer is transferred, never
  * copied: to the worker with the request, back with the reply.
  */
-import { CodecError, CodecInputError, CodecLoadError, CodecWorkerError, CorruptChunkError, InvalidSecretError } from './errors.js';
+import { type CodecError, CodecInputError, CodecLoadError, CodecWorkerError, CorruptChunkError, InvalidSecretError } from './errors.js';
 
 export type BatchStep = 'hashAndCompress' | 'decodeAndVerify';
 

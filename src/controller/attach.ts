@@ -34,7 +34,7 @@ export function attachTarget(pid: number): AttachTarget {
   if (pid === process.pid || isAncestorOfSelf(pid)) throw new AttachError(`process ${pid} is crinc itself or one of its parents: crinc cannot checkpoint the process that runs it`);
   const command = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter((a, i, all) => a !== '' || i < all.length - 1);
   if (command.length === 0) throw new AttachError(`process ${pid} is a kernel thread: there is nothing of it to checkpoint`);
-  const nsPids = /^NSpid:\s*(.+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]!.trim().split(/\s+/) ?? [String(pid)];
+  const nsPids = /^NSpid:\s*(.+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]?.trim().split(/\s+/) ?? [String(pid)];
   if (nsPids.length > 1 && nsPids[nsPids.length - 1] !== '1') {
     throw new AttachError(
       `process ${pid} runs inside a PID namespace whose init is another process: CRIU dumps such a tree only from the namespace's init. ` +

@@ -79,7 +79,9 @@ export async function materializeFile(
   const blocks: number[] = [];
   for (let i = 0; i < count; i++) if (!isZeroId(manifest.ids, i) && (!only || only(i))) blocks.push(i);
   const ids = new Uint8Array(blocks.length * CHUNK_ID_BYTES);
-  blocks.forEach((b, k) => ids.set(manifest.ids.subarray(b * CHUNK_ID_BYTES, (b + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES));
+  blocks.forEach((b, k) => {
+    ids.set(manifest.ids.subarray(b * CHUNK_ID_BYTES, (b + 1) * CHUNK_ID_BYTES), k * CHUNK_ID_BYTES);
+  });
 
   const fd = openSync(dest, 'w', 0o600);
   const out = new CoalescingWriter(fd);

@@ -6,7 +6,7 @@
 import { copyFileSync, existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { type LazyRestoreStart, startLazyRestore } from '../criu/criu.js';
-import { type CheckpointRecord, type FileManifest, type Repository } from '../store/repository.js';
+import type { CheckpointRecord, FileManifest, Repository } from '../store/repository.js';
 import type { StoreLock } from '../store/store-lock.js';
 import { makeStaging } from './checkpoint.js';
 import type { Codecs } from './codecs.js';

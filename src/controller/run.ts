@@ -314,7 +314,10 @@ async function superviseJob(
   let watchError: Error | undefined;
   const jobEnded = exited.then(
     (e) => (ended = e),
-    (e: Error) => (watchError = e, ended = { code: null, signal: null }),
+    (e: Error) => {
+      watchError = e;
+      return (ended = { code: null, signal: null });
+    },
   );
   // Ends the pending wait between checkpoints when the job ends first.
   const waits = new AbortController();

@@ -158,7 +158,9 @@ export class ChunkIndex {
         const reader = byName.get(name)?.reader ?? RunReader.open(join(this.runsDir, name));
         byName.delete(name);
         const alive = new Uint8Array(reader.packNames.length);
-        reader.packNames.forEach((p, i) => (alive[i] = packs.has(p) ? 1 : 0));
+        reader.packNames.forEach((p, i) => {
+          alive[i] = packs.has(p) ? 1 : 0;
+        });
         next.push({ id, name, reader, alive });
       }
     } catch (e) {

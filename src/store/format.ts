@@ -35,7 +35,7 @@ export const FILE_BLOCK_BYTES = 64 * 1024;
 /** A manifest longer than this many ids is stored as chunks of ids itself. */
 export const MANIFEST_INLINE_IDS = 4096;
 
-export const enum Compression {
+export enum Compression {
   None = 0,
   Lz4 = 1,
 }

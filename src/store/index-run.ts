@@ -189,7 +189,9 @@ export class RunWriter {
     this.fd = openSync(path + PARTIAL, 'w', 0o600);
     if (packNames.length > MAX_RUN_PACKS) throw new Error(`a chunk index run cannot list ${packNames.length} packs`);
     const names = Buffer.alloc(packNames.length * RUN_PACK_NAME_BYTES);
-    packNames.forEach((n, i) => packNameBytes(n).copy(names, i * RUN_PACK_NAME_BYTES));
+    packNames.forEach((n, i) => {
+      packNameBytes(n).copy(names, i * RUN_PACK_NAME_BYTES);
+    });
     writeAll(this.fd, names, RUN_HEADER_BYTES);
     this.position = RUN_HEADER_BYTES + names.length;
     this.bloom = new Uint8Array(bloomBytesFor(maxEntries));
@@ -225,7 +227,9 @@ export class RunWriter {
   finish(): number {
     this.flush();
     const fences = Buffer.alloc(this.fences.length * 4);
-    this.fences.forEach((f, i) => fences.writeUInt32LE(f, i * 4));
+    this.fences.forEach((f, i) => {
+      fences.writeUInt32LE(f, i * 4);
+    });
     writeAll(this.fd, fences, this.position);
     this.position += fences.length;
     writeAll(this.fd, this.bloom, this.position);

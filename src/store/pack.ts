@@ -11,7 +11,7 @@ import type { WriterJournal } from './journal.js';
 import {
   BLOB_HEADER_BYTES,
   CHUNK_ID_BYTES,
-  Compression,
+  type Compression,
   PACK_HEADER_BYTES,
   PACK_INDEX_ENTRY_BYTES,
   PACK_INDEX_HEADER_BYTES,

@@ -39,7 +39,7 @@ import { createFileDurable, removeFilesDurable, writeFileDurable } from './durab
 import { WriterJournal } from './journal.js';
 import { decodePackIndex, decodeStoreObject, encodePackIndex, encodeStoreObject, STORE_OBJECT, type StoreIdentity } from './objects.js';
 import { ChunkIndex, type ChunkLocation, type PlacedChunks, RunSegments } from './chunk-index.js';
-import { PackedChunks, PackWriter, packTablePath } from './pack.js';
+import { type PackedChunks, PackWriter, packTablePath } from './pack.js';
 import { readPackTable } from './pack-table.js';
 import type { RetentionPolicy } from './retention-policy.js';
 import { SCHEMA_MIGRATIONS, SCHEMA_V1 } from './schema.js';

@@ -78,7 +78,7 @@ export function parseS3Url(spec: string): S3Location {
   const bucket = slash < 0 ? rest : rest.slice(0, slash);
   const path = slash < 0 ? '' : rest.slice(slash + 1);
   if (!BUCKET_NAME.test(bucket)) throw new S3StoreError(`"${spec}": "${bucket}" is not a bucket name; use s3://BUCKET/PREFIX (bucket: 3–63 lowercase letters, digits, '.', '-')`);
-  if (path && path.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+  if (path?.split('/').some((p) => p === '' || p === '.' || p === '..')) {
     throw new S3StoreError(`"${spec}": the prefix "${path}" has an empty, "." or ".." part; use s3://BUCKET/PREFIX`);
   }
   return { bucket, prefix: path ? `${path}/` : '', url: `${S3_URL_SCHEME}${bucket}${path ? `/${path}` : ''}` };

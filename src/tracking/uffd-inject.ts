@@ -222,7 +222,9 @@ export function injectSyscalls<T>(pid: number, body: (session: InjectionSession)
         if (args.length > 6) throw new Error('a syscall takes at most six arguments');
         savedRegs.copy(regs);
         const argOffsets = [USER_REGS.rdi, USER_REGS.rsi, USER_REGS.rdx, USER_REGS.r10, USER_REGS.r8, USER_REGS.r9];
-        args.forEach((a, i) => regs.writeBigInt64LE(BigInt(a), argOffsets[i]!));
+        args.forEach((a, i) => {
+          regs.writeBigInt64LE(BigInt(a), argOffsets[i]!);
+        });
         regs.writeBigInt64LE(BigInt(nr), USER_REGS.rax);
         // orig_rax = -1: no syscall restart logic may act on these registers on resume.
         regs.writeBigInt64LE(-1n, USER_REGS.origRax);

@@ -645,16 +645,21 @@ function createUffdInTarget(pid: number, mode: 'auto' | 'user-mode-only'): { fd:
           remoteFd = target.syscall(Sys.userfaultfd, flags);
         }
         if (remoteFd < 0) throw new WriteTrackingError(`userfaultfd() inside process ${pid} failed with errno ${-remoteFd}`);
+        let getfdFailure: unknown;
         try {
           localFd = syscallRaw(Sys.pidfd_getfd, pidfd, remoteFd, 0);
           if (localFd < 0) throw new SyscallError(`pidfd_getfd(${pid}, ${remoteFd})`, lastErrno());
-        } finally {
-          const closed = target.syscall(Sys.close, remoteFd);
-          if (closed !== 0) {
-            // The target would keep a userfaultfd and CRIU could no longer dump it.
-            throw new WriteTrackingError(`close(${remoteFd}) inside process ${pid} failed with errno ${-closed}; it still holds a userfaultfd`);
-          }
+        } catch (e) {
+          getfdFailure = e;
         }
+        // Closed whatever happened: the target would keep a userfaultfd, and CRIU could no
+        // longer dump it. That failure says the other, if both failed.
+        const closed = target.syscall(Sys.close, remoteFd);
+        if (closed !== 0) {
+          const also = getfdFailure === undefined ? '' : ` (pidfd_getfd had failed too: ${(getfdFailure as Error).message})`;
+          throw new WriteTrackingError(`close(${remoteFd}) inside process ${pid} failed with errno ${-closed}; it still holds a userfaultfd${also}`);
+        }
+        if (getfdFailure !== undefined) throw getfdFailure;
       });
     } catch (e) {
       if (localFd >= 0) closeSync(localFd);

@@ -16,6 +16,6 @@ describe('Logger', () => {
   it('writes a readable line on a terminal', () => {
     const lines: string[] = [];
     new Logger((l) => lines.push(l), true).info('checkpoint', 'sim', { id: 7, mode: 'incremental', note: 'two words' });
-    expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO  \[sim\] checkpoint  id=7 mode=incremental note="two words"\n$/);
+    expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d\.\d{3} INFO {2}\[sim\] checkpoint {2}id=7 mode=incremental note="two words"\n$/);
   });
 });

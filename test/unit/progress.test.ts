@@ -22,6 +22,7 @@ describe('terminalProgress', () => {
     await sleep(PROGRESS_DELAY_MS + 50);
     p.update(2 * 1024 * 1024, 8 * 1024 * 1024);
     expect(written).toHaveLength(1);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: the line starts with the terminal's erase-line sequence.
     expect(written[0]).toMatch(/^\r\x1b\[Krestore of sim: 2\.0 MiB of 8\.0 MiB \(25%\), \d+(\.\d)? (B|KiB|MiB)\/s, \d+ s left$/);
     p.update(3 * 1024 * 1024, 8 * 1024 * 1024);
     expect(written).toHaveLength(1); // redraws are spaced

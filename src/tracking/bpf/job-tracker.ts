@@ -19,7 +19,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../../sys/package-root.js';
-import { BPF_ANY, type BpfLink, BpfMap, BpfObject, LibbpfCallError, RingBuffer } from '../libbpf.js';
+import { BPF_ANY, type BpfLink, type BpfMap, BpfObject, LibbpfCallError, RingBuffer } from '../libbpf.js';
 import { checkContract, decodeEvent, LOSS_COUNTERS, LossCounter, OPAQUE_KINDS, OpaqueSyscall, PAGE_KEY, PROCESS_STATS, readU64 } from './events.js';
 import { ProcessGoneError, TrackingCapacityError, TrackingError, TrackingObjectMissingError, TrackingStateError } from './errors.js';
 import { childrenOf, hasExited } from '../../sys/proc.js';
