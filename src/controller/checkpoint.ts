@@ -120,8 +120,10 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     const { tracking } = options;
     const verify = Boolean(options.verifyTracking);
     const resident = residentBytes(pid);
-    // Without clean pages to reuse, most of the job's pages may be new.
-    const writer = repo.newChunkWriter(codecs.chunks, reusesCleanPages ? 0 : Math.ceil(resident / PAGE_BYTES));
+    // A job's first checkpoint stores most of its pages anew: its writer's set of ids is
+    // sized for them at once. Not otherwise: most pages are the store's already, and a set
+    // sized for all of them would turn their lookups into cache misses.
+    const writer = repo.newChunkWriter(codecs.chunks, previous ? 0 : Math.ceil(resident / PAGE_BYTES));
     // Verification needs tracking: whether it runs is known only once the tree is frozen.
     const ingest = new Ingest(codecs, repo, writer, verify && tracking !== undefined);
     ingest.onProgress = options.onProgress;
