@@ -3,11 +3,13 @@
 // what was indexed. Pack chunk tables are real .idx files; no pack data is needed.
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ChunkIndex, CHUNK_INDEX_DIR } from '../src/store/chunk-index.js';
+import { ChunkIndex, CHUNK_INDEX_DIR, COMPACT_LOCK_FILE } from '../src/store/chunk-index.js';
 import { writeFileDurable } from '../src/store/durable.js';
+import { tryLockExclusive } from '../src/sys/libc.js';
 import { CHUNK_ID_BYTES, LOCKS_DIR } from '../src/store/format.js';
 import { IdSet } from '../src/store/id-set.js';
 import { sortedOrder } from '../src/store/index-run.js';
@@ -147,7 +149,7 @@ describe('the chunk index', () => {
     checkAgainstModel();
   });
 
-  it('drops entries of packs the index no longer lists, and with a live set the dead ids', () => {
+  it('drops entries of packs the index no longer lists, and with a live set the dead ids', async () => {
     const gone = addPack(700);
     addPack(300);
     db.prepare('DELETE FROM packs WHERE name = ?').run(gone.name);
@@ -157,9 +159,37 @@ describe('the chunk index', () => {
     const keep = [...model.keys()].filter((_, i) => i % 3 !== 0);
     for (const h of keep) live.add(Buffer.from(h, 'hex'));
     for (const h of [...model.keys()]) if (!keep.includes(h)) model.delete(h);
-    index.compact({ all: true, live });
+    await index.collect(live);
     expect(index.entryCount()).toBe(model.size);
     checkAgainstModel();
+  });
+
+  it("another process's view drops the ids a GC merge of a single run left out", async () => {
+    index.compact({ all: true });
+    const other = new ChunkIndex(dir, () => db, true); // a long-lived controller's
+    other.refresh();
+    const all = [...model.keys()];
+    for (const h of all) expect(other.has(Buffer.from(h, 'hex'))).toBe(true); // now known: answered without a read
+    // GC: one run in, one run out, no pack deleted; only the dead ids are gone.
+    const dead = all.filter((_, i) => i % 2 === 0);
+    const live = new IdSet();
+    for (const h of all.filter((_, i) => i % 2 === 1)) live.add(Buffer.from(h, 'hex'));
+    for (const h of dead) model.delete(h);
+    // A merge under way in another process (its lock held): GC waits for it, not skips.
+    const merging = openSync(join(dir, LOCKS_DIR, COMPACT_LOCK_FILE), 'a+');
+    expect(tryLockExclusive(merging)).toBe(true);
+    let collected = false;
+    const collecting = index.collect(live).then(() => {
+      collected = true;
+    });
+    await sleep(300);
+    expect(collected).toBe(false);
+    closeSync(merging);
+    await collecting;
+    other.refresh();
+    for (const h of dead) expect(other.has(Buffer.from(h, 'hex'))).toBe(false);
+    for (const h of model.keys()) expect(other.has(Buffer.from(h, 'hex'))).toBe(true);
+    other.close();
   });
 
   it('refuses a run whose entry names another chunk than its pack table holds', () => {

@@ -10,7 +10,7 @@ import type Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { tryLockExclusive } from '../sys/libc.js';
+import { lockAsync, tryLockExclusive } from '../sys/libc.js';
 import { writeFileDurable } from './durable.js';
 import { PackMissingError, StoreError } from './errors.js';
 import { CHUNK_ID_BYTES, copyId, LOCKS_DIR, PACK_INDEX_ENTRY_BYTES, PACK_INDEX_HEADER_BYTES } from './format.js';
@@ -38,7 +38,7 @@ import { type PackedChunks, packTablePath } from './pack.js';
 import { readPackTable } from './pack-table.js';
 
 export const CHUNK_INDEX_DIR = 'chunk-index';
-const COMPACT_LOCK_FILE = 'chunk-index.lock';
+export const COMPACT_LOCK_FILE = 'chunk-index.lock';
 /** A newest suffix of runs is merged once the run below it holds at most this many times its entries. */
 const RUN_GROWTH = 4;
 /** Chunk tables (.idx) kept in memory for locating chunks, in bytes. */
@@ -132,7 +132,13 @@ export class ChunkIndex {
   refresh(): void {
     for (let attempt = 1; ; attempt++) {
       const db = this.db();
-      const sig = db.prepare(`SELECT (SELECT coalesce(max(id), 0) || ':' || count(*) FROM index_runs) || '/' || (SELECT coalesce(max(id), 0) || ':' || count(*) FROM packs)`).pluck().get() as string;
+      // Every run by id and name: a GC's merge of a single run keeps its id and count but
+      // not its name (and leaves out the dead ids). Packs by count and newest id: a pack is
+      // only added with a run of its own.
+      const sig = db
+        .prepare(`SELECT (SELECT coalesce(group_concat(id || ' ' || name, ','), '') FROM index_runs) || '/' || (SELECT coalesce(max(id), 0) || ':' || count(*) FROM packs)`)
+        .pluck()
+        .get() as string;
       if (sig === this.signature) return;
       this.known = new IdSet();
       try {
@@ -429,31 +435,50 @@ export class ChunkIndex {
 
   /**
    * Merges runs: by default the newest suffix whose entries have grown to a share of the
-   * run below it (repeated while that holds); with `all`, every run into one, keeping only
-   * ids in `live` when given (GC). Entries of packs the index no longer lists and older
-   * duplicates are dropped. Skipped when another process is merging.
+   * run below it (repeated while that holds); with `all`, every run into one. Entries of
+   * packs the index no longer lists and older duplicates are dropped. Skipped when
+   * another process is merging.
    */
-  compact(options: { all?: boolean; live?: IdSet } = {}): { merged: number; entries: number } {
+  compact(options: { all?: boolean } = {}): { merged: number; entries: number } {
     const lockFd = openSync(join(this.storeDir, LOCKS_DIR, COMPACT_LOCK_FILE), 'a+', 0o600);
     try {
       if (!tryLockExclusive(lockFd)) return { merged: 0, entries: 0 };
-      this.removeOrphanRuns();
-      let merged = 0;
-      let entries = 0;
-      for (;;) {
-        this.refresh();
-        const chosen = options.all ? (this.runs.length > 1 || (options.live && this.runs.length === 1) ? this.runs.length : 0) : this.suffixToMerge();
-        if (chosen === 0) break;
-        const inputs = this.runs.slice(0, chosen);
-        entries += this.merge(inputs, options.live);
-        merged += inputs.length;
-        if (options.all) break;
-      }
-      this.refresh();
-      return { merged, entries };
+      return this.compactLocked(options);
     } finally {
       closeSync(lockFd);
     }
+  }
+
+  /**
+   * GC's merge: every run into one that keeps only the ids in `live`. It waits for a
+   * merge another process runs (one started after a checkpoint, outside the store lock)
+   * instead of being skipped: skipped, the dead ids would stay placed.
+   */
+  async collect(live: IdSet): Promise<{ merged: number; entries: number }> {
+    const lockFd = openSync(join(this.storeDir, LOCKS_DIR, COMPACT_LOCK_FILE), 'a+', 0o600);
+    try {
+      await lockAsync(lockFd, 'exclusive');
+      return this.compactLocked({ all: true, live });
+    } finally {
+      closeSync(lockFd);
+    }
+  }
+
+  private compactLocked(options: { all?: boolean; live?: IdSet }): { merged: number; entries: number } {
+    this.removeOrphanRuns();
+    let merged = 0;
+    let entries = 0;
+    for (;;) {
+      this.refresh();
+      const chosen = options.all ? (this.runs.length > 1 || (options.live && this.runs.length === 1) ? this.runs.length : 0) : this.suffixToMerge();
+      if (chosen === 0) break;
+      const inputs = this.runs.slice(0, chosen);
+      entries += this.merge(inputs, options.live);
+      merged += inputs.length;
+      if (options.all) break;
+    }
+    this.refresh();
+    return { merged, entries };
   }
 
   /** How many newest runs to merge: the longest newest suffix whose total reaches 1/RUN_GROWTH of the run below it. */

@@ -290,7 +290,7 @@ async function sweepAndRepack(repo: Repository, codec: ChunkCodec, live: IdSet, 
   journal.close();
   faultPoint('gc-after-delete');
   // One run of the live chunks: entries of deleted packs and of dead chunks go.
-  repo.compactChunkIndex({ all: true, live });
+  await repo.chunkIndex.collect(live);
   const kept = c.plans.filter((p) => p.live.length > 0 && !repack.includes(p));
   result.bytesAfter += kept.reduce((n, p) => n + p.bytes, 0);
   result.bytesFreed = result.bytesBefore - result.bytesAfter;
@@ -381,7 +381,7 @@ async function sweepAndRepackRemote(repo: Repository, backend: S3Backend, codec:
   }
   copy?.writer.committed();
   backend.committed(written);
-  repo.compactChunkIndex({ all: true, live });
+  await repo.chunkIndex.collect(live);
   result.newPacks = written.length;
   const kept = c.plans.filter((p) => p.live.length > 0 && !repack.includes(p));
   result.bytesAfter = written.reduce((n, w) => n + w.bytes, 0) + kept.reduce((n, p) => n + p.bytes, 0);

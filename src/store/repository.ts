@@ -853,7 +853,7 @@ export class Repository {
   }
 
   /** Merges the chunk index's newest runs (after a commit, off the job's freeze); see ChunkIndex.compact. */
-  compactChunkIndex(options: { all?: boolean; live?: IdSet } = {}): void {
+  compactChunkIndex(options: { all?: boolean } = {}): void {
     this.chunkIndex.compact(options);
   }
 
