@@ -250,6 +250,24 @@ describe('page flags', () => {
     expect([...hashAll(codec, concat([c!, a!])).flags]).toEqual([PageFlag.Normal, PageFlag.Normal]);
   });
 
+  it('hash pages read into the codec (inputPages, hashInput) as hashPages does, each call a new scope', async () => {
+    const codec = await PageCodec.create(generateSecret());
+    const a = new Uint8Array(randomBytes(PAGE_SIZE));
+    const pageList = [a, page(0), a, new Uint8Array(randomBytes(PAGE_SIZE))];
+    const whole = hashAll(codec, concat(pageList));
+    const ids = new Uint8Array((pageList.length + 1) * CHUNK_ID_BYTES);
+    const flags = new Uint8Array(pageList.length + 1);
+    codec.inputPages(pageList.length).set(concat(pageList));
+    codec.hashInput(pageList.length, ids, flags, 1);
+    expect(hex(ids.subarray(CHUNK_ID_BYTES))).toBe(hex(whole.ids));
+    expect([...flags.subarray(1)]).toEqual([...whole.flags]);
+    // The next call without continueScope does not call a repeat of `a` a duplicate.
+    codec.inputPages(1).set(a);
+    codec.hashInput(1, ids, flags);
+    expect(flags[0]).toBe(PageFlag.Normal);
+    expect(() => codec.inputPages(HASH_BATCH_BYTES / PAGE_SIZE + 1)).toThrow();
+  });
+
   it('leave ids and flags past the last page alone', async () => {
     const codec = await PageCodec.create();
     const ids = new Uint8Array(4 * CHUNK_ID_BYTES).fill(0xee);

@@ -33,7 +33,7 @@ export const LENGTH_PREFIX_BYTES = 4;
  * hashAndCompress.
  */
 export const HASH_BATCH_BYTES = 256 * 1024;
-const PAGES_PER_BATCH = HASH_BATCH_BYTES / PAGE_SIZE;
+export const HASH_BATCH_PAGES = HASH_BATCH_BYTES / PAGE_SIZE;
 
 /** The wasm build output, relative to the package root. */
 const CODEC_WASM_PATH = join('build', 'wasm', 'codec.wasm');
@@ -418,14 +418,36 @@ export class PageCodec {
     if (flags.length < pageCount) {
       throw new CodecInputError(`The flags buffer must hold one byte per page (${pageCount}); got ${flags.length}.`);
     }
-    for (let first = 0; first < pageCount; first += PAGES_PER_BATCH) {
-      const count = Math.min(PAGES_PER_BATCH, pageCount - first);
-      this.memory.set(pages.subarray(first * PAGE_SIZE, (first + count) * PAGE_SIZE), this.inputArea);
-      const continueScope = first === 0 ? 0 : 1;
-      assert.equal(this.codec.hashPages(count, continueScope), 1, 'a hashing batch exceeded the codec input area');
-      ids.set(this.memory.subarray(this.idsArea, this.idsArea + count * CHUNK_ID_BYTES), first * CHUNK_ID_BYTES);
-      flags.set(this.memory.subarray(this.flagsArea, this.flagsArea + count), first);
+    for (let first = 0; first < pageCount; first += HASH_BATCH_PAGES) {
+      const count = Math.min(HASH_BATCH_PAGES, pageCount - first);
+      this.inputPages(count).set(pages.subarray(first * PAGE_SIZE, (first + count) * PAGE_SIZE));
+      this.hashInput(count, ids, flags, first, first > 0);
     }
+  }
+
+  /**
+   * Room for pageCount pages (at most HASH_BATCH_PAGES) in the codec's own memory, to
+   * fill (read into) and then hash there with hashInput(): no copy on the way in. Valid
+   * until the codec's next call.
+   */
+  inputPages(pageCount: number): Uint8Array {
+    assert(Number.isInteger(pageCount) && pageCount >= 1 && pageCount <= HASH_BATCH_PAGES, 'inputPages() takes 1 to HASH_BATCH_PAGES pages');
+    return this.memory.subarray(this.inputArea, this.inputArea + pageCount * PAGE_SIZE);
+  }
+
+  /**
+   * Hashes the pageCount pages filled into inputPages(pageCount): their ids go to ids and
+   * their flags to flags, from page `at` on. continueScope: a page that repeats one of
+   * the previous call's is flagged Duplicate too (the pages continue the same batch).
+   */
+  hashInput(pageCount: number, ids: Uint8Array, flags: Uint8Array, at = 0, continueScope = false): void {
+    assert(pageCount >= 1 && pageCount <= HASH_BATCH_PAGES, 'hashInput() takes 1 to HASH_BATCH_PAGES pages');
+    if (ids.length < (at + pageCount) * CHUNK_ID_BYTES || flags.length < at + pageCount) {
+      throw new CodecInputError(`The ids and flags buffers must have room for pages ${at} to ${at + pageCount}; got ${ids.length} and ${flags.length} bytes.`);
+    }
+    assert.equal(this.codec.hashPages(pageCount, continueScope ? 1 : 0), 1, 'a hashing batch exceeded the codec input area');
+    ids.set(this.memory.subarray(this.idsArea, this.idsArea + pageCount * CHUNK_ID_BYTES), at * CHUNK_ID_BYTES);
+    flags.set(this.memory.subarray(this.flagsArea, this.flagsArea + pageCount), at);
   }
 
   /** The id of a chunk of any length up to MAX_CHUNK_BYTES (16 new bytes). */

@@ -166,6 +166,12 @@ export class CodecPool {
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
 
+  /** An empty batch if one is free now, else undefined (for a caller that must not wait). */
+  tryAcquire(): ChunkBatch | undefined {
+    if (this.failure) throw this.failure;
+    return this.free.pop();
+  }
+
   /** Gives a batch back (emptied) for the next acquire(). */
   release(batch: ChunkBatch): void {
     assert(this.batches.has(batch), 'release() of a batch that is not from this pool');

@@ -1,13 +1,15 @@
 // Ingest: turns the pages CRIU streams (one 4 KiB chunk per page), its small image files
 // and the job's captured files into chunk ids and new chunks. A page proven clean since
 // the previous checkpoint reuses that checkpoint's chunk id and is passed over unhashed.
-// Memory stays bounded by INGEST_BATCH_BYTES (plus the codec pool's batches) whatever
-// the job's size; only the ids (16 bytes a page) grow with it.
+// Pages are read straight into the page codec's memory, HASH_BATCH_PAGES at a time, and
+// hashed and stored from there while they are in the CPU's cache. Memory stays bounded
+// whatever the job's size (the codec pool's batches aside); only the ids (16 bytes a
+// page) grow with it.
 import { closeSync, fstatSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChunkBatch } from '../codec/chunk-batch.js';
 import { POOL_BATCH_CHUNKS } from '../codec/pool.js';
-import { type PageCodec, PageFlag } from '../codec/page-codec.js';
+import { HASH_BATCH_PAGES, type PageCodec, PageFlag } from '../codec/page-codec.js';
 import type { PageSource } from '../criu/page-server.js';
 import { CHUNK_ID_BYTES, Compression, FILE_BLOCK_BYTES, PAGE_BYTES, ZERO_CHUNK_ID } from '../store/format.js';
 import type { ChunkWriter, FileManifest, Repository } from '../store/repository.js';
@@ -16,9 +18,6 @@ import { faultPoint } from '../sys/fault.js';
 import type { Codecs } from './codecs.js';
 import { type PageRunCursor, PageRuns } from './page-runs.js';
 
-/** Pages read, hashed and stored per step: bounds the ingest's memory. */
-export const INGEST_BATCH_BYTES = 4 * 1024 * 1024;
-const PAGES_PER_BATCH = INGEST_BATCH_BYTES / PAGE_BYTES;
 const PAGES_FILE = /^pages-(\d+)\.img$/;
 /** A pagemap's ids start with room for this many pages (1 MiB) when there is no baseline to size them by. */
 const STREAM_INITIAL_PAGES = 64 * 1024;
@@ -199,9 +198,10 @@ export class Ingest {
   readonly pageIndex: PageIndex = new Map();
   /** Verification mode: clean pages hashed anyway; these changed. */
   readonly misses: TrackingMiss[] = [];
-  private readonly batch = Buffer.allocUnsafe(INGEST_BATCH_BYTES);
-  private readonly batchIds = new Uint8Array(PAGES_PER_BATCH * CHUNK_ID_BYTES);
-  private readonly batchFlags = new Uint8Array(PAGES_PER_BATCH);
+  /** A file block read at a time (blocks()). */
+  private readonly blockScratch = Buffer.allocUnsafe(FILE_BLOCK_BYTES);
+  private readonly batchIds = new Uint8Array(HASH_BATCH_PAGES * CHUNK_ID_BYTES);
+  private readonly batchFlags = new Uint8Array(HASH_BATCH_PAGES);
 
   /** Pool batches of new pages being compressed, oldest first. */
   private readonly inFlight: InFlight[] = [];
@@ -271,8 +271,8 @@ export class Ingest {
 
   /** A regular file cut into fixed blocks (the job's files, CRIU's small images). */
   blocks(path: string, blockBytes: number): Uint8Array {
-    if (blockBytes > INGEST_BATCH_BYTES) throw new Error(`block size ${blockBytes} exceeds the ingest batch`);
-    return blockIds(path, blockBytes, this.codecs.pages, this.batch, (id, block) => this.writer.put(id, block));
+    if (blockBytes > this.blockScratch.length) throw new Error(`block size ${blockBytes} exceeds the ingest's ${this.blockScratch.length}`);
+    return blockIds(path, blockBytes, this.codecs.pages, this.blockScratch, (id, block) => this.writer.put(id, block));
   }
 
   /**
@@ -300,7 +300,7 @@ export class Ingest {
   /**
    * The next nrPages present pages of a pagemap, at ascending addresses from vaddr, read
    * from source: clean pages are skipped unread (unless verifying), the others hashed
-   * here and the new ones queued for compression. Memory: one batch, whatever nrPages.
+   * here and the new ones queued for compression. Memory: HASH_BATCH_PAGES pages, whatever nrPages.
    */
   async addPages(stream: PageStream, vaddr: number, nrPages: number, source: PageSource): Promise<void> {
     const first = stream.append(vaddr, nrPages);
@@ -325,13 +325,16 @@ export class Ingest {
       }
       // A run of pages to hash: up to a batch, stopping before the next clean page.
       let end = page + 1;
-      while (end < nrPages && end - page < PAGES_PER_BATCH && !(reuse && reuse[end]! >= 0 && !this.verifyClean)) end++;
-      const data = this.batch.subarray(0, (end - page) * PAGE_BYTES);
+      while (end < nrPages && end - page < HASH_BATCH_PAGES && !(reuse && reuse[end]! >= 0 && !this.verifyClean)) end++;
+      // Read into the codec's memory, hashed and stored from there before anything else
+      // uses the codec (nothing awaits in between).
+      const data = this.codecs.pages.inputPages(end - page);
       source.read(data);
-      await this.hashPages(data, ids, first + page);
+      this.hashPages(data, ids, first + page);
       if (this.verifyClean && reuse) this.checkClean(stream.pid!, vaddr, page, end, ids, first, reuse, cursor!.baseline);
       this.advance((end - page) * PAGE_BYTES);
       page = end;
+      await this.yieldToPool();
     }
   }
 
@@ -373,13 +376,14 @@ export class Ingest {
   }
 
   /**
-   * Hashes pages (at most a batch) here (fast), their ids going to ids from page first
-   * on, and sends only the pages the store does not have to the pool for compression.
+   * Hashes pages (at most HASH_BATCH_PAGES, filled into the codec's inputPages()) here
+   * (fast), their ids going to ids from page first on, and stores the pages the store
+   * does not have (or sends them to the pool for compression).
    */
-  private async hashPages(data: Uint8Array, ids: Uint8Array, first: number): Promise<void> {
+  private hashPages(data: Uint8Array, ids: Uint8Array, first: number): void {
     const n = data.length / PAGE_BYTES;
     const batchIds = this.batchIds;
-    this.codecs.pages.hashPages(data, batchIds, this.batchFlags);
+    this.codecs.pages.hashInput(n, batchIds, this.batchFlags);
     ids.set(batchIds.subarray(0, n * CHUNK_ID_BYTES), first * CHUNK_ID_BYTES);
     const candidates: number[] = [];
     for (let i = 0; i < n; i++) {
@@ -392,33 +396,27 @@ export class Ingest {
       // A duplicate of an earlier page of this batch is stored with that one.
       if (flag !== PageFlag.Duplicate && !this.writer.hasPending(batchIds, i * CHUNK_ID_BYTES)) candidates.push(i);
     }
-    for (const i of this.repo.unknownChunks(batchIds, candidates)) {
-      // Most pages need no wait: only taking a pool batch does.
-      if (!this.storeNewPage(data, batchIds, i)) {
-        this.filling = await this.codecs.pool.acquire();
-        this.storeNewPage(data, batchIds, i);
-      }
-    }
+    for (const i of this.repo.unknownChunks(batchIds, candidates)) this.storeNewPage(data, batchIds, i);
     this.stats.pagesHashed += n;
-    await this.yieldToPool();
   }
 
   /**
    * Queues new page i of data (id i of ids) for compression on the pool; completed
    * batches go to the writer. The job is frozen while pages stream in, so nothing waits
-   * for the pool: when all its batches are busy, or while compression does not pay
+   * for the pool: when none of its batches is free, or while compression does not pay
    * (MIN_COMPRESSION_SAVINGS), the page is stored as it is (uncompressed) instead. CRIU's
-   * pages then flow at the speed of hashing, not of compression. False when a pool batch
-   * must be taken first (the page is not stored then).
+   * pages then flow at the speed of hashing, not of compression.
    */
-  private storeNewPage(data: Uint8Array, ids: Uint8Array, i: number): boolean {
+  private storeNewPage(data: Uint8Array, ids: Uint8Array, i: number): void {
     this.storeSettled();
     if (!this.filling) {
       if (this.uncompressedLeft === 0 && this.compressionSavings < MIN_COMPRESSION_SAVINGS && this.skippedBatches++ % COMPRESSION_PROBE_EVERY !== 0) {
         this.uncompressedLeft = POOL_BATCH_CHUNKS;
       }
-      // Keep one batch free for filling, or acquire() would wait on our own results.
-      if (this.uncompressedLeft === 0 && this.inFlight.length < this.codecs.pool.batchCount - 1) return false;
+      // Keep one batch free for filling: the others carry our results back.
+      if (this.uncompressedLeft === 0 && this.inFlight.length < this.codecs.pool.batchCount - 1) this.filling = this.codecs.pool.tryAcquire();
+    }
+    if (!this.filling) {
       if (this.uncompressedLeft > 0) {
         this.uncompressedLeft--;
         this.stats.pagesIncompressible++;
@@ -426,14 +424,13 @@ export class Ingest {
         this.stats.pagesStoredRaw++;
       }
       this.writer.putStored(ids.subarray(i * CHUNK_ID_BYTES, (i + 1) * CHUNK_ID_BYTES), data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), PAGE_BYTES, Compression.None);
-      return true;
+      return;
     }
     this.filling.addPages(1).set(data.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
     if (this.filling.freeChunks === 0 || this.filling.freeBytes < PAGE_BYTES) {
       this.submit(this.filling);
       this.filling = undefined;
     }
-    return true;
   }
 
   private submit(batch: ChunkBatch): void {
