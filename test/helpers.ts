@@ -271,10 +271,11 @@ export function indexedChunks(store: string): Map<string, IndexedChunk> {
 
 /**
  * Flips one byte inside a stored, uncompressed page chunk of the store (the first the
- * index lists). Returns the chunk and pack it damaged, and a repair that flips it back.
+ * index lists, of those `among` accepts by hex id). Returns the chunk and pack it
+ * damaged, and a repair that flips it back.
  */
-export function damageStoredPage(store: string): { id: string; pack: string; repair: () => void } {
-  const found = [...indexedChunks(store)].find(([, c]) => c.rawLength === 4096 && c.compression === 0);
+export function damageStoredPage(store: string, among: (id: string) => boolean = () => true): { id: string; pack: string; repair: () => void } {
+  const found = [...indexedChunks(store)].find(([id, c]) => c.rawLength === 4096 && c.compression === 0 && among(id));
   const row = found && { id: found[0], pack: found[1].pack, offset: found[1].offset };
   if (!row) throw new Error(`no uncompressed page chunk in ${store} to damage`);
   const flip = () => {

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packPath } from '../src/store/pack.js';
-import { type CheckpointJson, COUNTER, crincAsync, indexedChunks, killAndWait, lastTick, Sandbox, sha256Dir, waitFor } from './helpers.js';
+import { type CheckpointJson, COUNTER, crincAsync, damageStoredPage, indexedChunks, killAndWait, lastTick, Sandbox, sha256Dir, waitFor } from './helpers.js';
 
 const JOB = 'sim';
 
@@ -42,19 +42,39 @@ function sha256Tree(dir: string): Record<string, string> {
   return out;
 }
 
+/** Makes the counter (--tick-ms 0) of a job tick once; returns the tick it reached. */
+async function tickCounter(sb: Sandbox, job: string, pid: number): Promise<number> {
+  const next = lastTick(sb.jobLog(job)) + 1;
+  process.kill(pid, 'SIGUSR2');
+  await waitFor(() => lastTick(sb.jobLog(job)) === next, `tick ${next}`);
+  return next;
+}
+
+/** The chunk ids (hex) a checkpoint's manifests name, the zero id aside. */
+function chunksOf(store: string, checkpoint: number): Set<string> {
+  const db = new Database(join(store, 'index.sqlite'), { readonly: true });
+  const out = new Set<string>();
+  try {
+    for (const m of db.prepare('SELECT manifest FROM files WHERE checkpoint = ?').pluck().all(checkpoint) as Buffer[]) {
+      for (let o = 0; o < m.length; o += 16) out.add(m.subarray(o, o + 16).toString('hex'));
+    }
+  } finally {
+    db.close();
+  }
+  out.delete('0'.repeat(32));
+  return out;
+}
+
 describe('index lost, byte flipped, pack deleted: nothing spreads, everything is repaired', () => {
   const sb = new Sandbox();
   const kept = join(sb.dir, 'kept-images');
   let pid = 0;
-  let counter = 0;
   /** The export of each checkpoint while the store was whole. */
   const exported = new Map<number, Record<string, string>>();
   afterAll(() => sb.cleanup());
 
   async function tick(): Promise<void> {
-    process.kill(pid, 'SIGUSR2');
-    counter++;
-    await waitFor(() => lastTick(sb.jobLog(JOB)) === counter, `tick ${counter}`);
+    await tickCounter(sb, JOB, pid);
   }
 
   function exportOf(id: number): Record<string, string> {
@@ -215,7 +235,6 @@ describe('index lost, byte flipped, pack deleted: nothing spreads, everything is
     process.kill(pid, 'SIGUSR1');
     const verdict = await waitFor(() => /^verify (ok|FAIL).*$/m.exec(sb.jobLog(JOB))?.[0], 'the restored job to verify its memory');
     expect(verdict).toMatch(/^verify ok tick \d+$/);
-    counter = lastTick(sb.jobLog(JOB));
   });
 
   it('a deleted pack: typed errors, verify names the checkpoints, repair --forget-damaged forgets exactly those', async () => {
@@ -274,5 +293,47 @@ describe('index lost, byte flipped, pack deleted: nothing spreads, everything is
     expect(left).toEqual(ids.filter((id) => !damaged.includes(id)));
     for (const id of left) if (exported.has(id)) expect(exportOf(id)).toEqual(exported.get(id));
     expect(sb.cli(['verify']).code).toBe(0);
+  });
+});
+
+describe('the checkpoint clean pages were tracked against is forgotten, then collected', () => {
+  const sb = new Sandbox();
+  const JOB2 = 'tracked';
+  let pid = 0;
+  afterAll(() => sb.cleanup());
+
+  it("the running job's next checkpoint reads those pages again, and restores", async () => {
+    // crinc run with dirty tracking: its controller keeps the newest checkpoint's page ids
+    // in memory, to reuse for pages not written since.
+    const run = await sb.run(JOB2, [COUNTER, '--region-mib', '8', '--window-pages', '64', '--tick-ms', '0'], ['--interval', '1h']);
+    pid = run.pid;
+    await tickCounter(sb, JOB2, pid);
+    const older = sb.json<CheckpointJson>(['checkpoint', JOB2]);
+    await tickCounter(sb, JOB2, pid);
+    const newest = sb.json<CheckpointJson>(['checkpoint', JOB2]);
+    // A page only the newest holds is damaged: repair forgets the newest, GC collects the
+    // rest of what only it held (the pages the last tick wrote).
+    const olderChunks = chunksOf(sb.store, older.id);
+    const own = [...chunksOf(sb.store, newest.id)].filter((id) => !olderChunks.has(id));
+    expect(own.length).toBeGreaterThan(60);
+    damageStoredPage(sb.store, (id) => own.includes(id));
+    const r = sb.cli(['repair', '--read-data', '--forget-damaged', '--json']);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { forgotten: { id: number }[] }).forgotten.map((d) => d.id)).toEqual([newest.id]);
+    sb.ok(['gc']);
+    const kept = new Set(indexedChunks(sb.store).keys());
+    expect(own.filter((id) => kept.has(id))).toEqual([]);
+
+    // No tick since: the pages are those of the forgotten checkpoint, clean since it.
+    const next = sb.json<CheckpointJson>(['checkpoint', JOB2]);
+    const v = sb.cli(['verify', '--read-data', '--json']);
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+    await killAndWait(pid);
+    const restored = sb.json<{ pid: number; checkpoint: number }>(['restore', JOB2]);
+    sb.track(restored.pid);
+    expect(restored.checkpoint).toBe(next.id);
+    process.kill(restored.pid, 'SIGUSR1');
+    const verdict = await waitFor(() => /^verify (ok|FAIL).*$/m.exec(sb.jobLog(JOB2))?.[0], 'the restored job to verify its memory');
+    expect(verdict).toMatch(/^verify ok tick 2$/);
   });
 });

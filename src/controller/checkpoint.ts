@@ -92,6 +92,11 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     // checkpoint counts on nor removes its packs as orphans. Waiting for a GC happens
     // here, before the job is frozen.
     storeLock = await repo.lockShared(`checkpoint of job ${jobName}`);
+    // Clean pages reuse the ids of the checkpoint tracking committed last. Forgotten since
+    // (repair --forget-damaged), GC may have deleted chunks only it named. Checked under
+    // the lock: no GC sweeps from here to the commit, and GC then keeps what it names.
+    const baselineCheckpoint = options.tracking?.baselineCheckpoint ?? null;
+    if (baselineCheckpoint !== null && !repo.hasCheckpoint(baselineCheckpoint)) options.tracking!.dropBaseline();
     // The runs earlier commits added are merged now, while the job runs: lookups during
     // the freeze read few runs.
     repo.compactChunkIndex();
@@ -159,7 +164,7 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
         jobName, pid, imagesDir, workDir, captured, frozen, takenAt, started, verify, ingest, writer, stream,
       });
       storeLock.release();
-      tracking?.committed(record.pageIndex);
+      tracking?.committed(record.checkpoint.id, record.pageIndex);
       if (teeDir) {
         cpSync(imagesDir, teeDir, { recursive: true });
         renameSync(teeDir, join(options.keepImagesDir!, String(record.checkpoint.id)));

@@ -115,6 +115,8 @@ export interface PrecopyTarget {
 export class TrackingSession {
   private readonly processes = new Map<number, TrackedProcess>();
   private baseline: PageIndex | null = null;
+  /** The checkpoint whose pages the baseline is. */
+  private baselineId: number | null = null;
   /** Pages read by a pre-copy since the previous scan: the next freeze's reference when there is no baseline. */
   private precopy: { pages: PageIndex; scansBefore: Map<number, number> } | null = null;
   private activity = emptyActivity();
@@ -307,10 +309,26 @@ export class TrackingSession {
     return this.hasBaseline ? this.baseline! : new Map();
   }
 
+  /** The checkpoint the baseline's page ids are of; null without a baseline. */
+  get baselineCheckpoint(): number | null {
+    return this.baseline === null ? null : this.baselineId;
+  }
+
+  /**
+   * The baseline's checkpoint was forgotten (`crinc repair --forget-damaged`, say): GC may
+   * have deleted chunks only it named, so its ids must not be reused. The next checkpoint
+   * reads every page.
+   */
+  dropBaseline(): void {
+    this.baseline = null;
+    this.baselineId = null;
+  }
+
   /** The checkpoint committed: it is the next baseline. Adapts arming, arms new processes. */
-  committed(pages: PageIndex): void {
+  committed(checkpoint: number, pages: PageIndex): void {
     const previous = this.baseline;
     this.baseline = pages;
+    this.baselineId = checkpoint;
     this.precopy = null;
     this.activity = emptyActivity();
     const fraction = this.pendingFrozen?.dirtyFraction ?? null;
@@ -325,7 +343,7 @@ export class TrackingSession {
 
   /** The checkpoint failed after the scan cleared the written bits: the next must be full. */
   failed(): void {
-    this.baseline = null;
+    this.dropBaseline();
     this.precopy = null;
     this.pendingFrozen = null;
   }

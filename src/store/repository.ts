@@ -880,6 +880,11 @@ export class Repository {
     return (seq ?? 0) + 1;
   }
 
+  /** Whether the index has the checkpoint (not forgotten). */
+  hasCheckpoint(id: number): boolean {
+    return this.statement('SELECT 1 FROM checkpoints WHERE id = ?').get(id) !== undefined;
+  }
+
   getCheckpoint(id: number): CheckpointRecord {
     const row = this.db.prepare('SELECT * FROM checkpoints WHERE id = ?').get(id) as Record<string, unknown> | undefined;
     if (!row) throw new CheckpointNotFoundError(`no checkpoint with id ${id}`);
