@@ -76,7 +76,8 @@ export function criuVersion(): string {
 function logTail(path: string): string {
   if (!existsSync(path)) return '(no log written)';
   const lines = readFileSync(path, 'utf8').trimEnd().split('\n');
-  const errors = lines.filter((l) => l.startsWith('Error'));
+  // With -v4 each line starts with its time: "(00.197583) Error (criu/cr-dump.c:1975): ...".
+  const errors = lines.filter((l) => /^(\(\s*[\d.]+\)\s*)?Error/.test(l));
   return (errors.length ? errors : lines).slice(-LOG_TAIL_LINES).join('\n');
 }
 
