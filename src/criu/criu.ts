@@ -73,7 +73,8 @@ export function criuVersion(): string {
   return version;
 }
 
-function logTail(path: string): string {
+/** What of a CRIU log a failure shows: its error lines when it has any, else its last lines. */
+export function logTail(path: string): string {
   if (!existsSync(path)) return '(no log written)';
   const lines = readFileSync(path, 'utf8').trimEnd().split('\n');
   // With -v4 each line starts with its time: "(00.197583) Error (criu/cr-dump.c:1975): ...".
