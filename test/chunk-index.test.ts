@@ -7,7 +7,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync } from
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ChunkIndex, CHUNK_INDEX_DIR, COMPACT_LOCK_FILE } from '../src/store/chunk-index.js';
+import { ChunkIndex, CHUNK_INDEX_DIR, COMPACT_LOCK_FILE, lockMerges } from '../src/store/chunk-index.js';
 import { writeFileDurable } from '../src/store/durable.js';
 import { tryLockExclusive } from '../src/sys/libc.js';
 import { CHUNK_ID_BYTES, LOCKS_DIR } from '../src/store/format.js';
@@ -159,7 +159,9 @@ describe('the chunk index', () => {
     const keep = [...model.keys()].filter((_, i) => i % 3 !== 0);
     for (const h of keep) live.add(Buffer.from(h, 'hex'));
     for (const h of [...model.keys()]) if (!keep.includes(h)) model.delete(h);
-    await index.collect(live);
+    const merges = await lockMerges(dir);
+    index.collect(live);
+    merges.release();
     expect(index.entryCount()).toBe(model.size);
     checkAgainstModel();
   });
@@ -175,17 +177,22 @@ describe('the chunk index', () => {
     const live = new IdSet();
     for (const h of all.filter((_, i) => i % 2 === 1)) live.add(Buffer.from(h, 'hex'));
     for (const h of dead) model.delete(h);
-    // A merge under way in another process (its lock held): GC waits for it, not skips.
+    // A merge under way in another process (its lock held): GC waits for it, and while GC
+    // holds the lock, a merge of another process is skipped.
     const merging = openSync(join(dir, LOCKS_DIR, COMPACT_LOCK_FILE), 'a+');
     expect(tryLockExclusive(merging)).toBe(true);
-    let collected = false;
-    const collecting = index.collect(live).then(() => {
-      collected = true;
+    let locked = false;
+    const locking = lockMerges(dir).then((hold) => {
+      locked = true;
+      return hold;
     });
     await sleep(300);
-    expect(collected).toBe(false);
+    expect(locked).toBe(false);
     closeSync(merging);
-    await collecting;
+    const merges = await locking;
+    expect(other.compact({ all: true })).toEqual({ merged: 0, entries: 0 });
+    index.collect(live);
+    merges.release();
     other.refresh();
     for (const h of dead) expect(other.has(Buffer.from(h, 'hex'))).toBe(false);
     for (const h of model.keys()) expect(other.has(Buffer.from(h, 'hex'))).toBe(true);

@@ -449,19 +449,9 @@ export class ChunkIndex {
     }
   }
 
-  /**
-   * GC's merge: every run into one that keeps only the ids in `live`. It waits for a
-   * merge another process runs (one started after a checkpoint, outside the store lock)
-   * instead of being skipped: skipped, the dead ids would stay placed.
-   */
-  async collect(live: IdSet): Promise<{ merged: number; entries: number }> {
-    const lockFd = openSync(join(this.storeDir, LOCKS_DIR, COMPACT_LOCK_FILE), 'a+', 0o600);
-    try {
-      await lockAsync(lockFd, 'exclusive');
-      return this.compactLocked({ all: true, live });
-    } finally {
-      closeSync(lockFd);
-    }
+  /** GC's merge, with lockMerges() held: every run into one that keeps only the ids in `live`. */
+  collect(live: IdSet): { merged: number; entries: number } {
+    return this.compactLocked({ all: true, live });
   }
 
   private compactLocked(options: { all?: boolean; live?: IdSet }): { merged: number; entries: number } {
@@ -561,6 +551,24 @@ export class ChunkIndex {
       visit(b, at, { pack: this.runs[k]!.reader.packNames[entryPack(b, at)]!, ordinal: entryOrdinal(b, at) });
     });
   }
+}
+
+/**
+ * Holds the merge lock until release, after a merge under way ends. GC and repair hold it
+ * while they write and list runs: a controller merges right after each checkpoint without
+ * the store lock, and its merge would take their runs, not listed yet, for leftovers (or
+ * act on an index repair replaces); it is skipped meanwhile instead. GC's own merge
+ * (collect) then runs, never skipped: skipped, the dead ids would stay placed.
+ */
+export async function lockMerges(storeDir: string): Promise<{ release(): void }> {
+  const fd = openSync(join(storeDir, LOCKS_DIR, COMPACT_LOCK_FILE), 'a+', 0o600);
+  try {
+    await lockAsync(fd, 'exclusive');
+  } catch (e) {
+    closeSync(fd);
+    throw e;
+  }
+  return { release: () => closeSync(fd) };
 }
 
 /** The first position from j on whose id (ids[wanted[x]]) is at or above the entry at span[at..]. */

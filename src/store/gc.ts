@@ -12,6 +12,7 @@ import { faultPoint } from '../sys/fault.js';
 import { tryLockExclusive } from '../sys/libc.js';
 import { isGone } from '../sys/proc.js';
 import { BLOB_HEADER_BYTES, CHUNK_ID_BYTES, type Compression, LOCKS_DIR, PACK_HEADER_BYTES, PACK_TRAILER_BYTES } from './format.js';
+import { lockMerges } from './chunk-index.js';
 import { IdSet } from './id-set.js';
 import { type ChunkTable, checkpointIds, listPacks, loadChunkTable, manifestBytes, maxCheckpointId, walkManifests } from './inventory.js';
 import { deadWriterJournals, WriterJournal } from './journal.js';
@@ -125,8 +126,13 @@ async function collectLocal(repo: Repository, codec: ChunkCodec, options: GcOpti
   await mark.indexed({ after: 0, upTo: markedUpTo });
   const lock = await lockStore(repo.dir, 'exclusive');
   try {
-    await mark.indexed({ after: markedUpTo, upTo: Number.MAX_SAFE_INTEGER });
-    return await sweepAndRepack(repo, codec, mark.live, options);
+    const merges = await lockMerges(repo.dir);
+    try {
+      await mark.indexed({ after: markedUpTo, upTo: Number.MAX_SAFE_INTEGER });
+      return await sweepAndRepack(repo, codec, mark.live, options);
+    } finally {
+      merges.release();
+    }
   } finally {
     lock.release();
   }
@@ -147,11 +153,16 @@ async function collectRemote(repo: Repository, backend: S3Backend, codec: ChunkC
   try {
     const { hold, leftOut } = await backend.holdExclusive(repo, 'gc');
     try {
-      repo.refreshAfterCollection();
-      // Checkpoint ids do not come in order across nodes: everything not walked yet.
-      await mark.indexed({ ids: checkpointIds(repo).filter((id) => !mark.checkpoints.has(id)) });
-      for (const c of leftOut) await mark.object(c.record);
-      return await sweepAndRepackRemote(repo, backend, codec, mark.live, options);
+      const merges = await lockMerges(repo.dir);
+      try {
+        repo.refreshAfterCollection();
+        // Checkpoint ids do not come in order across nodes: everything not walked yet.
+        await mark.indexed({ ids: checkpointIds(repo).filter((id) => !mark.checkpoints.has(id)) });
+        for (const c of leftOut) await mark.object(c.record);
+        return await sweepAndRepackRemote(repo, backend, codec, mark.live, options);
+      } finally {
+        merges.release();
+      }
     } finally {
       hold.release();
     }
@@ -290,7 +301,7 @@ async function sweepAndRepack(repo: Repository, codec: ChunkCodec, live: IdSet, 
   journal.close();
   faultPoint('gc-after-delete');
   // One run of the live chunks: entries of deleted packs and of dead chunks go.
-  await repo.chunkIndex.collect(live);
+  repo.chunkIndex.collect(live);
   const kept = c.plans.filter((p) => p.live.length > 0 && !repack.includes(p));
   result.bytesAfter += kept.reduce((n, p) => n + p.bytes, 0);
   result.bytesFreed = result.bytesBefore - result.bytesAfter;
@@ -381,7 +392,7 @@ async function sweepAndRepackRemote(repo: Repository, backend: S3Backend, codec:
   }
   copy?.writer.committed();
   backend.committed(written);
-  await repo.chunkIndex.collect(live);
+  repo.chunkIndex.collect(live);
   result.newPacks = written.length;
   const kept = c.plans.filter((p) => p.live.length > 0 && !repack.includes(p));
   result.bytesAfter = written.reduce((n, w) => n + w.bytes, 0) + kept.reduce((n, p) => n + p.bytes, 0);

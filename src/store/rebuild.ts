@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { faultPoint } from '../sys/fault.js';
 import { tryLockExclusive } from '../sys/libc.js';
 import { LocalBackend } from './backend.js';
-import { ChunkIndex } from './chunk-index.js';
+import { ChunkIndex, lockMerges } from './chunk-index.js';
 import { fsyncDir, writeFileDurable } from './durable.js';
 import { StoreError, StoreNotFoundError } from './errors.js';
 import { INDEX_FILE, STORE_FORMAT_VERSION } from './format.js';
@@ -64,7 +64,12 @@ export async function rebuildIndex(dir: string, onProgress?: (p: RebuildProgress
     // No checkpoint, restore or GC may run while the index is replaced.
     const lock = await lockStore(dir, 'exclusive');
     try {
-      return build(dir, identity, onProgress);
+      const merges = await lockMerges(dir);
+      try {
+        return build(dir, identity, onProgress);
+      } finally {
+        merges.release();
+      }
     } finally {
       lock.release();
     }
