@@ -259,7 +259,12 @@ describe('lazy restore of a 1 GiB job', () => {
     expect(r.checkpoint).toBe(cpId);
     // The command came back while its page server still runs (1 GiB takes seconds to push).
     expect(alive(r.server)).toBe(true);
-    expect(await verifyJob(sb, 'big', r.pid)).toMatch(/^verify ok tick 1$/);
+    // It has stalled once in CI (no verdict in 60 s): then the page server's log says how far it got.
+    const lazyLog = join(sb.local, 'jobs', 'big', 'lazy-restore.log');
+    const verdict = await verifyJob(sb, 'big', r.pid).catch((e: unknown) => {
+      throw new Error(`${(e as Error).message}; server alive: ${alive(r.server)}; lazy-restore.log ends:\n${existsSync(lazyLog) ? readFileSync(lazyLog, 'utf8').slice(-4000) : '(none)'}`);
+    });
+    expect(verdict).toMatch(/^verify ok tick 1$/);
     await waitFor(() => !alive(r.server), 'the page server to finish', 120_000);
     expect(readFileSync(join(sb.local, 'jobs', 'big', 'lazy-restore.log'), 'utf8')).toMatch(/every page is in/);
     // Once every page is in, the job runs without crinc.
