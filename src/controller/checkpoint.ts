@@ -95,8 +95,9 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     // Clean pages reuse the ids of the checkpoint tracking committed last. Forgotten since
     // (repair --forget-damaged), GC may have deleted chunks only it named. Checked under
     // the lock: no GC sweeps from here to the commit, and GC then keeps what it names.
-    const baselineCheckpoint = options.tracking?.baselineCheckpoint ?? null;
-    if (baselineCheckpoint !== null && !repo.hasCheckpoint(baselineCheckpoint)) options.tracking!.dropBaseline();
+    const { tracking } = options;
+    const baselineCheckpoint = tracking?.baselineCheckpoint ?? null;
+    if (tracking && baselineCheckpoint !== null && !repo.hasCheckpoint(baselineCheckpoint)) tracking.dropBaseline();
     // The runs earlier commits added are merged now, while the job runs: lookups during
     // the freeze read few runs.
     repo.compactChunkIndex();
@@ -122,7 +123,6 @@ export async function takeCheckpoint(repo: Repository, codecs: Codecs, jobName: 
     let takenAt = 0;
     let captured: CapturedFile[] = [];
     let frozen: FrozenTracking | undefined;
-    const { tracking } = options;
     const verify = Boolean(options.verifyTracking);
     const resident = residentBytes(pid);
     // A job's first checkpoint stores most of its pages anew: its writer's set of ids is

@@ -115,7 +115,7 @@ export interface PrecopyTarget {
 export class TrackingSession {
   private readonly processes = new Map<number, TrackedProcess>();
   private baseline: PageIndex | null = null;
-  /** The checkpoint whose pages the baseline is. */
+  /** The checkpoint whose pages the baseline is; null exactly when the baseline is. */
   private baselineId: number | null = null;
   /** Pages read by a pre-copy since the previous scan: the next freeze's reference when there is no baseline. */
   private precopy: { pages: PageIndex; scansBefore: Map<number, number> } | null = null;
@@ -311,7 +311,7 @@ export class TrackingSession {
 
   /** The checkpoint the baseline's page ids are of; null without a baseline. */
   get baselineCheckpoint(): number | null {
-    return this.baseline === null ? null : this.baselineId;
+    return this.baselineId;
   }
 
   /**

@@ -793,7 +793,7 @@ export class Repository {
     const commit = this.db.transaction(() => {
       this.indexPacks(packs.map((p) => ({ name: p.name, bytes: p.bytes })), writer.runs, now);
       // A catch-up (another crinc process) may have brought it in already.
-      if (this.db.prepare('SELECT 1 FROM checkpoints WHERE id = ?').get(objectId)) return objectId;
+      if (this.hasCheckpoint(objectId)) return objectId;
       const checkpointId = Number(insCheckpoint.run({ ...meta, id: objectId, storedBytes: writer.storedBytes }).lastInsertRowid);
       for (const { f, manifest } of stored) {
         insFile.run(checkpointId, f.role, f.path, f.size, f.mode, f.uid, f.gid, f.blockBytes, manifest.data, manifest.indirect ? 1 : 0, f.identity);
@@ -1091,7 +1091,7 @@ export class Repository {
       const forgotten = this.forgottenCheckpoints();
       for (const { id, record } of change.newCheckpoints) {
         // Committed meanwhile by this node's own writer: already indexed; or forgotten here.
-        if (forgotten.has(id) || this.db.prepare('SELECT 1 FROM checkpoints WHERE id = ?').get(id)) continue;
+        if (forgotten.has(id) || this.hasCheckpoint(id)) continue;
         const { job, checkpoint } = record;
         insJob.run(job.name, job.createdAt, JSON.stringify(job.command), job.cwd, now);
         this.insertCheckpointStmt().run({ ...checkpoint, id, job: job.name });
